@@ -1,0 +1,74 @@
+//! The value model of a decoded request body, as Python's `json` module builds it.
+//!
+//! It keeps what `serde_json::Value` would lose: integers of any size, floats that are
+//! NaN or infinite, and object keys in first-seen order with the last value winning.
+
+use indexmap::IndexMap;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+/// A JSON value as Python sees it after `json.loads`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    /// Canonical decimal digits of a Python `int` (no leading zeros, no `-0`).
+    Int(String),
+    Float(f64),
+    Str(String),
+    List(Vec<Value>),
+    Object(IndexMap<String, Value>),
+}
+
+impl Value {
+    pub fn as_object(&self) -> Option<&IndexMap<String, Value>> {
+        match self {
+            Value::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+
+/// Serializes in the form FastAPI echoes an input: NaN and infinities become `null`
+/// (CHOICES.md), integers keep every digit.
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Int(digits) => match digits.parse::<i64>() {
+                Ok(n) => serializer.serialize_i64(n),
+                Err(_) => match serde_json::value::RawValue::from_string(digits.clone()) {
+                    Ok(raw) => raw.serialize(serializer),
+                    Err(_) => serializer.serialize_unit(),
+                },
+            },
+            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::Str(s) => serializer.serialize_str(s),
+            Value::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => {
+                let mut out = serializer.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    out.serialize_entry(k, v)?;
+                }
+                out.end()
+            }
+        }
+    }
+}
