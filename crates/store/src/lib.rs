@@ -1,1 +1,123 @@
+//! hostplane's storage: the [`Store`] trait, the records it reads and writes, and one
+//! module per backend. All SQL lives in this crate.
 
+mod keys;
+pub mod postgres;
+pub mod records;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub use keys::{generate_key, hash_key};
+pub use records::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule of the schema refused the write.
+    #[error("conflict")]
+    Conflict,
+    /// A referenced row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The database cannot be reached right now (pool timeout, connection refused).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the first start on an empty database created.
+#[derive(Debug, Clone)]
+pub struct Bootstrapped {
+    pub org: Org,
+    pub workspace: Workspace,
+    pub key_id: Uuid,
+    /// The key's value: only when it was generated here (never the configured one).
+    pub generated_key: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the default organization, workspace and key when no organization exists
+    /// yet; safe when several processes start at once. `None` when there was data.
+    async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>>;
+
+    async fn create_org(&self, name: &str, plan: Plan) -> Result<Org>;
+    async fn list_orgs(&self) -> Result<Vec<Org>>;
+    /// `NotFound` when the organization does not exist.
+    async fn create_workspace(&self, org_id: Uuid, name: &str) -> Result<Workspace>;
+    async fn list_workspaces(&self, org_id: Option<Uuid>) -> Result<Vec<Workspace>>;
+    /// Stores a key by its hash; `NotFound` when the org or workspace does not exist.
+    async fn create_api_key(&self, scope: KeyScope, key_hash: &str) -> Result<ApiKey>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
+    /// `NotFound` when no such key exists; revoking twice is fine.
+    async fn revoke_api_key(&self, id: Uuid) -> Result<()>;
+    /// The live (not revoked) key with this hash.
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>>;
+    async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>>;
+
+    /// `Conflict` when the workspace already has a listener with this `compute_id`.
+    async fn create_listener(&self, new: NewListener) -> Result<Listener>;
+    async fn list_listeners(&self, workspace: Uuid, limit: i64, offset: i64) -> Result<Vec<Listener>>;
+    async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
+    async fn patch_listener(&self, workspace: Uuid, id: Uuid, patch: ListenerPatch) -> Result<Option<Listener>>;
+    async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool>;
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// PostgreSQL pool size (SQLite uses a fixed small pool).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the database counts as unavailable.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 16, acquire_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+/// Opens the database named by `url` (`sqlite://...` or `postgres://...`) and brings its
+/// schema up to date.
+pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url, opts).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, opts).await?))
+    } else {
+        Err(StoreError::Other(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH or postgres://..."
+        )))
+    }
+}
+
+/// Current time in whole microseconds, the resolution every timestamp is stored in.
+pub(crate) fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// PostgreSQL states meaning the server is going away or not accepting work; SQLite's
+/// BUSY/LOCKED after the busy timeout.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "5" || c == "6")
+}

@@ -1,0 +1,116 @@
+//! The records the store reads and writes.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// Self-hosted enterprise: every feature, listeners included.
+    Enterprise,
+    /// No listeners.
+    Standard,
+}
+
+impl Plan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Enterprise => "enterprise",
+            Plan::Standard => "standard",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Plan> {
+        match s {
+            "enterprise" => Some(Plan::Enterprise),
+            "standard" => Some(Plan::Standard),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Org {
+    pub id: Uuid,
+    pub name: String,
+    pub plan: Plan,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a key may act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// One workspace (of this organization).
+    Workspace { org_id: Uuid, workspace_id: Uuid },
+    /// Every workspace of an organization; requests must name one.
+    Org { org_id: Uuid },
+}
+
+/// A stored key, without its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub workspace_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn scope(&self) -> KeyScope {
+        match self.workspace_id {
+            Some(workspace_id) => KeyScope::Workspace { org_id: self.org_id, workspace_id },
+            None => KeyScope::Org { org_id: self.org_id },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub compute_type: String,
+    pub compute_id: String,
+    pub version: Option<String>,
+    pub k8s_namespaces: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewListener {
+    pub workspace_id: Uuid,
+    pub compute_type: String,
+    pub compute_id: String,
+    pub version: Option<String>,
+    pub k8s_namespaces: Option<Vec<String>>,
+}
+
+/// A listener change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPatch {
+    pub version: Option<String>,
+    /// `Some(None)` clears the namespaces.
+    pub k8s_namespaces: Option<Option<Vec<String>>>,
+}
+
+pub(crate) fn micros_to_time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+pub(crate) fn namespaces_to_text(ns: &Option<Vec<String>>) -> Option<String> {
+    ns.as_ref().map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()))
+}
+
+pub(crate) fn namespaces_from_text(text: Option<String>) -> Option<Vec<String>> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}

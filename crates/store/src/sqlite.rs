@@ -1,0 +1,342 @@
+//! The SQLite backend: one file, WAL mode, `synchronous=FULL` so that an acknowledged
+//! write survives a crash of the process or the machine.
+
+use crate::records::*;
+use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const LISTENER_COLUMNS: &str =
+    "id, workspace_id, compute_type, compute_id, version, k8s_namespaces, created_at, updated_at";
+
+fn uuid_col(row: &SqliteRow, col: &str) -> Result<Uuid> {
+    let text: String = row.try_get(col).map_err(map_sqlx)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
+}
+
+fn opt_uuid_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
+    let text: Option<String> = row.try_get(col).map_err(map_sqlx)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Other(e.to_string()))).transpose()
+}
+
+fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+    row.try_get(col).map_err(map_sqlx)
+}
+
+fn listener(row: &SqliteRow) -> Result<Listener> {
+    Ok(Listener {
+        id: uuid_col(row, "id")?,
+        workspace_id: uuid_col(row, "workspace_id")?,
+        compute_type: get(row, "compute_type")?,
+        compute_id: get(row, "compute_id")?,
+        version: get(row, "version")?,
+        k8s_namespaces: namespaces_from_text(get(row, "k8s_namespaces")?),
+        created_at: micros_to_time(get(row, "created_at")?),
+        updated_at: micros_to_time(get(row, "updated_at")?),
+    })
+}
+
+fn org(row: &SqliteRow) -> Result<Org> {
+    let plan: String = get(row, "plan")?;
+    Ok(Org {
+        id: uuid_col(row, "id")?,
+        name: get(row, "name")?,
+        plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
+        created_at: micros_to_time(get(row, "created_at")?),
+    })
+}
+
+fn workspace(row: &SqliteRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: uuid_col(row, "id")?,
+        org_id: uuid_col(row, "org_id")?,
+        name: get(row, "name")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+    })
+}
+
+fn api_key(row: &SqliteRow) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: uuid_col(row, "id")?,
+        org_id: uuid_col(row, "org_id")?,
+        workspace_id: opt_uuid_col(row, "workspace_id")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+        revoked_at: get::<Option<i64>>(row, "revoked_at")?.map(micros_to_time),
+    })
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn insert_key(&self, conn: &mut sqlx::SqliteConnection, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
+        let (org_id, ws) = match scope {
+            KeyScope::Workspace { org_id, workspace_id } => (org_id, Some(workspace_id)),
+            KeyScope::Org { org_id } => (org_id, None),
+        };
+        let row = sqlx::query(
+            "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, ?, ?) \
+             RETURNING id, org_id, workspace_id, created_at, revoked_at",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(key_hash)
+        .bind(org_id.to_string())
+        .bind(ws.map(|w| w.to_string()))
+        .bind(now_micros())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        api_key(&row)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(map_sqlx)?;
+        let result = async {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            if count > 0 {
+                return Ok(None);
+            }
+            let now = now_micros();
+            let org_id = Uuid::new_v4();
+            let ws_id = Uuid::new_v4();
+            sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, 'default', 'enterprise', ?)")
+                .bind(org_id.to_string())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, 'default', ?)")
+                .bind(ws_id.to_string())
+                .bind(org_id.to_string())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            let generated = key.is_none().then(crate::generate_key);
+            let value = key.map(str::to_owned).or_else(|| generated.clone()).unwrap_or_default();
+            let scope = KeyScope::Workspace { org_id, workspace_id: ws_id };
+            let k = self.insert_key(&mut conn, scope, &crate::hash_key(&value)).await?;
+            let created_at = micros_to_time(now);
+            Ok(Some(Bootstrapped {
+                org: Org { id: org_id, name: "default".into(), plan: Plan::Enterprise, created_at },
+                workspace: Workspace { id: ws_id, org_id, name: "default".into(), created_at },
+                key_id: k.id,
+                generated_key: generated,
+            }))
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await.map_err(map_sqlx)?;
+        result
+    }
+
+    async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
+        let row = sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, ?, ?, ?) RETURNING *")
+            .bind(Uuid::new_v4().to_string())
+            .bind(name)
+            .bind(plan.as_str())
+            .bind(now_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        org(&row)
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Org>> {
+        let rows = sqlx::query("SELECT * FROM organizations ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(org).collect()
+    }
+
+    async fn create_workspace(&self, org_id: Uuid, name: &str) -> Result<Workspace> {
+        let row = sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, ?, ?) RETURNING *")
+            .bind(Uuid::new_v4().to_string())
+            .bind(org_id.to_string())
+            .bind(name)
+            .bind(now_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        workspace(&row)
+    }
+
+    async fn list_workspaces(&self, org_id: Option<Uuid>) -> Result<Vec<Workspace>> {
+        let rows = sqlx::query("SELECT * FROM workspaces WHERE ?1 IS NULL OR org_id = ?1 ORDER BY created_at, id")
+            .bind(org_id.map(|o| o.to_string()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(workspace).collect()
+    }
+
+    async fn create_api_key(&self, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
+        if let KeyScope::Workspace { org_id, workspace_id } = scope {
+            match self.get_workspace(workspace_id).await? {
+                Some((ws, _)) if ws.org_id == org_id => {}
+                _ => return Err(StoreError::NotFound),
+            }
+        }
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        self.insert_key(&mut conn, scope, key_hash).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(api_key).collect()
+    }
+
+    async fn revoke_api_key(&self, id: Uuid) -> Result<()> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now_micros())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(api_key).transpose()
+    }
+
+    async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
+        let row = sqlx::query(
+            "SELECT w.*, o.plan FROM workspaces w JOIN organizations o ON o.id = w.org_id WHERE w.id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.map(|r| {
+            let plan: String = get(&r, "plan")?;
+            Ok((workspace(&r)?, Plan::parse(&plan).unwrap_or(Plan::Standard)))
+        })
+        .transpose()
+    }
+
+    async fn create_listener(&self, new: NewListener) -> Result<Listener> {
+        // One statement, so the timestamp is taken under the write lock: creation times
+        // grow in commit order and a page, once read, never gains an older row.
+        let sql = format!(
+            "INSERT INTO listeners ({LISTENER_COLUMNS}) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, t, t FROM \
+               (SELECT MAX(?7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = ?2), 0) + 1) AS t) \
+             RETURNING {LISTENER_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(Uuid::new_v4().to_string())
+            .bind(new.workspace_id.to_string())
+            .bind(&new.compute_type)
+            .bind(&new.compute_id)
+            .bind(&new.version)
+            .bind(namespaces_to_text(&new.k8s_namespaces))
+            .bind(now_micros())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        listener(&row)
+    }
+
+    async fn list_listeners(&self, workspace: Uuid, limit: i64, offset: i64) -> Result<Vec<Listener>> {
+        let sql = format!(
+            "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = ? \
+             ORDER BY created_at, id LIMIT ? OFFSET ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(workspace.to_string())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(listener).collect()
+    }
+
+    async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>> {
+        let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ? AND workspace_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(listener).transpose()
+    }
+
+    async fn patch_listener(&self, workspace: Uuid, id: Uuid, patch: ListenerPatch) -> Result<Option<Listener>> {
+        let sql = format!(
+            "UPDATE listeners SET \
+               version = COALESCE(?1, version), \
+               k8s_namespaces = CASE WHEN ?2 THEN ?3 ELSE k8s_namespaces END, \
+               updated_at = MAX(?4, updated_at + 1) \
+             WHERE id = ?5 AND workspace_id = ?6 RETURNING {LISTENER_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&patch.version)
+            .bind(patch.k8s_namespaces.is_some())
+            .bind(patch.k8s_namespaces.as_ref().and_then(namespaces_to_text))
+            .bind(now_micros())
+            .bind(id.to_string())
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(listener).transpose()
+    }
+
+    async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM listeners WHERE id = ? AND workspace_id = ?")
+            .bind(id.to_string())
+            .bind(workspace.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
