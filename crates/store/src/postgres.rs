@@ -57,6 +57,7 @@ fn workspace(row: &PgRow) -> Result<Workspace> {
 fn api_key(row: &PgRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: get(row, "id")?,
+        key_hash: get(row, "key_hash")?,
         org_id: get(row, "org_id")?,
         workspace_id: get(row, "workspace_id")?,
         created_at: micros_to_time(get(row, "created_at")?),
@@ -88,7 +89,7 @@ async fn insert_key(conn: &mut sqlx::PgConnection, scope: KeyScope, key_hash: &s
     };
     let row = sqlx::query(
         "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING id, org_id, workspace_id, created_at, revoked_at",
+         RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
     )
     .bind(Uuid::new_v4())
     .bind(key_hash)

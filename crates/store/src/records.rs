@@ -59,6 +59,9 @@ pub enum KeyScope {
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiKey {
     pub id: Uuid,
+    /// SHA-256 of the key's value, hex; never printed.
+    #[serde(skip)]
+    pub key_hash: String,
     pub org_id: Uuid,
     pub workspace_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,

@@ -66,6 +66,7 @@ fn workspace(row: &SqliteRow) -> Result<Workspace> {
 fn api_key(row: &SqliteRow) -> Result<ApiKey> {
     Ok(ApiKey {
         id: uuid_col(row, "id")?,
+        key_hash: get(row, "key_hash")?,
         org_id: uuid_col(row, "org_id")?,
         workspace_id: opt_uuid_col(row, "workspace_id")?,
         created_at: micros_to_time(get(row, "created_at")?),
@@ -102,7 +103,7 @@ impl SqliteStore {
         };
         let row = sqlx::query(
             "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, ?, ?) \
-             RETURNING id, org_id, workspace_id, created_at, revoked_at",
+             RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(key_hash)

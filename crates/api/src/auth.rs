@@ -1,0 +1,74 @@
+//! Who is calling and which workspace the call acts in.
+
+use crate::error::{ApiError, ApiResult};
+use axum::http::HeaderMap;
+use store::{KeyScope, Plan, Store};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// The workspace a request acts in.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenant {
+    pub workspace_id: Uuid,
+    pub plan: Plan,
+}
+
+const NOT_AUTHENTICATED: &str = "Not authenticated";
+const INVALID_KEY: &str = "Invalid API key";
+pub const REQUIRES_WORKSPACE: &str = "requires workspace specification";
+
+/// `X-Api-Key`, or `Authorization: Bearer` when that is absent or empty.
+fn credentials(headers: &HeaderMap) -> Option<String> {
+    let api_key = headers.get("x-api-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Some(key) = api_key.filter(|k| !k.is_empty()) {
+        return Some(key);
+    }
+    let auth = headers.get("authorization")?;
+    let auth = String::from_utf8_lossy(auth.as_bytes());
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+fn no_access(workspace: &str) -> ApiError {
+    ApiError::Forbidden(format!("API key does not have access to LangSmith workspace ID '{workspace}'."))
+}
+
+/// Authenticates the request and resolves its workspace.
+pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Tenant> {
+    let key = credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
+    let hash = store::hash_key(&key);
+    let record = store
+        .find_api_key(&hash)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized(INVALID_KEY.into()))?;
+    // The index finds the row by hash; the final comparison is constant-time so the
+    // answer's timing does not depend on how much of a guessed hash matched.
+    if !bool::from(record.key_hash.as_bytes().ct_eq(hash.as_bytes())) {
+        return Err(ApiError::Unauthorized(INVALID_KEY.into()));
+    }
+
+    let tenant_header = headers
+        .get("x-tenant-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let requested = match &tenant_header {
+        Some(text) => Some(Uuid::parse_str(text).map_err(|_| no_access(text))?),
+        None => None,
+    };
+    let workspace_id = match (record.scope(), requested) {
+        (KeyScope::Workspace { workspace_id, .. }, None) => workspace_id,
+        (KeyScope::Workspace { workspace_id, .. }, Some(asked)) if asked == workspace_id => workspace_id,
+        (KeyScope::Workspace { .. }, Some(asked)) => return Err(no_access(&asked.to_string())),
+        (KeyScope::Org { .. }, None) => return Err(ApiError::Forbidden(REQUIRES_WORKSPACE.into())),
+        (KeyScope::Org { .. }, Some(asked)) => asked,
+    };
+    let (workspace, plan) = store
+        .get_workspace(workspace_id)
+        .await?
+        .ok_or_else(|| no_access(&workspace_id.to_string()))?;
+    if workspace.org_id != record.org_id {
+        return Err(no_access(&workspace_id.to_string()));
+    }
+    Ok(Tenant { workspace_id, plan })
+}

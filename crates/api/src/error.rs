@@ -1,0 +1,96 @@
+//! The one error type of the API and the one place it becomes an HTTP response.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use compat::error::{ErrorItem, ValidationBody};
+use store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 422 with pydantic-style items.
+    Validation(Vec<ErrorItem>),
+    BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound(String),
+    MethodNotAllowed,
+    Conflict(String),
+    PayloadTooLarge(String),
+    /// 307 to the given location (FastAPI's trailing-slash redirect).
+    Redirect(String),
+    Unavailable(String),
+    Internal,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// Fails with a 422 when validation collected any error.
+    pub fn check(errs: Vec<ErrorItem>) -> ApiResult<()> {
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(errs))
+        }
+    }
+
+    pub fn route_not_found() -> Self {
+        ApiError::NotFound("Not Found".into())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                ApiError::Unavailable("The database is unavailable; try again shortly.".into())
+            }
+            StoreError::Conflict => ApiError::Conflict("Conflict".into()),
+            StoreError::NotFound => ApiError::route_not_found(),
+            StoreError::Other(reason) => {
+                tracing::error!(%reason, "database error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+fn detail(status: StatusCode, text: &str) -> Response {
+    json_response(status, &serde_json::json!({ "detail": text }))
+}
+
+/// A JSON response with FastAPI's compact encoding.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Validation(items) => {
+                json_response(StatusCode::UNPROCESSABLE_ENTITY, &ValidationBody { detail: &items })
+            }
+            ApiError::BadRequest(t) => detail(StatusCode::BAD_REQUEST, &t),
+            ApiError::Unauthorized(t) => detail(StatusCode::UNAUTHORIZED, &t),
+            ApiError::Forbidden(t) => detail(StatusCode::FORBIDDEN, &t),
+            ApiError::NotFound(t) => detail(StatusCode::NOT_FOUND, &t),
+            ApiError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            ApiError::Conflict(t) => detail(StatusCode::CONFLICT, &t),
+            ApiError::PayloadTooLarge(t) => detail(StatusCode::PAYLOAD_TOO_LARGE, &t),
+            ApiError::Redirect(location) => {
+                let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    res.headers_mut().insert(header::LOCATION, v);
+                }
+                res
+            }
+            ApiError::Unavailable(t) => detail(StatusCode::SERVICE_UNAVAILABLE, &t),
+            ApiError::Internal => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Listeners (v2): the five operations, their request models and their rules.
+
+use crate::auth::Tenant;
+use crate::error::{json_response, ApiError, ApiResult};
+use crate::request::Call;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use compat::format::datetime;
+use compat::validate::{self, Model};
+use compat::{ErrorItem, Errors, Loc, Value};
+use serde_json::json;
+use store::{Listener, ListenerPatch, NewListener, Plan, StoreError};
+use uuid::Uuid;
+
+/// The listener's JSON, fields in the reference's order.
+fn to_json(l: &Listener) -> serde_json::Value {
+    json!({
+        "version": l.version,
+        "compute_type": l.compute_type,
+        "compute_id": l.compute_id,
+        "compute_config": { "k8s_namespaces": l.k8s_namespaces },
+        "id": l.id,
+        "created_at": datetime(l.created_at),
+        "updated_at": datetime(l.updated_at),
+    })
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("Listener ID {id} not found."))
+}
+
+/// Listeners belong to self-hosted enterprise organizations only.
+fn require_enterprise(tenant: &Tenant) -> ApiResult<()> {
+    match tenant.plan {
+        Plan::Enterprise => Ok(()),
+        Plan::Standard => Err(ApiError::Forbidden(format!(
+            "Listeners cannot be created for LangSmith workspace ID '{}'. Creating listeners is only allowed for LangSmith organizations with self-hosted enterprise plans.",
+            tenant.workspace_id
+        ))),
+    }
+}
+
+/// A Kubernetes namespace name (an RFC 1123 label).
+fn is_namespace_name(ns: &str) -> bool {
+    let b = ns.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && ok(&b[0])
+        && ok(&b[b.len() - 1])
+        && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// `ListenerComputeConfig`: `k8s_namespaces` is an optional list of distinct namespace
+/// names; a bad list fails as a whole with the first problem found.
+fn compute_config(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Option<Vec<String>>> {
+    let ns_loc = loc.key("k8s_namespaces");
+    let mut m = validate::model(v, loc, errs)?;
+    let raw = m.raw("k8s_namespaces").cloned();
+    let namespaces = m.optional("k8s_namespaces", |v, loc, errs| validate::list(v, loc, errs, validate::string))?;
+    if let (Some(list), Some(raw)) = (&namespaces, raw) {
+        let mut seen = std::collections::HashSet::new();
+        for ns in list {
+            let problem = if !is_namespace_name(ns) {
+                Some(format!("'{ns}' is not a valid Kubernetes namespace name"))
+            } else if !seen.insert(ns.as_str()) {
+                Some(format!("duplicate namespace '{ns}'"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                m.errs.push(ErrorItem::value_error(ns_loc, &problem, raw));
+                return None;
+            }
+        }
+    }
+    Some(namespaces)
+}
+
+struct CreateRequest {
+    version: Option<String>,
+    compute_id: String,
+    k8s_namespaces: Option<Vec<String>>,
+}
+
+impl CreateRequest {
+    fn validate(m: &mut Model<'_>) -> Option<Self> {
+        let version = m.optional("version", validate::string);
+        let compute_type = m.required("compute_type", |v, l, e| validate::literal(v, l, e, &["k8s"]));
+        let compute_id = m.required("compute_id", |v, l, e| validate::string_len(v, l, e, Some(1), None));
+        let config = m.required("compute_config", compute_config);
+        compute_type?;
+        Some(CreateRequest { version: version?, compute_id: compute_id?, k8s_namespaces: config? })
+    }
+}
+
+/// `ListenerPatchRequest`: `compute_type` and `compute_id` are not part of it, so a
+/// patch ignores them like any unknown field.
+fn patch_request(m: &mut Model<'_>) -> Option<ListenerPatch> {
+    let version = m.optional("version", validate::string);
+    let config = m.optional("compute_config", compute_config);
+    Some(ListenerPatch { version: version?, k8s_namespaces: config? })
+}
+
+pub async fn create(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let req = call.body_model(&mut errs).and_then(|mut m| CreateRequest::validate(&mut m));
+    ApiError::check(errs)?;
+    let req = req.ok_or(ApiError::Internal)?;
+    require_enterprise(&call.tenant)?;
+    let workspace_id = call.tenant.workspace_id;
+    let new = NewListener {
+        workspace_id,
+        compute_type: "k8s".into(),
+        compute_id: req.compute_id.clone(),
+        version: req.version,
+        k8s_namespaces: req.k8s_namespaces,
+    };
+    match app.store.create_listener(new).await {
+        Ok(l) => Ok(json_response(StatusCode::CREATED, &to_json(&l))),
+        Err(StoreError::Conflict) => Err(ApiError::Conflict(format!(
+            "Listener for LangSmith workspace ID '{workspace_id}' and compute ID '{}' already exists.",
+            req.compute_id
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
+    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    ApiError::check(errs)?;
+    let (limit, offset) = limit.zip(offset).ok_or(ApiError::Internal)?;
+    require_enterprise(&call.tenant)?;
+    let items = app.store.list_listeners(call.tenant.workspace_id, limit, offset).await?;
+    let resources: Vec<_> = items.iter().map(to_json).collect();
+    let next = offset.saturating_add(resources.len() as i64);
+    Ok(json_response(StatusCode::OK, &json!({ "resources": resources, "offset": next })))
+}
+
+pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("listener_id", &mut errs);
+    ApiError::check(errs)?;
+    let id = id.ok_or(ApiError::Internal)?;
+    require_enterprise(&call.tenant)?;
+    let l = app.store.get_listener(call.tenant.workspace_id, id).await?.ok_or_else(|| not_found(id))?;
+    Ok(json_response(StatusCode::OK, &to_json(&l)))
+}
+
+pub async fn patch(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("listener_id", &mut errs);
+    let patch = call.body_model(&mut errs).and_then(|mut m| patch_request(&mut m));
+    ApiError::check(errs)?;
+    let (id, patch) = id.zip(patch).ok_or(ApiError::Internal)?;
+    require_enterprise(&call.tenant)?;
+    let l = app
+        .store
+        .patch_listener(call.tenant.workspace_id, id, patch)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(json_response(StatusCode::OK, &to_json(&l)))
+}
+
+pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("listener_id", &mut errs);
+    ApiError::check(errs)?;
+    let id = id.ok_or(ApiError::Internal)?;
+    require_enterprise(&call.tenant)?;
+    if !app.store.delete_listener(call.tenant.workspace_id, id).await? {
+        return Err(not_found(id));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_namespace_name;
+
+    #[test]
+    fn namespace_names() {
+        for ok in ["a", "agents", "a-1", "0", &"a".repeat(63)] {
+            assert!(is_namespace_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "é"] {
+            assert!(!is_namespace_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Everything a compatible operation needs from a request, extracted in FastAPI's order:
+//! the body is read and decoded (a malformed body is reported before auth), then the
+//! caller is authenticated; parameters and the body are validated by the handler.
+
+use crate::auth::{authenticate, Tenant};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::header;
+use compat::body::{self, Body, BodyError, UNPARSEABLE_DETAIL};
+use compat::query::{percent_decode, Query};
+use compat::{validate, Errors, Loc};
+use uuid::Uuid;
+
+pub struct Call {
+    pub tenant: Tenant,
+    pub body: Body,
+    pub query: Query,
+    path: Vec<(String, String)>,
+}
+
+impl FromRequest<AppState> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, raw_body) = req.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, app).await.ok();
+        let mut path = Vec::new();
+        for (name, raw) in params.iter().flatten() {
+            let value = percent_decode(raw, false);
+            // Starlette decodes before routing: an encoded slash makes another path.
+            if value.contains('/') {
+                return Err(ApiError::route_not_found());
+            }
+            path.push((name.to_owned(), value));
+        }
+        let limit = app.config.max_body_bytes;
+        let too_large = || ApiError::PayloadTooLarge(format!("Request body is larger than the limit of {limit} bytes."));
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(raw_body, limit).await.map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                too_large()
+            } else {
+                ApiError::BadRequest(UNPARSEABLE_DETAIL.into())
+            }
+        })?;
+        let content_type = parts.headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = match body::decode(content_type.as_deref(), &bytes) {
+            Ok(b) => b,
+            Err(BodyError::Invalid(item)) => return Err(ApiError::Validation(vec![item])),
+            Err(BodyError::Unparseable) => return Err(ApiError::BadRequest(UNPARSEABLE_DETAIL.into())),
+        };
+        let tenant = authenticate(app.store.as_ref(), &parts.headers).await?;
+        Ok(Call { tenant, body, query: Query::parse(parts.uri.query()), path })
+    }
+}
+
+impl Call {
+    /// A UUID path parameter; errors are located at `["path", name]`.
+    pub fn path_uuid(&self, name: &str, errs: &mut Errors) -> Option<Uuid> {
+        let raw = self.path.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+        validate::uuid_text(raw, Loc::new("path").key(name), errs)
+    }
+
+    /// An integer query parameter with a default and bounds.
+    pub fn query_int(&self, name: &str, default: i64, ge: Option<i64>, le: Option<i64>, errs: &mut Errors) -> Option<i64> {
+        match self.query.get(name) {
+            None => Some(default),
+            Some(raw) => validate::query_int(raw, Loc::new("query").key(name), errs, ge, le),
+        }
+    }
+
+    /// The body as a required model: `missing` when absent.
+    pub fn body_model<'a>(&'a self, errs: &'a mut Errors) -> Option<validate::Model<'a>> {
+        match &self.body {
+            Body::Missing => {
+                errs.push(compat::ErrorItem::missing(Loc::new("body"), compat::Value::Null));
+                None
+            }
+            Body::Present(v) => validate::model(v, Loc::new("body"), errs),
+        }
+    }
+}

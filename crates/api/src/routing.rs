@@ -1,0 +1,45 @@
+//! Routing answers that FastAPI gives before any handler runs: 404, 405 and the 307
+//! trailing-slash redirect.
+
+use crate::error::ApiError;
+use axum::http::Uri;
+
+/// Every route template of the compatible API, relative to the root or `/api-host`.
+pub const COMPATIBLE_ROUTES: &[&str] = &["/v2/listeners", "/v2/listeners/{listener_id}"];
+
+/// The prefix self-hosted installs serve the API under.
+pub const SELF_HOSTED_PREFIX: &str = "/api-host";
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let t: Vec<&str> = template.split('/').collect();
+    let p: Vec<&str> = path.split('/').collect();
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| if t.starts_with('{') { !p.is_empty() } else { t == p })
+}
+
+fn is_route(path: &str) -> bool {
+    let path = path.strip_prefix(SELF_HOSTED_PREFIX).filter(|p| p.starts_with('/')).unwrap_or(path);
+    path == "/ok" || path == "/openapi.json" || COMPATIBLE_ROUTES.iter().any(|t| template_matches(t, path))
+}
+
+/// No route matched: a redirect when the path without its trailing slash is a route
+/// (Location keeps the query), otherwise 404.
+pub async fn fallback(uri: Uri) -> ApiError {
+    let path = uri.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        if !trimmed.is_empty() && is_route(trimmed) {
+            let location = match uri.query() {
+                Some(q) => format!("{trimmed}?{q}"),
+                None => trimmed.to_owned(),
+            };
+            return ApiError::Redirect(location);
+        }
+    }
+    ApiError::route_not_found()
+}
+
+/// A route matched but not its method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
