@@ -19,7 +19,9 @@ pub const REQUIRES_WORKSPACE: &str = "requires workspace specification";
 
 /// `X-Api-Key`, or `Authorization: Bearer` when that is absent or empty.
 fn credentials(headers: &HeaderMap) -> Option<String> {
-    let api_key = headers.get("x-api-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let api_key = headers
+        .get("x-api-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     if let Some(key) = api_key.filter(|k| !k.is_empty()) {
         return Some(key);
     }
@@ -31,12 +33,15 @@ fn credentials(headers: &HeaderMap) -> Option<String> {
 }
 
 fn no_access(workspace: &str) -> ApiError {
-    ApiError::Forbidden(format!("API key does not have access to LangSmith workspace ID '{workspace}'."))
+    ApiError::Forbidden(format!(
+        "API key does not have access to LangSmith workspace ID '{workspace}'."
+    ))
 }
 
 /// Authenticates the request and resolves its workspace.
 pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Tenant> {
-    let key = credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
+    let key =
+        credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
     let hash = store::hash_key(&key);
     let record = store
         .find_api_key(&hash)
@@ -58,7 +63,9 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
     };
     let workspace_id = match (record.scope(), requested) {
         (KeyScope::Workspace { workspace_id, .. }, None) => workspace_id,
-        (KeyScope::Workspace { workspace_id, .. }, Some(asked)) if asked == workspace_id => workspace_id,
+        (KeyScope::Workspace { workspace_id, .. }, Some(asked)) if asked == workspace_id => {
+            workspace_id
+        }
         (KeyScope::Workspace { .. }, Some(asked)) => return Err(no_access(&asked.to_string())),
         (KeyScope::Org { .. }, None) => return Err(ApiError::Forbidden(REQUIRES_WORKSPACE.into())),
         (KeyScope::Org { .. }, Some(asked)) => asked,

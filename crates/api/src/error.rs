@@ -63,7 +63,14 @@ fn detail(status: StatusCode, text: &str) -> Response {
 /// A JSON response with FastAPI's compact encoding.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
@@ -72,14 +79,17 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Validation(items) => {
-                json_response(StatusCode::UNPROCESSABLE_ENTITY, &ValidationBody { detail: &items })
-            }
+            ApiError::Validation(items) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &ValidationBody { detail: &items },
+            ),
             ApiError::BadRequest(t) => detail(StatusCode::BAD_REQUEST, &t),
             ApiError::Unauthorized(t) => detail(StatusCode::UNAUTHORIZED, &t),
             ApiError::Forbidden(t) => detail(StatusCode::FORBIDDEN, &t),
             ApiError::NotFound(t) => detail(StatusCode::NOT_FOUND, &t),
-            ApiError::MethodNotAllowed => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+            ApiError::MethodNotAllowed => {
+                detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+            }
             ApiError::Conflict(t) => detail(StatusCode::CONFLICT, &t),
             ApiError::PayloadTooLarge(t) => detail(StatusCode::PAYLOAD_TOO_LARGE, &t),
             ApiError::Redirect(location) => {
@@ -90,7 +100,9 @@ impl IntoResponse for ApiError {
                 res
             }
             ApiError::Unavailable(t) => detail(StatusCode::SERVICE_UNAVAILABLE, &t),
-            ApiError::Internal => detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+            ApiError::Internal => {
+                detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            }
         }
     }
 }

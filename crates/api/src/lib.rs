@@ -30,7 +30,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 1024 * 1024, request_timeout: Duration::from_secs(30) }
+        ApiConfig {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -43,10 +46,15 @@ pub struct AppState {
 /// The compatible API, mounted at the root and under `/api-host`.
 fn compatible_api() -> Router<AppState> {
     Router::new()
-        .route("/v2/listeners", get(listeners::list).post(listeners::create))
+        .route(
+            "/v2/listeners",
+            get(listeners::list).post(listeners::create),
+        )
         .route(
             "/v2/listeners/{listener_id}",
-            get(listeners::get).patch(listeners::patch).delete(listeners::delete),
+            get(listeners::get)
+                .patch(listeners::patch)
+                .delete(listeners::delete),
         )
         .route("/openapi.json", get(openapi::serve))
         .route("/ok", get(ok))
@@ -64,7 +72,10 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole service: routes, fallbacks, request ids, tracing, panic and time limits.
 pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let timeout = config.request_timeout;
-    let state = AppState { store, config: Arc::new(config) };
+    let state = AppState {
+        store,
+        config: Arc::new(config),
+    };
     let api = compatible_api();
     Router::new()
         .merge(api.clone())
@@ -72,12 +83,17 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .fallback(routing::fallback)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(move |req, next: axum::middleware::Next| async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
-                Ok(res) => res,
-                Err(_) => error::ApiError::Unavailable("The request took too long and was stopped.".into()).into_response(),
-            }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(res) => res,
+                    Err(_) => error::ApiError::Unavailable(
+                        "The request took too long and was stopped.".into(),
+                    )
+                    .into_response(),
+                }
+            },
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -58,7 +58,9 @@ fn compute_config(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Option<Vec<S
     let ns_loc = loc.key("k8s_namespaces");
     let mut m = validate::model(v, loc, errs)?;
     let raw = m.raw("k8s_namespaces").cloned();
-    let namespaces = m.optional("k8s_namespaces", |v, loc, errs| validate::list(v, loc, errs, validate::string))?;
+    let namespaces = m.optional("k8s_namespaces", |v, loc, errs| {
+        validate::list(v, loc, errs, validate::string)
+    })?;
     if let (Some(list), Some(raw)) = (&namespaces, raw) {
         let mut seen = std::collections::HashSet::new();
         for ns in list {
@@ -87,11 +89,19 @@ struct CreateRequest {
 impl CreateRequest {
     fn validate(m: &mut Model<'_>) -> Option<Self> {
         let version = m.optional("version", validate::string);
-        let compute_type = m.required("compute_type", |v, l, e| validate::literal(v, l, e, &["k8s"]));
-        let compute_id = m.required("compute_id", |v, l, e| validate::string_len(v, l, e, Some(1), None));
+        let compute_type = m.required("compute_type", |v, l, e| {
+            validate::literal(v, l, e, &["k8s"])
+        });
+        let compute_id = m.required("compute_id", |v, l, e| {
+            validate::string_len(v, l, e, Some(1), None)
+        });
         let config = m.required("compute_config", compute_config);
         compute_type?;
-        Some(CreateRequest { version: version?, compute_id: compute_id?, k8s_namespaces: config? })
+        Some(CreateRequest {
+            version: version?,
+            compute_id: compute_id?,
+            k8s_namespaces: config?,
+        })
     }
 }
 
@@ -100,12 +110,17 @@ impl CreateRequest {
 fn patch_request(m: &mut Model<'_>) -> Option<ListenerPatch> {
     let version = m.optional("version", validate::string);
     let config = m.optional("compute_config", compute_config);
-    Some(ListenerPatch { version: version?, k8s_namespaces: config? })
+    Some(ListenerPatch {
+        version: version?,
+        k8s_namespaces: config?,
+    })
 }
 
 pub async fn create(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
-    let req = call.body_model(&mut errs).and_then(|mut m| CreateRequest::validate(&mut m));
+    let req = call
+        .body_model(&mut errs)
+        .and_then(|mut m| CreateRequest::validate(&mut m));
     ApiError::check(errs)?;
     let req = req.ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
@@ -134,10 +149,16 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     ApiError::check(errs)?;
     let (limit, offset) = limit.zip(offset).ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
-    let items = app.store.list_listeners(call.tenant.workspace_id, limit, offset).await?;
+    let items = app
+        .store
+        .list_listeners(call.tenant.workspace_id, limit, offset)
+        .await?;
     let resources: Vec<_> = items.iter().map(to_json).collect();
     let next = offset.saturating_add(resources.len() as i64);
-    Ok(json_response(StatusCode::OK, &json!({ "resources": resources, "offset": next })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "resources": resources, "offset": next }),
+    ))
 }
 
 pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
@@ -146,14 +167,20 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     ApiError::check(errs)?;
     let id = id.ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
-    let l = app.store.get_listener(call.tenant.workspace_id, id).await?.ok_or_else(|| not_found(id))?;
+    let l = app
+        .store
+        .get_listener(call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(json_response(StatusCode::OK, &to_json(&l)))
 }
 
 pub async fn patch(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
-    let patch = call.body_model(&mut errs).and_then(|mut m| patch_request(&mut m));
+    let patch = call
+        .body_model(&mut errs)
+        .and_then(|mut m| patch_request(&mut m));
     ApiError::check(errs)?;
     let (id, patch) = id.zip(patch).ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
@@ -171,7 +198,11 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
     ApiError::check(errs)?;
     let id = id.ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
-    if !app.store.delete_listener(call.tenant.workspace_id, id).await? {
+    if !app
+        .store
+        .delete_listener(call.tenant.workspace_id, id)
+        .await?
+    {
         return Err(not_found(id));
     }
     Ok(StatusCode::NO_CONTENT.into_response())

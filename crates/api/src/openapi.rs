@@ -8,5 +8,13 @@ use axum::response::{IntoResponse, Response};
 pub const DOCUMENT: &str = include_str!("../openapi.json");
 
 pub async fn serve() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], DOCUMENT).into_response()
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        DOCUMENT,
+    )
+        .into_response()
 }

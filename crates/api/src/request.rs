@@ -24,7 +24,9 @@ impl FromRequest<AppState> for Call {
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
         let (mut parts, raw_body) = req.into_parts();
-        let params = RawPathParams::from_request_parts(&mut parts, app).await.ok();
+        let params = RawPathParams::from_request_parts(&mut parts, app)
+            .await
+            .ok();
         let mut path = Vec::new();
         for (name, raw) in params.iter().flatten() {
             let value = percent_decode(raw, false);
@@ -35,7 +37,11 @@ impl FromRequest<AppState> for Call {
             path.push((name.to_owned(), value));
         }
         let limit = app.config.max_body_bytes;
-        let too_large = || ApiError::PayloadTooLarge(format!("Request body is larger than the limit of {limit} bytes."));
+        let too_large = || {
+            ApiError::PayloadTooLarge(format!(
+                "Request body is larger than the limit of {limit} bytes."
+            ))
+        };
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -45,32 +51,56 @@ impl FromRequest<AppState> for Call {
             return Err(too_large());
         }
         let bytes = axum::body::to_bytes(raw_body, limit).await.map_err(|e| {
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
                 too_large()
             } else {
                 ApiError::BadRequest(UNPARSEABLE_DETAIL.into())
             }
         })?;
-        let content_type = parts.headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let body = match body::decode(content_type.as_deref(), &bytes) {
             Ok(b) => b,
-            Err(BodyError::Invalid(item)) => return Err(ApiError::Validation(vec![item])),
-            Err(BodyError::Unparseable) => return Err(ApiError::BadRequest(UNPARSEABLE_DETAIL.into())),
+            Err(BodyError::Invalid(item)) => return Err(ApiError::Validation(vec![*item])),
+            Err(BodyError::Unparseable) => {
+                return Err(ApiError::BadRequest(UNPARSEABLE_DETAIL.into()))
+            }
         };
         let tenant = authenticate(app.store.as_ref(), &parts.headers).await?;
-        Ok(Call { tenant, body, query: Query::parse(parts.uri.query()), path })
+        Ok(Call {
+            tenant,
+            body,
+            query: Query::parse(parts.uri.query()),
+            path,
+        })
     }
 }
 
 impl Call {
     /// A UUID path parameter; errors are located at `["path", name]`.
     pub fn path_uuid(&self, name: &str, errs: &mut Errors) -> Option<Uuid> {
-        let raw = self.path.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+        let raw = self
+            .path
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         validate::uuid_text(raw, Loc::new("path").key(name), errs)
     }
 
     /// An integer query parameter with a default and bounds.
-    pub fn query_int(&self, name: &str, default: i64, ge: Option<i64>, le: Option<i64>, errs: &mut Errors) -> Option<i64> {
+    pub fn query_int(
+        &self,
+        name: &str,
+        default: i64,
+        ge: Option<i64>,
+        le: Option<i64>,
+        errs: &mut Errors,
+    ) -> Option<i64> {
         match self.query.get(name) {
             None => Some(default),
             Some(raw) => validate::query_int(raw, Loc::new("query").key(name), errs, ge, le),
@@ -81,7 +111,10 @@ impl Call {
     pub fn body_model<'a>(&'a self, errs: &'a mut Errors) -> Option<validate::Model<'a>> {
         match &self.body {
             Body::Missing => {
-                errs.push(compat::ErrorItem::missing(Loc::new("body"), compat::Value::Null));
+                errs.push(compat::ErrorItem::missing(
+                    Loc::new("body"),
+                    compat::Value::Null,
+                ));
                 None
             }
             Body::Present(v) => validate::model(v, Loc::new("body"), errs),

@@ -14,12 +14,23 @@ fn template_matches(template: &str, path: &str) -> bool {
     let t: Vec<&str> = template.split('/').collect();
     let p: Vec<&str> = path.split('/').collect();
     t.len() == p.len()
-        && t.iter().zip(&p).all(|(t, p)| if t.starts_with('{') { !p.is_empty() } else { t == p })
+        && t.iter().zip(&p).all(|(t, p)| {
+            if t.starts_with('{') {
+                !p.is_empty()
+            } else {
+                t == p
+            }
+        })
 }
 
 fn is_route(path: &str) -> bool {
-    let path = path.strip_prefix(SELF_HOSTED_PREFIX).filter(|p| p.starts_with('/')).unwrap_or(path);
-    path == "/ok" || path == "/openapi.json" || COMPATIBLE_ROUTES.iter().any(|t| template_matches(t, path))
+    let path = path
+        .strip_prefix(SELF_HOSTED_PREFIX)
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path);
+    path == "/ok"
+        || path == "/openapi.json"
+        || COMPATIBLE_ROUTES.iter().any(|t| template_matches(t, path))
 }
 
 /// No route matched: a redirect when the path without its trailing slash is a route

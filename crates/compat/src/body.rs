@@ -17,7 +17,7 @@ pub enum Body {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BodyError {
     /// Malformed JSON: a 422 with one `json_invalid` item.
-    Invalid(ErrorItem),
+    Invalid(Box<ErrorItem>),
     /// Not UTF-8, too deep, too large a number: FastAPI's 400.
     Unparseable,
 }
@@ -29,7 +29,12 @@ pub const UNPARSEABLE_DETAIL: &str = "There was an error parsing the body";
 /// the way `email.message.Message` reads a Content-Type.
 pub fn is_json_content_type(header: Option<&str>) -> bool {
     let Some(header) = header else { return false };
-    let essence = header.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = header
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let mut parts = essence.split('/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("application"), Some(sub), None) => sub == "json" || sub.ends_with("+json"),
@@ -44,12 +49,14 @@ pub fn decode(content_type: Option<&str>, bytes: &[u8]) -> Result<Body, BodyErro
         return Ok(Body::Missing);
     }
     if !is_json_content_type(content_type) {
-        return Ok(Body::Present(Value::Str(String::from_utf8_lossy(bytes).into_owned())));
+        return Ok(Body::Present(Value::Str(
+            String::from_utf8_lossy(bytes).into_owned(),
+        )));
     }
     let text = json::decode_utf8(bytes).ok_or(BodyError::Unparseable)?;
     match json::parse(&text) {
         Ok(value) => Ok(Body::Present(value)),
-        Err(JsonError::Syntax { msg, pos }) => Err(BodyError::Invalid(
+        Err(JsonError::Syntax { msg, pos }) => Err(BodyError::Invalid(Box::new(
             ErrorItem::new(
                 "json_invalid",
                 Loc::new("body").index(pos),
@@ -57,7 +64,7 @@ pub fn decode(content_type: Option<&str>, bytes: &[u8]) -> Result<Body, BodyErro
                 Value::Object(Default::default()),
             )
             .with_ctx(serde_json::json!({ "error": msg })),
-        )),
+        ))),
         Err(JsonError::Unparseable) => Err(BodyError::Unparseable),
     }
 }
@@ -68,10 +75,23 @@ mod tests {
 
     #[test]
     fn content_types() {
-        for ok in ["application/json", "APPLICATION/JSON", "application/json; charset=latin-1", "application/merge-patch+json", " application/json "] {
+        for ok in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/json; charset=latin-1",
+            "application/merge-patch+json",
+            " application/json ",
+        ] {
             assert!(is_json_content_type(Some(ok)), "{ok}");
         }
-        for no in ["text/json", "application/xml", "application/json/x", "json", "", "application/jsonx"] {
+        for no in [
+            "text/json",
+            "application/xml",
+            "application/json/x",
+            "json",
+            "",
+            "application/jsonx",
+        ] {
             assert!(!is_json_content_type(Some(no)), "{no}");
         }
         assert!(!is_json_content_type(None));
@@ -80,9 +100,18 @@ mod tests {
     #[test]
     fn bodies() {
         assert_eq!(decode(Some("text/plain"), b""), Ok(Body::Missing));
-        assert_eq!(decode(None, b"{}"), Ok(Body::Present(Value::Str("{}".into()))));
-        assert_eq!(decode(Some("application/json"), b"\xff"), Err(BodyError::Unparseable));
-        assert_eq!(decode(Some("application/json"), b"{\x00\x00\x00"), Err(BodyError::Unparseable));
+        assert_eq!(
+            decode(None, b"{}"),
+            Ok(Body::Present(Value::Str("{}".into())))
+        );
+        assert_eq!(
+            decode(Some("application/json"), b"\xff"),
+            Err(BodyError::Unparseable)
+        );
+        assert_eq!(
+            decode(Some("application/json"), b"{\x00\x00\x00"),
+            Err(BodyError::Unparseable)
+        );
         assert_eq!(
             decode(Some("application/json"), b"\"\xed\xa0\x80\""),
             Ok(Body::Present(Value::Str("\u{FFFD}".into())))

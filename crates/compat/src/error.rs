@@ -48,7 +48,13 @@ pub struct ErrorItem {
 
 impl ErrorItem {
     pub fn new(kind: &'static str, loc: Loc, msg: impl Into<String>, input: Value) -> Self {
-        ErrorItem { kind, loc, msg: msg.into(), input, ctx: None }
+        ErrorItem {
+            kind,
+            loc,
+            msg: msg.into(),
+            input,
+            ctx: None,
+        }
     }
 
     pub fn with_ctx(mut self, ctx: serde_json::Value) -> Self {

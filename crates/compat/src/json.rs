@@ -23,7 +23,11 @@ pub enum JsonError {
 
 /// Parses a whole document the way `json.loads(str)` does.
 pub fn parse(text: &str) -> Result<Value, JsonError> {
-    let mut p = Parser { s: text.as_bytes(), text, depth: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        text,
+        depth: 0,
+    };
     let start = p.skip_ws(0);
     let (value, end) = p.value(start).map_err(|e| p.locate(e))?;
     let end = p.skip_ws(end);
@@ -153,7 +157,11 @@ impl Parser<'_> {
         if body.len() > MAX_INT_DIGITS {
             return Some(Err(Fail::Unparseable));
         }
-        let canonical = if neg && body != "0" { lexeme.to_owned() } else { body.to_owned() };
+        let canonical = if neg && body != "0" {
+            lexeme.to_owned()
+        } else {
+            body.to_owned()
+        };
         debug_assert!(i == int_end || !is_float);
         Some(Ok((Value::Int(canonical), i)))
     }
@@ -298,7 +306,12 @@ pub fn decode_utf8(bytes: &[u8]) -> Option<String> {
 
 /// Python's `json.detect_encoding` for the encodings that are not UTF-8.
 fn looks_utf16_or_32(b: &[u8]) -> bool {
-    let boms: [&[u8]; 4] = [b"\xFF\xFE", b"\xFE\xFF", b"\x00\x00\xFE\xFF", b"\xFF\xFE\x00\x00"];
+    let boms: [&[u8]; 4] = [
+        b"\xFF\xFE",
+        b"\xFE\xFF",
+        b"\x00\x00\xFE\xFF",
+        b"\xFF\xFE\x00\x00",
+    ];
     if boms.iter().any(|bom| b.starts_with(bom)) {
         return true;
     }
@@ -322,7 +335,9 @@ fn decode_with_surrogates(mut bytes: &[u8]) -> Option<String> {
                 out.push_str(std::str::from_utf8(good).ok()?);
                 // An encoded surrogate: ED A0..BF 80..BF.
                 match rest {
-                    [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF, ..] if *b1 >= 0xA0 && *b2 >= 0x80 => {
+                    [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF, ..]
+                        if *b1 >= 0xA0 && *b2 >= 0x80 =>
+                    {
                         out.push('\u{FFFD}');
                         bytes = &rest[3..];
                     }

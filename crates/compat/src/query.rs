@@ -11,7 +11,9 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -51,7 +53,10 @@ impl Query {
 
     /// Every value of a repeated parameter, in order (FastAPI's `List[...]` parameters).
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.all.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.all
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -13,7 +13,12 @@ pub fn string(v: &Value, loc: Loc, errs: &mut Errors) -> Option<String> {
     match v {
         Value::Str(s) => Some(s.clone()),
         other => {
-            errs.push(ErrorItem::new("string_type", loc, "Input should be a valid string", other.clone()));
+            errs.push(ErrorItem::new(
+                "string_type",
+                loc,
+                "Input should be a valid string",
+                other.clone(),
+            ));
             None
         }
     }
@@ -58,7 +63,12 @@ pub fn string_len(
 }
 
 /// `Literal[...]` of strings: returns the matching allowed value.
-pub fn literal(v: &Value, loc: Loc, errs: &mut Errors, allowed: &[&'static str]) -> Option<&'static str> {
+pub fn literal(
+    v: &Value,
+    loc: Loc,
+    errs: &mut Errors,
+    allowed: &[&'static str],
+) -> Option<&'static str> {
     if let Value::Str(s) = v {
         if let Some(hit) = allowed.iter().find(|a| **a == s) {
             return Some(hit);
@@ -66,8 +76,13 @@ pub fn literal(v: &Value, loc: Loc, errs: &mut Errors, allowed: &[&'static str])
     }
     let expected = expected_list(allowed);
     errs.push(
-        ErrorItem::new("literal_error", loc, format!("Input should be {expected}"), v.clone())
-            .with_ctx(json!({ "expected": expected })),
+        ErrorItem::new(
+            "literal_error",
+            loc,
+            format!("Input should be {expected}"),
+            v.clone(),
+        )
+        .with_ctx(json!({ "expected": expected })),
     );
     None
 }
@@ -82,7 +97,12 @@ fn expected_list(allowed: &[&str]) -> String {
 }
 
 /// `Enum` of strings: pydantic words it like a literal but calls it `enum`.
-pub fn enumeration(v: &Value, loc: Loc, errs: &mut Errors, allowed: &[&'static str]) -> Option<&'static str> {
+pub fn enumeration(
+    v: &Value,
+    loc: Loc,
+    errs: &mut Errors,
+    allowed: &[&'static str],
+) -> Option<&'static str> {
     if let Value::Str(s) = v {
         if let Some(hit) = allowed.iter().find(|a| **a == s) {
             return Some(hit);
@@ -90,8 +110,13 @@ pub fn enumeration(v: &Value, loc: Loc, errs: &mut Errors, allowed: &[&'static s
     }
     let expected = expected_list(allowed);
     errs.push(
-        ErrorItem::new("enum", loc, format!("Input should be {expected}"), v.clone())
-            .with_ctx(json!({ "expected": expected })),
+        ErrorItem::new(
+            "enum",
+            loc,
+            format!("Input should be {expected}"),
+            v.clone(),
+        )
+        .with_ctx(json!({ "expected": expected })),
     );
     None
 }
@@ -104,11 +129,20 @@ pub fn list<T>(
     item: impl Fn(&Value, Loc, &mut Errors) -> Option<T>,
 ) -> Option<Vec<T>> {
     let Value::List(items) = v else {
-        errs.push(ErrorItem::new("list_type", loc, "Input should be a valid list", v.clone()));
+        errs.push(ErrorItem::new(
+            "list_type",
+            loc,
+            "Input should be a valid list",
+            v.clone(),
+        ));
         return None;
     };
     let before = errs.len();
-    let out: Vec<Option<T>> = items.iter().enumerate().map(|(i, x)| item(x, loc.index(i), errs)).collect();
+    let out: Vec<Option<T>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| item(x, loc.index(i), errs))
+        .collect();
     if errs.len() > before {
         return None;
     }
@@ -152,7 +186,12 @@ pub fn boolean(v: &Value, loc: Loc, errs: &mut Errors) -> Option<bool> {
             None => parsing(errs, loc),
         },
         other => {
-            errs.push(ErrorItem::new("bool_type", loc, "Input should be a valid boolean", other.clone()));
+            errs.push(ErrorItem::new(
+                "bool_type",
+                loc,
+                "Input should be a valid boolean",
+                other.clone(),
+            ));
             None
         }
     }
@@ -202,12 +241,22 @@ pub fn str_as_int(s: &str) -> Option<i128> {
     let negative = s.starts_with('-');
     // Saturate instead of overflowing: only the comparison with small bounds matters.
     let magnitude = digits.trim_start_matches('0');
-    let value = if magnitude.len() > 30 { i128::MAX } else { magnitude.parse::<i128>().unwrap_or(0) };
+    let value = if magnitude.len() > 30 {
+        i128::MAX
+    } else {
+        magnitude.parse::<i128>().unwrap_or(0)
+    };
     Some(if negative { -value } else { value })
 }
 
 /// An integer query parameter with optional `ge` / `le` bounds, from its raw text.
-pub fn query_int(raw: &str, loc: Loc, errs: &mut Errors, ge: Option<i64>, le: Option<i64>) -> Option<i64> {
+pub fn query_int(
+    raw: &str,
+    loc: Loc,
+    errs: &mut Errors,
+    ge: Option<i64>,
+    le: Option<i64>,
+) -> Option<i64> {
     let input = Value::Str(raw.to_owned());
     let Some(n) = str_as_int(raw) else {
         if raw.trim().len() > 4300 {
@@ -224,15 +273,25 @@ pub fn query_int(raw: &str, loc: Loc, errs: &mut Errors, ge: Option<i64>, le: Op
     };
     if let Some(ge) = ge.filter(|&g| n < i128::from(g)) {
         errs.push(
-            ErrorItem::new("greater_than_equal", loc, format!("Input should be greater than or equal to {ge}"), input)
-                .with_ctx(json!({ "ge": ge })),
+            ErrorItem::new(
+                "greater_than_equal",
+                loc,
+                format!("Input should be greater than or equal to {ge}"),
+                input,
+            )
+            .with_ctx(json!({ "ge": ge })),
         );
         return None;
     }
     if let Some(le) = le.filter(|&l| n > i128::from(l)) {
         errs.push(
-            ErrorItem::new("less_than_equal", loc, format!("Input should be less than or equal to {le}"), input)
-                .with_ctx(json!({ "le": le })),
+            ErrorItem::new(
+                "less_than_equal",
+                loc,
+                format!("Input should be less than or equal to {le}"),
+                input,
+            )
+            .with_ctx(json!({ "le": le })),
         );
         return None;
     }
@@ -246,8 +305,13 @@ pub fn uuid_text(raw: &str, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
         Err(e) => {
             let error = e.to_string();
             errs.push(
-                ErrorItem::new("uuid_parsing", loc, format!("Input should be a valid UUID, {error}"), Value::Str(raw.to_owned()))
-                    .with_ctx(json!({ "error": error })),
+                ErrorItem::new(
+                    "uuid_parsing",
+                    loc,
+                    format!("Input should be a valid UUID, {error}"),
+                    Value::Str(raw.to_owned()),
+                )
+                .with_ctx(json!({ "error": error })),
             );
             None
         }
@@ -281,7 +345,12 @@ pub struct Model<'a> {
 /// Starts validating `v` as a model, or reports `model_attributes_type`.
 pub fn model<'a>(v: &'a Value, loc: Loc, errs: &'a mut Errors) -> Option<Model<'a>> {
     match v {
-        Value::Object(fields) => Some(Model { fields, whole: v, loc, errs }),
+        Value::Object(fields) => Some(Model {
+            fields,
+            whole: v,
+            loc,
+            errs,
+        }),
         other => {
             errs.push(ErrorItem::new(
                 "model_attributes_type",
@@ -337,10 +406,20 @@ mod tests {
 
     #[test]
     fn ints_like_pydantic() {
-        for (s, want) in [(" 5 ", Some(5)), ("+1", Some(1)), ("-0", Some(0)), ("1_000", Some(1000)), ("2.0", Some(2)), ("00012", Some(12)), ("1.000", Some(1))] {
+        for (s, want) in [
+            (" 5 ", Some(5)),
+            ("+1", Some(1)),
+            ("-0", Some(0)),
+            ("1_000", Some(1000)),
+            ("2.0", Some(2)),
+            ("00012", Some(12)),
+            ("1.000", Some(1)),
+        ] {
             assert_eq!(str_as_int(s), want, "{s}");
         }
-        for s in ["2.5", "1e3", "0x10", "５", "", " ", "_1", "1__0", "٣", "true", "-"] {
+        for s in [
+            "2.5", "1e3", "0x10", "５", "", " ", "_1", "1__0", "٣", "true", "-",
+        ] {
             assert_eq!(str_as_int(s), None, "{s}");
         }
     }

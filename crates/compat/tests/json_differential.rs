@@ -27,5 +27,10 @@ fn parser_agrees_with_cpython() {
         }
     }
     assert!(count > 1000, "fixture too small: {count}");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -105,27 +105,47 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 PlanArg::Standard => Plan::Standard,
             };
             let org = store.create_org(&name, plan).await?;
-            print(j, json!(org), format!("{}\t{}\t{}", org.id, org.name, org.plan.as_str()));
+            print(
+                j,
+                json!(org),
+                format!("{}\t{}\t{}", org.id, org.name, org.plan.as_str()),
+            );
         }
         AdminCommand::Org(OrgCommand::List) => {
             let orgs = store.list_orgs().await?;
-            let text = orgs.iter().map(|o| format!("{}\t{}\t{}", o.id, o.name, o.plan.as_str())).collect::<Vec<_>>();
+            let text = orgs
+                .iter()
+                .map(|o| format!("{}\t{}\t{}", o.id, o.name, o.plan.as_str()))
+                .collect::<Vec<_>>();
             print(j, json!(orgs), text.join("\n"));
         }
-        AdminCommand::Workspace(WorkspaceCommand::Create { org, name }) => match store.create_workspace(org, &name).await {
-            Ok(ws) => print(j, json!(ws), format!("{}\t{}\t{}", ws.id, ws.name, ws.org_id)),
+        AdminCommand::Workspace(WorkspaceCommand::Create { org, name }) => match store
+            .create_workspace(org, &name)
+            .await
+        {
+            Ok(ws) => print(
+                j,
+                json!(ws),
+                format!("{}\t{}\t{}", ws.id, ws.name, ws.org_id),
+            ),
             Err(StoreError::NotFound) => return usage(format!("no organization with id {org}")),
             Err(e) => return Err(e.into()),
         },
         AdminCommand::Workspace(WorkspaceCommand::List { org }) => {
             let list = store.list_workspaces(org).await?;
-            let text = list.iter().map(|w| format!("{}\t{}\t{}", w.id, w.name, w.org_id)).collect::<Vec<_>>();
+            let text = list
+                .iter()
+                .map(|w| format!("{}\t{}\t{}", w.id, w.name, w.org_id))
+                .collect::<Vec<_>>();
             print(j, json!(list), text.join("\n"));
         }
         AdminCommand::ApiKey(KeyCommand::Create { workspace, org }) => {
             let scope = match (workspace, org) {
                 (Some(ws), _) => match store.get_workspace(ws).await? {
-                    Some((w, _)) => KeyScope::Workspace { org_id: w.org_id, workspace_id: ws },
+                    Some((w, _)) => KeyScope::Workspace {
+                        org_id: w.org_id,
+                        workspace_id: ws,
+                    },
                     None => return usage(format!("no workspace with id {ws}")),
                 },
                 (None, Some(org_id)) => {
@@ -137,7 +157,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 (None, None) => return usage("give --workspace or --org".into()),
             };
             let value = store::generate_key();
-            let key = store.create_api_key(scope, &store::hash_key(&value)).await?;
+            let key = store
+                .create_api_key(scope, &store::hash_key(&value))
+                .await?;
             print(
                 j,
                 json!({ "id": key.id, "key": value, "org_id": key.org_id, "workspace_id": key.workspace_id }),
@@ -149,18 +171,30 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             let text = keys
                 .iter()
                 .map(|k| {
-                    let scope = k.workspace_id.map_or(format!("org {}", k.org_id), |w| format!("workspace {w}"));
-                    let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                    let scope = k
+                        .workspace_id
+                        .map_or(format!("org {}", k.org_id), |w| format!("workspace {w}"));
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     format!("{}\t{scope}\t{state}", k.id)
                 })
                 .collect::<Vec<_>>();
             print(j, json!(keys), text.join("\n"));
         }
-        AdminCommand::ApiKey(KeyCommand::Revoke { key_id }) => match store.revoke_api_key(key_id).await {
-            Ok(()) => print(j, json!({ "id": key_id, "revoked": true }), format!("revoked {key_id}")),
-            Err(StoreError::NotFound) => return usage(format!("no API key with id {key_id}")),
-            Err(e) => return Err(e.into()),
-        },
+        AdminCommand::ApiKey(KeyCommand::Revoke { key_id }) => {
+            match store.revoke_api_key(key_id).await {
+                Ok(()) => print(
+                    j,
+                    json!({ "id": key_id, "revoked": true }),
+                    format!("revoked {key_id}"),
+                ),
+                Err(StoreError::NotFound) => return usage(format!("no API key with id {key_id}")),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

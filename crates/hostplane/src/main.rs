@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hostplane", version, about = "Self-hostable control plane for agent deployments")]
+#[command(
+    name = "hostplane",
+    version,
+    about = "Self-hostable control plane for agent deployments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,11 @@ enum Command {
 #[derive(Args, Clone)]
 pub struct DbArgs {
     /// `sqlite://PATH` (created if missing) or `postgres://USER:PASS@HOST/DB`.
-    #[arg(long, env = "HOSTPLANE_DATABASE_URL", default_value = "sqlite://hostplane.db")]
+    #[arg(
+        long,
+        env = "HOSTPLANE_DATABASE_URL",
+        default_value = "sqlite://hostplane.db"
+    )]
     database_url: String,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "HOSTPLANE_DB_POOL_SIZE", default_value_t = 16)]
@@ -35,8 +43,13 @@ pub struct DbArgs {
 
 impl DbArgs {
     async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
-        let opts = store::StoreOptions { max_connections: self.db_pool_size, ..Default::default() };
-        store::open(&self.database_url, &opts).await.context("opening the database")
+        let opts = store::StoreOptions {
+            max_connections: self.db_pool_size,
+            ..Default::default()
+        };
+        store::open(&self.database_url, &opts)
+            .await
+            .context("opening the database")
     }
 }
 
@@ -71,7 +84,9 @@ struct ServeArgs {
 
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -97,13 +112,24 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_format);
     let store = args.db.open().await?;
-    if let Some(b) = store.bootstrap(args.bootstrap_api_key.as_deref()).await.context("first-start setup")? {
-        println!("hostplane: first start: created organization 'default' ({}) {}", b.org.plan.as_str(), b.org.id);
+    if let Some(b) = store
+        .bootstrap(args.bootstrap_api_key.as_deref())
+        .await
+        .context("first-start setup")?
+    {
+        println!(
+            "hostplane: first start: created organization 'default' ({}) {}",
+            b.org.plan.as_str(),
+            b.org.id
+        );
         println!("hostplane: workspace 'default' {}", b.workspace.id);
         match &b.generated_key {
             Some(key) => {
                 println!("hostplane: API key for it (shown once, store it now): {key}");
-                println!("hostplane: try: curl -H 'X-Api-Key: {key}' http://{}/v2/listeners", args.listen);
+                println!(
+                    "hostplane: try: curl -H 'X-Api-Key: {key}' http://{}/v2/listeners",
+                    args.listen
+                );
             }
             None => println!("hostplane: API key for it: the value of HOSTPLANE_BOOTSTRAP_API_KEY"),
         }
@@ -113,9 +139,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
     };
     let app = api::router(store, config);
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "hostplane listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -8,7 +8,10 @@ use sha2::{Digest, Sha256};
 pub fn generate_key() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("hp_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "hp_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// The hex SHA-256 of a key, the only form a key is stored in.

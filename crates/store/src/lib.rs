@@ -62,9 +62,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// `Conflict` when the workspace already has a listener with this `compute_id`.
     async fn create_listener(&self, new: NewListener) -> Result<Listener>;
-    async fn list_listeners(&self, workspace: Uuid, limit: i64, offset: i64) -> Result<Vec<Listener>>;
+    async fn list_listeners(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Listener>>;
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
-    async fn patch_listener(&self, workspace: Uuid, id: Uuid, patch: ListenerPatch) -> Result<Option<Listener>>;
+    async fn patch_listener(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        patch: ListenerPatch,
+    ) -> Result<Option<Listener>>;
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool>;
 }
 
@@ -79,7 +89,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 16, acquire_timeout: std::time::Duration::from_secs(5) }
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        }
     }
 }
 
@@ -106,9 +119,10 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
             StoreError::Unavailable(e.to_string())
         }

@@ -18,7 +18,10 @@ const LISTENER_COLUMNS: &str =
 /// Advisory lock keys (one namespace for hostplane): bootstrap, and per-workspace creates.
 const BOOTSTRAP_LOCK: i64 = 0x686f_7374_0001;
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(row: &'r PgRow, col: &str) -> Result<T> {
+fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+    row: &'r PgRow,
+    col: &str,
+) -> Result<T> {
     row.try_get(col).map_err(map_sqlx)
 }
 
@@ -82,9 +85,16 @@ impl PgStore {
     }
 }
 
-async fn insert_key(conn: &mut sqlx::PgConnection, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
+async fn insert_key(
+    conn: &mut sqlx::PgConnection,
+    scope: KeyScope,
+    key_hash: &str,
+) -> Result<ApiKey> {
     let (org_id, ws) = match scope {
-        KeyScope::Workspace { org_id, workspace_id } => (org_id, Some(workspace_id)),
+        KeyScope::Workspace {
+            org_id,
+            workspace_id,
+        } => (org_id, Some(workspace_id)),
         KeyScope::Org { org_id } => (org_id, None),
     };
     let row = sqlx::query(
@@ -127,22 +137,40 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(map_sqlx)?;
-        sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3)")
-            .bind(ws_id)
-            .bind(org_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        sqlx::query(
+            "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3)",
+        )
+        .bind(ws_id)
+        .bind(org_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
         let generated = key.is_none().then(crate::generate_key);
-        let value = key.map(str::to_owned).or_else(|| generated.clone()).unwrap_or_default();
-        let scope = KeyScope::Workspace { org_id, workspace_id: ws_id };
+        let value = key
+            .map(str::to_owned)
+            .or_else(|| generated.clone())
+            .unwrap_or_default();
+        let scope = KeyScope::Workspace {
+            org_id,
+            workspace_id: ws_id,
+        };
         let k = insert_key(&mut tx, scope, &crate::hash_key(&value)).await?;
         tx.commit().await.map_err(map_sqlx)?;
         let created_at = micros_to_time(now);
         Ok(Some(Bootstrapped {
-            org: Org { id: org_id, name: "default".into(), plan: Plan::Enterprise, created_at },
-            workspace: Workspace { id: ws_id, org_id, name: "default".into(), created_at },
+            org: Org {
+                id: org_id,
+                name: "default".into(),
+                plan: Plan::Enterprise,
+                created_at,
+            },
+            workspace: Workspace {
+                id: ws_id,
+                org_id,
+                name: "default".into(),
+                created_at,
+            },
             key_id: k.id,
             generated_key: generated,
         }))
@@ -190,7 +218,11 @@ impl Store for PgStore {
     }
 
     async fn create_api_key(&self, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
-        if let KeyScope::Workspace { org_id, workspace_id } = scope {
+        if let KeyScope::Workspace {
+            org_id,
+            workspace_id,
+        } = scope
+        {
             match self.get_workspace(workspace_id).await? {
                 Some((ws, _)) if ws.org_id == org_id => {}
                 _ => return Err(StoreError::NotFound),
@@ -209,12 +241,13 @@ impl Store for PgStore {
     }
 
     async fn revoke_api_key(&self, id: Uuid) -> Result<()> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-            .bind(now_micros())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_micros())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -276,7 +309,12 @@ impl Store for PgStore {
         listener(&row)
     }
 
-    async fn list_listeners(&self, workspace: Uuid, limit: i64, offset: i64) -> Result<Vec<Listener>> {
+    async fn list_listeners(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Listener>> {
         let sql = format!(
             "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = $1 \
              ORDER BY created_at, id LIMIT $2 OFFSET $3"
@@ -292,7 +330,8 @@ impl Store for PgStore {
     }
 
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>> {
-        let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = $1 AND workspace_id = $2");
+        let sql =
+            format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = $1 AND workspace_id = $2");
         let row = sqlx::query(&sql)
             .bind(id)
             .bind(workspace)
@@ -302,7 +341,12 @@ impl Store for PgStore {
         row.as_ref().map(listener).transpose()
     }
 
-    async fn patch_listener(&self, workspace: Uuid, id: Uuid, patch: ListenerPatch) -> Result<Option<Listener>> {
+    async fn patch_listener(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        patch: ListenerPatch,
+    ) -> Result<Option<Listener>> {
         let sql = format!(
             "UPDATE listeners SET \
                version = COALESCE($1, version), \

@@ -71,8 +71,13 @@ pub struct ApiKey {
 impl ApiKey {
     pub fn scope(&self) -> KeyScope {
         match self.workspace_id {
-            Some(workspace_id) => KeyScope::Workspace { org_id: self.org_id, workspace_id },
-            None => KeyScope::Org { org_id: self.org_id },
+            Some(workspace_id) => KeyScope::Workspace {
+                org_id: self.org_id,
+                workspace_id,
+            },
+            None => KeyScope::Org {
+                org_id: self.org_id,
+            },
         }
     }
 }
@@ -111,7 +116,8 @@ pub(crate) fn micros_to_time(us: i64) -> DateTime<Utc> {
 }
 
 pub(crate) fn namespaces_to_text(ns: &Option<Vec<String>>) -> Option<String> {
-    ns.as_ref().map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()))
+    ns.as_ref()
+        .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()))
 }
 
 pub(crate) fn namespaces_from_text(text: Option<String>) -> Option<Vec<String>> {

@@ -4,7 +4,9 @@
 use crate::records::*;
 use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,10 +26,14 @@ fn uuid_col(row: &SqliteRow, col: &str) -> Result<Uuid> {
 
 fn opt_uuid_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
     let text: Option<String> = row.try_get(col).map_err(map_sqlx)?;
-    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Other(e.to_string()))).transpose()
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Other(e.to_string())))
+        .transpose()
 }
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(row: &'r SqliteRow, col: &str) -> Result<T> {
+fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
+    row: &'r SqliteRow,
+    col: &str,
+) -> Result<T> {
     row.try_get(col).map_err(map_sqlx)
 }
 
@@ -96,9 +102,17 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    async fn insert_key(&self, conn: &mut sqlx::SqliteConnection, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
+    async fn insert_key(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        scope: KeyScope,
+        key_hash: &str,
+    ) -> Result<ApiKey> {
         let (org_id, ws) = match scope {
-            KeyScope::Workspace { org_id, workspace_id } => (org_id, Some(workspace_id)),
+            KeyScope::Workspace {
+                org_id,
+                workspace_id,
+            } => (org_id, Some(workspace_id)),
             KeyScope::Org { org_id } => (org_id, None),
         };
         let row = sqlx::query(
@@ -121,7 +135,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(map_sqlx)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
         let result = async {
             let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
                 .fetch_one(&mut *conn)
@@ -160,7 +177,10 @@ impl Store for SqliteStore {
         }
         .await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        sqlx::query(end).execute(&mut *conn).await.map_err(map_sqlx)?;
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
         result
     }
 
@@ -185,28 +205,36 @@ impl Store for SqliteStore {
     }
 
     async fn create_workspace(&self, org_id: Uuid, name: &str) -> Result<Workspace> {
-        let row = sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, ?, ?) RETURNING *")
-            .bind(Uuid::new_v4().to_string())
-            .bind(org_id.to_string())
-            .bind(name)
-            .bind(now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(
+            "INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(org_id.to_string())
+        .bind(name)
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
         workspace(&row)
     }
 
     async fn list_workspaces(&self, org_id: Option<Uuid>) -> Result<Vec<Workspace>> {
-        let rows = sqlx::query("SELECT * FROM workspaces WHERE ?1 IS NULL OR org_id = ?1 ORDER BY created_at, id")
-            .bind(org_id.map(|o| o.to_string()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let rows = sqlx::query(
+            "SELECT * FROM workspaces WHERE ?1 IS NULL OR org_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(org_id.map(|o| o.to_string()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
         rows.iter().map(workspace).collect()
     }
 
     async fn create_api_key(&self, scope: KeyScope, key_hash: &str) -> Result<ApiKey> {
-        if let KeyScope::Workspace { org_id, workspace_id } = scope {
+        if let KeyScope::Workspace {
+            org_id,
+            workspace_id,
+        } = scope
+        {
             match self.get_workspace(workspace_id).await? {
                 Some((ws, _)) if ws.org_id == org_id => {}
                 _ => return Err(StoreError::NotFound),
@@ -225,12 +253,13 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: Uuid) -> Result<()> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(now_micros())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+                .bind(now_micros())
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -284,7 +313,12 @@ impl Store for SqliteStore {
         listener(&row)
     }
 
-    async fn list_listeners(&self, workspace: Uuid, limit: i64, offset: i64) -> Result<Vec<Listener>> {
+    async fn list_listeners(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Listener>> {
         let sql = format!(
             "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = ? \
              ORDER BY created_at, id LIMIT ? OFFSET ?"
@@ -300,7 +334,8 @@ impl Store for SqliteStore {
     }
 
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>> {
-        let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ? AND workspace_id = ?");
+        let sql =
+            format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ? AND workspace_id = ?");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(workspace.to_string())
@@ -310,7 +345,12 @@ impl Store for SqliteStore {
         row.as_ref().map(listener).transpose()
     }
 
-    async fn patch_listener(&self, workspace: Uuid, id: Uuid, patch: ListenerPatch) -> Result<Option<Listener>> {
+    async fn patch_listener(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        patch: ListenerPatch,
+    ) -> Result<Option<Listener>> {
         let sql = format!(
             "UPDATE listeners SET \
                version = COALESCE(?1, version), \
