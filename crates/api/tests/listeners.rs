@@ -41,48 +41,105 @@ async fn crud_exact_bodies(backend: Backend) {
     );
     // Field order is the reference's.
     let text = String::from_utf8(res.body.clone()).unwrap();
-    assert!(text.starts_with(r#"{"version":"0.4.1","compute_type":"k8s","compute_id":"prod-eu","compute_config":"#), "{text}");
+    assert!(
+        text.starts_with(
+            r#"{"version":"0.4.1","compute_type":"k8s","compute_id":"prod-eu","compute_config":"#
+        ),
+        "{text}"
+    );
 
     let got = app.call("GET", &format!("/v2/listeners/{id}"), None).await;
     assert_eq!((got.status.as_u16(), got.json()), (200, created.clone()));
-    let via_prefix = app.call("GET", &format!("/api-host/v2/listeners/{id}"), None).await;
-    assert_eq!((via_prefix.status.as_u16(), via_prefix.json()), (200, created.clone()));
+    let via_prefix = app
+        .call("GET", &format!("/api-host/v2/listeners/{id}"), None)
+        .await;
+    assert_eq!(
+        (via_prefix.status.as_u16(), via_prefix.json()),
+        (200, created.clone())
+    );
 
     let listed = app.call("GET", "/v2/listeners", None).await;
-    assert_eq!(listed.json(), json!({"resources": [created.clone()], "offset": 1}));
+    assert_eq!(
+        listed.json(),
+        json!({"resources": [created.clone()], "offset": 1})
+    );
 
     // Patch: version only; namespaces untouched; updated_at moves, created_at does not.
-    let patched = app.call("PATCH", &format!("/v2/listeners/{id}"), Some(json!({"version": "0.5.0"}))).await;
+    let patched = app
+        .call(
+            "PATCH",
+            &format!("/v2/listeners/{id}"),
+            Some(json!({"version": "0.5.0"})),
+        )
+        .await;
     assert_eq!(patched.status, 200);
     let p = patched.json();
     assert_eq!(p["version"], "0.5.0");
-    assert_eq!(p["compute_config"], json!({"k8s_namespaces": ["agents", "tools"]}));
+    assert_eq!(
+        p["compute_config"],
+        json!({"k8s_namespaces": ["agents", "tools"]})
+    );
     assert_eq!(p["created_at"], created["created_at"]);
     assert!(p["updated_at"].as_str().unwrap() > created["updated_at"].as_str().unwrap());
 
     // compute_config replaces the stored one whole; `{}` clears the namespaces.
-    let p = app.call("PATCH", &format!("/v2/listeners/{id}"), Some(json!({"compute_config": {"k8s_namespaces": ["b"]}}))).await.json();
+    let p = app
+        .call(
+            "PATCH",
+            &format!("/v2/listeners/{id}"),
+            Some(json!({"compute_config": {"k8s_namespaces": ["b"]}})),
+        )
+        .await
+        .json();
     assert_eq!(p["compute_config"], json!({"k8s_namespaces": ["b"]}));
     assert_eq!(p["version"], "0.5.0");
-    let p = app.call("PATCH", &format!("/v2/listeners/{id}"), Some(json!({"compute_config": {}}))).await.json();
+    let p = app
+        .call(
+            "PATCH",
+            &format!("/v2/listeners/{id}"),
+            Some(json!({"compute_config": {}})),
+        )
+        .await
+        .json();
     assert_eq!(p["compute_config"], json!({"k8s_namespaces": null}));
 
     // A patch that fails validation changes nothing.
-    let bad = app.call("PATCH", &format!("/v2/listeners/{id}"), Some(json!({"version": "9", "compute_config": {"k8s_namespaces": ["ok", "ok"]}}))).await;
+    let bad = app
+        .call(
+            "PATCH",
+            &format!("/v2/listeners/{id}"),
+            Some(json!({"version": "9", "compute_config": {"k8s_namespaces": ["ok", "ok"]}})),
+        )
+        .await;
     assert_eq!(bad.status, 422);
     assert_eq!(
         bad.json(),
         json!({"detail": [{"type": "value_error", "loc": ["body", "compute_config", "k8s_namespaces"],
                             "msg": "Value error, duplicate namespace 'ok'", "input": ["ok", "ok"], "ctx": {"error": {}}}]})
     );
-    assert_eq!(app.call("GET", &format!("/v2/listeners/{id}"), None).await.json()["version"], "0.5.0");
+    assert_eq!(
+        app.call("GET", &format!("/v2/listeners/{id}"), None)
+            .await
+            .json()["version"],
+        "0.5.0"
+    );
 
-    let del = app.call("DELETE", &format!("/v2/listeners/{id}"), None).await;
+    let del = app
+        .call("DELETE", &format!("/v2/listeners/{id}"), None)
+        .await;
     assert_eq!(del.status, 204);
     assert!(del.body.is_empty());
     let gone = app.call("GET", &format!("/v2/listeners/{id}"), None).await;
-    assert_eq!((gone.status.as_u16(), gone.json()), (404, json!({"detail": format!("Listener ID {id} not found.")})));
-    let again = app.call("DELETE", &format!("/v2/listeners/{id}"), None).await;
+    assert_eq!(
+        (gone.status.as_u16(), gone.json()),
+        (
+            404,
+            json!({"detail": format!("Listener ID {id} not found.")})
+        )
+    );
+    let again = app
+        .call("DELETE", &format!("/v2/listeners/{id}"), None)
+        .await;
     assert_eq!(again.status, 404);
     // The compute_id can be used again once its listener is gone.
     create(&app, app.key.as_str(), "prod-eu").await;
@@ -100,7 +157,11 @@ async fn tenancy_matrix(backend: Backend) {
     let (other_ws, other_key) = app.other_workspace(Plan::Enterprise).await;
     for (method, body) in [("GET", None), ("PATCH", patch.clone()), ("DELETE", None)] {
         let res = app.call_as(&other_key, method, &item, body).await;
-        assert_eq!((res.status.as_u16(), res.json()), (404, not_found.clone()), "{method}");
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (404, not_found.clone()),
+            "{method}"
+        );
     }
     let list = app.call_as(&other_key, "GET", "/v2/listeners", None).await;
     assert_eq!(list.json(), json!({"resources": [], "offset": 0}));
@@ -111,15 +172,38 @@ async fn tenancy_matrix(backend: Backend) {
 
     // A sibling workspace of the same organization is just as separate.
     let (_, sibling_key) = app.sibling_workspace().await;
-    assert_eq!(app.call_as(&sibling_key, "GET", &item, None).await.status, 404);
+    assert_eq!(
+        app.call_as(&sibling_key, "GET", &item, None).await.status,
+        404
+    );
 
     // Workspace keys cannot name another workspace.
-    let res = app.send("GET", "/v2/listeners", &[("x-api-key", &app.key), ("x-tenant-id", &other_ws.to_string())], None).await;
+    let res = app
+        .send(
+            "GET",
+            "/v2/listeners",
+            &[
+                ("x-api-key", &app.key),
+                ("x-tenant-id", &other_ws.to_string()),
+            ],
+            None,
+        )
+        .await;
     assert_eq!(res.status, 403);
-    assert_eq!(res.json(), json!({"detail": format!("API key does not have access to LangSmith workspace ID '{other_ws}'.")}));
+    assert_eq!(
+        res.json(),
+        json!({"detail": format!("API key does not have access to LangSmith workspace ID '{other_ws}'.")})
+    );
     // Naming its own workspace, in any header case, is fine.
     let own = app.workspace.to_string();
-    let res = app.send("GET", "/v2/listeners", &[("x-api-key", &app.key), ("X-TENANT-ID", &own)], None).await;
+    let res = app
+        .send(
+            "GET",
+            "/v2/listeners",
+            &[("x-api-key", &app.key), ("X-TENANT-ID", &own)],
+            None,
+        )
+        .await;
     assert_eq!(res.status, 200);
 
     // Organization keys must name a workspace of their organization.
@@ -127,38 +211,112 @@ async fn tenancy_matrix(backend: Backend) {
     let requires = json!({"detail": "requires workspace specification"});
     for (method, uri, body) in [
         ("GET", "/v2/listeners".to_owned(), None),
-        ("POST", "/v2/listeners".to_owned(), Some(json!({"compute_type": "k8s", "compute_id": "z", "compute_config": {}}))),
+        (
+            "POST",
+            "/v2/listeners".to_owned(),
+            Some(json!({"compute_type": "k8s", "compute_id": "z", "compute_config": {}})),
+        ),
         ("GET", item.clone(), None),
         ("PATCH", item.clone(), patch.clone()),
         ("DELETE", item.clone(), None),
     ] {
         let res = app.call_as(&org_key, method, &uri, body).await;
-        assert_eq!((res.status.as_u16(), res.json()), (403, requires.clone()), "{method} {uri}");
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (403, requires.clone()),
+            "{method} {uri}"
+        );
     }
-    let res = app.send("GET", &item, &[("x-api-key", &org_key), ("X-Tenant-ID", &own)], None).await;
+    let res = app
+        .send(
+            "GET",
+            &item,
+            &[("x-api-key", &org_key), ("X-Tenant-ID", &own)],
+            None,
+        )
+        .await;
     assert_eq!((res.status.as_u16(), res.json()), (200, mine.clone()));
-    let res = app.send("GET", &item, &[("x-api-key", &org_key), ("x-tenant-id", &other_ws.to_string())], None).await;
+    let res = app
+        .send(
+            "GET",
+            &item,
+            &[
+                ("x-api-key", &org_key),
+                ("x-tenant-id", &other_ws.to_string()),
+            ],
+            None,
+        )
+        .await;
     assert_eq!(res.status, 403);
-    let res = app.send("GET", &item, &[("x-api-key", &org_key), ("x-tenant-id", "not-a-uuid")], None).await;
+    let res = app
+        .send(
+            "GET",
+            &item,
+            &[("x-api-key", &org_key), ("x-tenant-id", "not-a-uuid")],
+            None,
+        )
+        .await;
     assert_eq!(res.status, 403);
 
     // Bearer works like X-Api-Key; other schemes are no credentials.
-    let res = app.send("GET", &item, &[("authorization", &format!("Bearer {}", app.key))], None).await;
+    let res = app
+        .send(
+            "GET",
+            &item,
+            &[("authorization", &format!("Bearer {}", app.key))],
+            None,
+        )
+        .await;
     assert_eq!(res.status, 200);
-    let res = app.send("GET", &item, &[("authorization", &format!("Basic {}", app.key))], None).await;
-    assert_eq!((res.status.as_u16(), res.json()), (401, json!({"detail": "Not authenticated"})));
+    let res = app
+        .send(
+            "GET",
+            &item,
+            &[("authorization", &format!("Basic {}", app.key))],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (401, json!({"detail": "Not authenticated"}))
+    );
 
     // Revoked keys stop working at once; no key at all is 401 too.
-    let doomed = app.key_for(KeyScope::Workspace { org_id: app.org, workspace_id: app.workspace }).await;
+    let doomed = app
+        .key_for(KeyScope::Workspace {
+            org_id: app.org,
+            workspace_id: app.workspace,
+        })
+        .await;
     assert_eq!(app.call_as(&doomed, "GET", &item, None).await.status, 200);
     let keys = app.store.list_api_keys().await.unwrap();
-    let doomed_id = keys.iter().find(|k| k.key_hash == store::hash_key(&doomed)).unwrap().id;
+    let doomed_id = keys
+        .iter()
+        .find(|k| k.key_hash == store::hash_key(&doomed))
+        .unwrap()
+        .id;
     app.store.revoke_api_key(doomed_id).await.unwrap();
-    for (method, uri, body) in [("GET", "/v2/listeners", None), ("POST", "/v2/listeners", Some(json!({}))), ("GET", item.as_str(), None), ("PATCH", item.as_str(), patch.clone()), ("DELETE", item.as_str(), None)] {
+    for (method, uri, body) in [
+        ("GET", "/v2/listeners", None),
+        ("POST", "/v2/listeners", Some(json!({}))),
+        ("GET", item.as_str(), None),
+        ("PATCH", item.as_str(), patch.clone()),
+        ("DELETE", item.as_str(), None),
+    ] {
         let res = app.call_as(&doomed, method, uri, body.clone()).await;
-        assert_eq!((res.status.as_u16(), res.json()), (401, json!({"detail": "Invalid API key"})), "{method} {uri}");
-        let res = app.send(method, uri, &[], body.map(|b| b.to_string().into_bytes())).await;
-        assert_eq!((res.status.as_u16(), res.json()), (401, json!({"detail": "Not authenticated"})), "{method} {uri}");
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (401, json!({"detail": "Invalid API key"})),
+            "{method} {uri}"
+        );
+        let res = app
+            .send(method, uri, &[], body.map(|b| b.to_string().into_bytes()))
+            .await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (401, json!({"detail": "Not authenticated"})),
+            "{method} {uri}"
+        );
     }
     // Nothing above changed the listener.
     assert_eq!(app.call("GET", &item, None).await.json(), mine);
@@ -171,13 +329,21 @@ async fn standard_plan_is_refused(backend: Backend) {
     let item = format!("/v2/listeners/{}", uuid::Uuid::new_v4());
     for (method, uri, body) in [
         ("GET", "/v2/listeners", None),
-        ("POST", "/v2/listeners", Some(json!({"compute_type": "k8s", "compute_id": "a", "compute_config": {}}))),
+        (
+            "POST",
+            "/v2/listeners",
+            Some(json!({"compute_type": "k8s", "compute_id": "a", "compute_config": {}})),
+        ),
         ("GET", item.as_str(), None),
         ("PATCH", item.as_str(), Some(json!({}))),
         ("DELETE", item.as_str(), None),
     ] {
         let res = app.call_as(&key, method, uri, body).await;
-        assert_eq!((res.status.as_u16(), res.json()), (403, text.clone()), "{method} {uri}");
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (403, text.clone()),
+            "{method} {uri}"
+        );
     }
 }
 
@@ -187,7 +353,8 @@ async fn concurrent_creates_one_wins(backend: Backend) {
         .map(|_| {
             let app = app.clone();
             tokio::spawn(async move {
-                let body = json!({"compute_type": "k8s", "compute_id": "race", "compute_config": {}});
+                let body =
+                    json!({"compute_type": "k8s", "compute_id": "race", "compute_config": {}});
                 let res = app.call("POST", "/v2/listeners", Some(body)).await;
                 (res.status.as_u16(), res.json())
             })
@@ -203,15 +370,27 @@ async fn concurrent_creates_one_wins(backend: Backend) {
         }
     }
     assert_eq!(created, 1);
-    assert_eq!(app.call("GET", "/v2/listeners", None).await.json()["resources"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.call("GET", "/v2/listeners", None).await.json()["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn paging_returns_each_once(backend: Backend) {
     let app = std::sync::Arc::new(TestApp::new(backend).await);
     let mut ids = HashSet::new();
     for i in 0..250 {
-        let body = json!({"compute_type": "k8s", "compute_id": format!("c-{i:03}"), "compute_config": {}});
-        ids.insert(app.call("POST", "/v2/listeners", Some(body)).await.json()["id"].as_str().unwrap().to_owned());
+        let body =
+            json!({"compute_type": "k8s", "compute_id": format!("c-{i:03}"), "compute_config": {}});
+        ids.insert(
+            app.call("POST", "/v2/listeners", Some(body)).await.json()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Others keep creating while we page.
     let writer = {
@@ -219,14 +398,24 @@ async fn paging_returns_each_once(backend: Backend) {
         tokio::spawn(async move {
             for i in 0..60 {
                 let body = json!({"compute_type": "k8s", "compute_id": format!("late-{i}"), "compute_config": {}});
-                assert_eq!(app.call("POST", "/v2/listeners", Some(body)).await.status, 201);
+                assert_eq!(
+                    app.call("POST", "/v2/listeners", Some(body)).await.status,
+                    201
+                );
             }
         })
     };
     let mut seen = Vec::new();
     let mut offset = 0;
     loop {
-        let page = app.call("GET", &format!("/v2/listeners?limit=100&offset={offset}"), None).await.json();
+        let page = app
+            .call(
+                "GET",
+                &format!("/v2/listeners?limit=100&offset={offset}"),
+                None,
+            )
+            .await
+            .json();
         let items = page["resources"].as_array().unwrap().clone();
         assert_eq!(page["offset"], json!(offset + items.len()));
         seen.extend(items.iter().map(|l| l["id"].as_str().unwrap().to_owned()));
@@ -238,43 +427,100 @@ async fn paging_returns_each_once(backend: Backend) {
     writer.await.unwrap();
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "a listener was returned twice");
-    assert!(ids.is_subset(&unique), "a listener created before paging was missed");
+    assert!(
+        ids.is_subset(&unique),
+        "a listener created before paging was missed"
+    );
     // Oldest first: the first 250 are the ones created first, in order.
     let first: Vec<_> = seen.iter().take(250).cloned().collect();
-    let all = app.call("GET", "/v2/listeners?limit=100", None).await.json();
+    let all = app
+        .call("GET", "/v2/listeners?limit=100", None)
+        .await
+        .json();
     assert_eq!(all["resources"][0]["compute_id"], "c-000");
     assert_eq!(first.len(), 250);
 }
 
 async fn http_edges(backend: Backend) {
-    let config = hostplane_api::ApiConfig { max_body_bytes: 64 * 1024, ..Default::default() };
+    let config = hostplane_api::ApiConfig {
+        max_body_bytes: 64 * 1024,
+        ..Default::default()
+    };
     let app = TestApp::with_config(backend, config).await;
     let ok = app.send("GET", "/ok", &[], None).await;
     assert_eq!((ok.status.as_u16(), ok.json()), (200, json!({"ok": true})));
 
-    let res = app.send("PUT", "/v2/listeners", &[("x-api-key", &app.key)], None).await;
-    assert_eq!((res.status.as_u16(), res.json()), (405, json!({"detail": "Method Not Allowed"})));
-    let allow = res.headers.get("allow").unwrap().to_str().unwrap().to_owned();
+    let res = app
+        .send("PUT", "/v2/listeners", &[("x-api-key", &app.key)], None)
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (405, json!({"detail": "Method Not Allowed"}))
+    );
+    let allow = res
+        .headers
+        .get("allow")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
 
     let res = app.send("GET", "/v2/listeners/?limit=5", &[], None).await;
     assert_eq!(res.status, 307);
-    assert_eq!(res.headers.get("location").unwrap(), "/v2/listeners?limit=5");
+    assert_eq!(
+        res.headers.get("location").unwrap(),
+        "/v2/listeners?limit=5"
+    );
     let res = app.send("GET", "/api-host/v2/listeners/", &[], None).await;
-    assert_eq!(res.headers.get("location").unwrap(), "/api-host/v2/listeners");
+    assert_eq!(
+        res.headers.get("location").unwrap(),
+        "/api-host/v2/listeners"
+    );
 
-    let res = app.send("GET", "/v3/nothing", &[("x-api-key", &app.key)], None).await;
-    assert_eq!((res.status.as_u16(), res.json()), (404, json!({"detail": "Not Found"})));
+    let res = app
+        .send("GET", "/v3/nothing", &[("x-api-key", &app.key)], None)
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (404, json!({"detail": "Not Found"}))
+    );
 
     // Oversized bodies: 413 with a detail, and nothing stored.
-    let big = format!(r#"{{"compute_type":"k8s","compute_id":"big","compute_config":{{}},"pad":"{}"}}"#, "x".repeat(70 * 1024));
-    let res = app.send("POST", "/v2/listeners", &[("x-api-key", &app.key), ("content-type", "application/json")], Some(big.into_bytes())).await;
+    let big = format!(
+        r#"{{"compute_type":"k8s","compute_id":"big","compute_config":{{}},"pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let res = app
+        .send(
+            "POST",
+            "/v2/listeners",
+            &[
+                ("x-api-key", &app.key),
+                ("content-type", "application/json"),
+            ],
+            Some(big.into_bytes()),
+        )
+        .await;
     assert_eq!(res.status, 413);
-    assert_eq!(res.json(), json!({"detail": "Request body is larger than the limit of 65536 bytes."}));
-    assert_eq!(app.call("GET", "/v2/listeners", None).await.json()["resources"], json!([]));
+    assert_eq!(
+        res.json(),
+        json!({"detail": "Request body is larger than the limit of 65536 bytes."})
+    );
+    assert_eq!(
+        app.call("GET", "/v2/listeners", None).await.json()["resources"],
+        json!([])
+    );
 
     // Every response carries a request id.
     assert!(res.headers.get("x-request-id").is_some());
 }
 
-on_both_backends!(crud_exact_bodies, tenancy_matrix, standard_plan_is_refused, concurrent_creates_one_wins, paging_returns_each_once, http_edges);
+on_both_backends!(
+    crud_exact_bodies,
+    tenancy_matrix,
+    standard_plan_is_refused,
+    concurrent_creates_one_wins,
+    paging_returns_each_once,
+    http_edges
+);

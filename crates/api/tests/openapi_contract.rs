@@ -26,7 +26,10 @@ fn served() -> Value {
 fn strip_prose(v: &Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(
-            o.iter().filter(|(k, _)| !PROSE.contains(&k.as_str())).map(|(k, v)| (k.clone(), strip_prose(v))).collect(),
+            o.iter()
+                .filter(|(k, _)| !PROSE.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), strip_prose(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_prose).collect()),
         other => other.clone(),
@@ -70,8 +73,15 @@ fn compatible_operations_match_the_reference() {
             continue;
         }
         let reference_op = &theirs["paths"][&path][&method];
-        assert!(reference_op.is_object(), "{method} {path} is not in the reference document");
-        assert_eq!(strip_prose(&op), strip_prose(reference_op), "{method} {path} drifted from the reference");
+        assert!(
+            reference_op.is_object(),
+            "{method} {path} is not in the reference document"
+        );
+        assert_eq!(
+            strip_prose(&op),
+            strip_prose(reference_op),
+            "{method} {path} drifted from the reference"
+        );
         let (mut a, mut b) = (BTreeSet::new(), BTreeSet::new());
         referenced_schemas(&ours, &op, &mut a);
         referenced_schemas(&theirs, reference_op, &mut b);
@@ -88,7 +98,10 @@ fn compatible_operations_match_the_reference() {
     // Every operation of a complete tag is served and documented.
     for (path, method, op) in operations(&theirs) {
         if COMPLETE_TAGS.contains(&op["tags"][0].as_str().unwrap()) {
-            assert!(ours["paths"][&path][&method].is_object(), "{method} {path} is missing from our document");
+            assert!(
+                ours["paths"][&path][&method].is_object(),
+                "{method} {path} is missing from our document"
+            );
         }
     }
     assert!(compared >= 5);
@@ -100,7 +113,11 @@ fn prose_is_our_own() {
     for (path, method, op) in operations(&ours) {
         for key in ["summary", "description"] {
             if let Some(text) = op[key].as_str() {
-                assert_ne!(Some(text), theirs["paths"][&path][&method][key].as_str(), "{method} {path} {key} is copied");
+                assert_ne!(
+                    Some(text),
+                    theirs["paths"][&path][&method][key].as_str(),
+                    "{method} {path} {key} is copied"
+                );
             }
         }
     }
@@ -111,11 +128,18 @@ fn prose_is_our_own() {
 async fn every_operation_is_routed_and_guarded(backend: Backend) {
     let app = TestApp::new(backend).await;
     let doc = served();
+    let param = regex::Regex::new(r"\{[^}]+\}").unwrap();
     for (path, method, op) in operations(&doc) {
-        let uri = regex::Regex::new(r"\{[^}]+\}").unwrap().replace_all(&path, uuid::Uuid::new_v4().to_string().as_str()).into_owned();
+        let uri = param
+            .replace_all(&path, uuid::Uuid::new_v4().to_string().as_str())
+            .into_owned();
         for prefix in ["", "/api-host"] {
-            let res = app.send(&method.to_uppercase(), &format!("{prefix}{uri}"), &[], None).await;
-            let secured = op.get("security").is_some_and(|s| !s.as_array().unwrap().is_empty());
+            let res = app
+                .send(&method.to_uppercase(), &format!("{prefix}{uri}"), &[], None)
+                .await;
+            let secured = op
+                .get("security")
+                .is_some_and(|s| !s.as_array().unwrap().is_empty());
             let want = if secured { 401 } else { 200 };
             assert_eq!(res.status.as_u16(), want, "{method} {prefix}{path}");
         }

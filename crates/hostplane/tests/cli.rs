@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hostplane"));
-    c.env_remove("HOSTPLANE_DATABASE_URL").env_remove("HOSTPLANE_BOOTSTRAP_API_KEY").env_remove("HOSTPLANE_LISTEN");
+    c.env_remove("HOSTPLANE_DATABASE_URL")
+        .env_remove("HOSTPLANE_BOOTSTRAP_API_KEY")
+        .env_remove("HOSTPLANE_LISTEN");
     c
 }
 
@@ -29,24 +31,48 @@ impl Drop for TempDir {
 fn sqlite_db() -> Db {
     let dir = std::env::temp_dir().join(format!("hostplane-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    Db { url: format!("sqlite://{}", dir.join("hp.db").display()), _dir: TempDir(dir) }
+    Db {
+        url: format!("sqlite://{}", dir.join("hp.db").display()),
+        _dir: TempDir(dir),
+    }
 }
 
 fn postgres_db() -> Db {
-    let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL")
-        .expect("HOSTPLANE_TEST_POSTGRES_URL is not set: run `scripts/test`, which starts PostgreSQL");
+    let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL").expect(
+        "HOSTPLANE_TEST_POSTGRES_URL is not set: run `scripts/test`, which starts PostgreSQL",
+    );
     let name = format!("hp_cli_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql").args([&admin, "-qc", &format!("CREATE DATABASE {name}")]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("psql")
+        .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (base, _) = admin.rsplit_once('/').unwrap();
     let dir = std::env::temp_dir().join(format!("hostplane-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    Db { url: format!("{base}/{name}"), _dir: TempDir(dir) }
+    Db {
+        url: format!("{base}/{name}"),
+        _dir: TempDir(dir),
+    }
 }
 
 fn admin(db: &Db, args: &[&str]) -> (i32, String, String) {
-    let out = bin().arg("admin").arg("--database-url").arg(&db.url).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = bin()
+        .arg("admin")
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn admin_json(db: &Db, args: &[&str]) -> Value {
@@ -58,9 +84,18 @@ fn admin_json(db: &Db, args: &[&str]) -> Value {
 }
 
 /// A minimal HTTP/1.1 request, enough to talk to the server under test.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -70,28 +105,53 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn admin_commands(db: Db) {
     let orgs = admin_json(&db, &["org", "list"]);
     assert_eq!(orgs, Value::Array(vec![]));
-    let org = admin_json(&db, &["org", "create", "--name", "acme", "--plan", "standard"]);
-    assert_eq!((org["name"].as_str(), org["plan"].as_str()), (Some("acme"), Some("standard")));
+    let org = admin_json(
+        &db,
+        &["org", "create", "--name", "acme", "--plan", "standard"],
+    );
+    assert_eq!(
+        (org["name"].as_str(), org["plan"].as_str()),
+        (Some("acme"), Some("standard"))
+    );
     let org_id = org["id"].as_str().unwrap().to_owned();
     let default_plan = admin_json(&db, &["org", "create", "--name", "big"]);
     assert_eq!(default_plan["plan"], "enterprise");
-    assert_eq!(admin_json(&db, &["org", "list"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        admin_json(&db, &["org", "list"]).as_array().unwrap().len(),
+        2
+    );
 
-    let ws = admin_json(&db, &["workspace", "create", "--org", &org_id, "--name", "team"]);
+    let ws = admin_json(
+        &db,
+        &["workspace", "create", "--org", &org_id, "--name", "team"],
+    );
     assert_eq!(ws["org_id"], org["id"]);
     let ws_id = ws["id"].as_str().unwrap().to_owned();
-    assert_eq!(admin_json(&db, &["workspace", "list", "--org", &org_id]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        admin_json(&db, &["workspace", "list", "--org", &org_id])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let key = admin_json(&db, &["api-key", "create", "--workspace", &ws_id]);
     assert!(key["key"].as_str().unwrap().len() >= 40);
@@ -99,19 +159,42 @@ fn admin_commands(db: Db) {
     assert!(org_key["workspace_id"].is_null());
     let listed = admin_json(&db, &["api-key", "list"]);
     let text = listed.to_string();
-    assert!(!text.contains(key["key"].as_str().unwrap()), "key values must never be listed");
-    assert!(listed.as_array().unwrap().iter().all(|k| k["id"].is_string()));
+    assert!(
+        !text.contains(key["key"].as_str().unwrap()),
+        "key values must never be listed"
+    );
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["id"].is_string()));
     let revoked = admin_json(&db, &["api-key", "revoke", key["id"].as_str().unwrap()]);
     assert_eq!(revoked["revoked"], true);
     let listed = admin_json(&db, &["api-key", "list"]);
-    assert!(listed.as_array().unwrap().iter().any(|k| k["id"] == key["id"] && !k["revoked_at"].is_null()));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == key["id"] && !k["revoked_at"].is_null()));
 
     // Bad arguments: a clear message and exit code 2.
     for args in [
         vec!["workspace", "create", "--org", "not-a-uuid", "--name", "x"],
-        vec!["workspace", "create", "--org", "00000000-0000-4000-8000-000000000000", "--name", "x"],
+        vec![
+            "workspace",
+            "create",
+            "--org",
+            "00000000-0000-4000-8000-000000000000",
+            "--name",
+            "x",
+        ],
         vec!["api-key", "create"],
-        vec!["api-key", "create", "--workspace", "00000000-0000-4000-8000-000000000000"],
+        vec![
+            "api-key",
+            "create",
+            "--workspace",
+            "00000000-0000-4000-8000-000000000000",
+        ],
         vec!["api-key", "revoke", "00000000-0000-4000-8000-000000000000"],
         vec!["org", "create", "--name", "x", "--plan", "gold"],
     ] {
@@ -135,7 +218,13 @@ fn serve_bootstrap_and_shutdown(db: Db) {
     let port = free_port();
     let start = || {
         bin()
-            .args(["serve", "--database-url", &db.url, "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--database-url",
+                &db.url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -160,7 +249,10 @@ fn serve_bootstrap_and_shutdown(db: Db) {
     };
     assert!(printed.contains("workspace 'default'"));
     wait_ready();
-    assert_eq!(http(port, "GET", "/ok", &[], ""), (200, r#"{"ok":true}"#.to_owned()));
+    assert_eq!(
+        http(port, "GET", "/ok", &[], ""),
+        (200, r#"{"ok":true}"#.to_owned())
+    );
     let (status, body) = http(
         port,
         "POST",
@@ -170,7 +262,10 @@ fn serve_bootstrap_and_shutdown(db: Db) {
     );
     assert_eq!(status, 201, "{body}");
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 
@@ -180,12 +275,23 @@ fn serve_bootstrap_and_shutdown(db: Db) {
     let (status, body) = http(port, "GET", "/v2/listeners", &[("X-Api-Key", &key)], "");
     assert_eq!(status, 200);
     assert!(body.contains(r#""compute_id":"first""#));
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let mut rest = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
     assert!(!rest.contains("API key"), "second start printed: {rest}");
-    assert_eq!(admin_json(&db, &["org", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        admin_json(&db, &["org", "list"]).as_array().unwrap().len(),
+        1
+    );
 }
 
 #[test]
