@@ -9,6 +9,7 @@ pub mod error;
 pub mod format;
 pub mod json;
 pub mod query;
+pub mod schema;
 pub mod validate;
 pub mod value;
 

@@ -2,6 +2,7 @@
 //! module per backend. All SQL lives in this crate.
 
 mod keys;
+pub mod lifecycle;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 pub use keys::{generate_key, hash_key};
+pub use lifecycle::delete_outcome;
 pub use records::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,12 @@ pub enum StoreError {
     /// A referenced row does not exist.
     #[error("not found")]
     NotFound,
+    /// The row is still referenced (a listener that deployments use).
+    #[error("in use")]
+    InUse,
+    /// The row changed since it was read (optimistic concurrency); read again and retry.
+    #[error("changed concurrently")]
+    Stale,
     /// The database cannot be reached right now (pool timeout, connection refused).
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -29,6 +37,9 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A boxed future borrowing a connection, for closures run inside a transaction.
+pub(crate) type BoxFut<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>;
 
 /// What the first start on an empty database created.
 #[derive(Debug, Clone)]
@@ -41,7 +52,7 @@ pub struct Bootstrapped {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DeploymentStore + Send + Sync + 'static {
     /// Creates the default organization, workspace and key when no organization exists
     /// yet; safe when several processes start at once. `None` when there was data.
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>>;
@@ -75,7 +86,35 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         patch: ListenerPatch,
     ) -> Result<Option<Listener>>;
+    /// `InUse` when deployments still use the listener.
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool>;
+}
+
+
+/// Deployments, their revisions and their uploads.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync {
+    /// Creates a deployment and its first revision; `Conflict` when the name is taken.
+    async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment>;
+    async fn list_deployments(&self, workspace: Uuid, filter: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>>;
+    async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>>;
+    /// Writes `next` over the deployment if it still has `expected_updated_at` (`Stale`
+    /// otherwise), adding `revision` when given: it becomes the latest, and older
+    /// revisions still waiting are skipped.
+    async fn save_deployment(&self, next: Deployment, expected_updated_at: chrono::DateTime<chrono::Utc>, revision: Option<NewRevision>) -> Result<Deployment>;
+    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome>;
+    /// Newest first; `None` when the deployment does not exist in the workspace.
+    async fn list_revisions(&self, workspace: Uuid, deployment: Uuid, filter: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>>;
+    async fn get_revision(&self, workspace: Uuid, deployment: Uuid, id: Uuid) -> Result<Option<Revision>>;
+
+    /// Records an issued upload (by the hash of its token).
+    async fn create_upload(&self, deployment: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()>;
+    /// An unexpired upload not yet completed: its deployment id and object path.
+    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>>;
+    /// Marks an upload complete; `Conflict` when another request completed it first.
+    async fn complete_upload(&self, token_hash: &str, size_bytes: i64) -> Result<()>;
+    /// True when `object_path` was issued for this deployment and uploaded completely.
+    async fn upload_completed(&self, deployment: Uuid, object_path: &str) -> Result<bool>;
 }
 
 /// Options for opening a store.

@@ -373,7 +373,324 @@ impl Store for PgStore {
             .bind(workspace)
             .execute(&self.pool)
             .await
-            .map_err(map_sqlx)?;
+            .map_err(|e| match map_sqlx(e) {
+                // Deployments still point at it.
+                StoreError::NotFound => StoreError::InUse,
+                other => other,
+            })?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
+     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
+     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
+const REVISION_COLUMNS: &str =
+    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
+
+fn opt_json(text: Option<String>) -> Option<serde_json::Value> {
+    text.as_deref().map(json_from_text)
+}
+
+fn deployment(row: &PgRow) -> Result<Deployment> {
+    Ok(Deployment {
+        id: get(row, "id")?,
+        workspace_id: get(row, "workspace_id")?,
+        name: get(row, "name")?,
+        source: get(row, "source")?,
+        source_config: json_from_text(&get::<String>(row, "source_config")?),
+        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
+        secrets: get(row, "secrets")?,
+        secret_references: opt_json(get(row, "secret_references")?),
+        tracked_packages: opt_json(get(row, "tracked_packages")?),
+        deployment_type: get(row, "deployment_type")?,
+        listener_id: get(row, "listener_id")?,
+        status: get(row, "status")?,
+        latest_revision_id: get(row, "latest_revision_id")?,
+        active_revision_id: get(row, "active_revision_id")?,
+        image_version: get(row, "image_version")?,
+        remote_reconciled: get(row, "remote_reconciled")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+        updated_at: micros_to_time(get(row, "updated_at")?),
+    })
+}
+
+fn revision(row: &PgRow) -> Result<Revision> {
+    Ok(Revision {
+        id: get(row, "id")?,
+        deployment_id: get(row, "deployment_id")?,
+        source: get(row, "source")?,
+        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
+        status: get(row, "status")?,
+        remote_reconciled: get(row, "remote_reconciled")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+        updated_at: micros_to_time(get(row, "updated_at")?),
+    })
+}
+
+async fn insert_revision(conn: &mut sqlx::PgConnection, deployment_id: Uuid, rev: &NewRevision, now: i64) -> Result<Uuid> {
+    sqlx::query(
+        "UPDATE revisions SET status = 'SKIPPED', updated_at = GREATEST($1, updated_at + 1) \
+         WHERE deployment_id = $2 AND status IN ('AWAITING_BUILD', 'AWAITING_DEPLOY')",
+    )
+    .bind(now)
+    .bind(deployment_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, t, t FROM \
+           (SELECT GREATEST($6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = $2), 0) + 1) AS t) s",
+    )
+    .bind(id)
+    .bind(deployment_id)
+    .bind(&rev.source)
+    .bind(json_text(&rev.source_revision_config))
+    .bind(&rev.status)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    sqlx::query("UPDATE deployments SET latest_revision_id = $1 WHERE id = $2")
+        .bind(id)
+        .bind(deployment_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(id)
+}
+
+async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Deployment> {
+    let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_one(&mut *conn).await.map_err(map_sqlx)?;
+    deployment(&row)
+}
+
+#[async_trait]
+impl crate::DeploymentStore for PgStore {
+    async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        // Creates in a workspace take turns so creation times follow commit order.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
+            .bind(new.workspace_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let now = now_micros();
+        let sql = format!(
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, FALSE, t, t FROM \
+               (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = $2), 0) + 1) AS t) s"
+        );
+        sqlx::query(&sql)
+            .bind(new.id)
+            .bind(new.workspace_id)
+            .bind(&new.name)
+            .bind(&new.source)
+            .bind(json_text(&new.source_config))
+            .bind(json_text(&new.source_revision_config))
+            .bind(&new.secrets)
+            .bind(new.secret_references.as_ref().map(json_text))
+            .bind(new.tracked_packages.as_ref().map(json_text))
+            .bind(&new.deployment_type)
+            .bind(new.listener_id)
+            .bind(&new.status)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        insert_revision(&mut tx, new.id, &first, now).await?;
+        let out = deployment_by_id(&mut tx, new.id).await?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(out)
+    }
+
+    async fn list_deployments(&self, workspace: Uuid, f: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE workspace_id = $1 \
+               AND ($2::text IS NULL OR name = $2) \
+               AND ($3::text IS NULL OR strpos(name, $3) > 0) \
+               AND ($4::text IS NULL OR status = $4) \
+               AND ($5::boolean IS NULL OR remote_reconciled = $5) \
+               AND ($6::text IS NULL OR image_version = $6) \
+               AND ($7::text IS NULL OR deployment_type = $7) \
+               AND ($8::uuid[] IS NULL OR id = ANY($8)) \
+             ORDER BY created_at, id LIMIT $9 OFFSET $10"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(workspace)
+            .bind(&f.name)
+            .bind(&f.name_contains)
+            .bind(&f.status)
+            .bind(f.remote_reconciled)
+            .bind(&f.image_version)
+            .bind(&f.deployment_type)
+            .bind(&f.ids)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(deployment).collect()
+    }
+
+    async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND workspace_id = $2");
+        let row = sqlx::query(&sql).bind(id).bind(workspace).fetch_optional(&self.pool).await.map_err(map_sqlx)?;
+        row.as_ref().map(deployment).transpose()
+    }
+
+    async fn save_deployment(&self, next: Deployment, expected: chrono::DateTime<chrono::Utc>, rev: Option<NewRevision>) -> Result<Deployment> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        let now = now_micros();
+        let done = sqlx::query(
+            "UPDATE deployments SET source_config = $1, source_revision_config = $2, secrets = $3, \
+               secret_references = $4, tracked_packages = $5, status = $6, updated_at = GREATEST($7, updated_at + 1) \
+             WHERE id = $8 AND workspace_id = $9 AND updated_at = $10",
+        )
+        .bind(json_text(&next.source_config))
+        .bind(json_text(&next.source_revision_config))
+        .bind(&next.secrets)
+        .bind(next.secret_references.as_ref().map(json_text))
+        .bind(next.tracked_packages.as_ref().map(json_text))
+        .bind(&next.status)
+        .bind(now)
+        .bind(next.id)
+        .bind(next.workspace_id)
+        .bind(expected.timestamp_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Stale);
+        }
+        if let Some(rev) = rev {
+            insert_revision(&mut tx, next.id, &rev, now).await?;
+        }
+        let out = deployment_by_id(&mut tx, next.id).await?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(out)
+    }
+
+    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome> {
+        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE")
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
+        let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
+        match outcome {
+            DeleteOutcome::Removed => {
+                sqlx::query("DELETE FROM deployments WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(map_sqlx)?;
+            }
+            DeleteOutcome::MarkedForDeletion => {
+                sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
+                    .bind(now_micros())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+            }
+            DeleteOutcome::NotFound => {}
+        }
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(outcome)
+    }
+
+    async fn list_revisions(&self, workspace: Uuid, dep: Uuid, f: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>> {
+        if self.get_deployment(workspace, dep).await?.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {REVISION_COLUMNS} FROM revisions WHERE deployment_id = $1 \
+               AND ($2::text[] IS NULL OR status = ANY($2)) \
+               AND ($3::boolean IS NULL OR remote_reconciled = $3) \
+             ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(dep)
+            .bind(&f.statuses)
+            .bind(f.remote_reconciled)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(revision).collect::<Result<Vec<_>>>().map(Some)
+    }
+
+    async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
+        let row = sqlx::query(
+            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, r.remote_reconciled, \
+               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
+             WHERE r.id = $1 AND r.deployment_id = $2 AND d.workspace_id = $3",
+        )
+        .bind(id)
+        .bind(dep)
+        .bind(workspace)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.as_ref().map(revision).transpose()
+    }
+
+    async fn create_upload(&self, dep: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(dep)
+            .bind(object_path)
+            .bind(expires_at.timestamp_micros())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
+        let row = sqlx::query(
+            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 AND completed_at IS NULL AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.map(|r| Ok((get(&r, "deployment_id")?, get(&r, "object_path")?))).transpose()
+    }
+
+    async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
+        let done = sqlx::query("UPDATE uploads SET completed_at = $1, size_bytes = $2 WHERE token_hash = $3 AND completed_at IS NULL")
+            .bind(now_micros())
+            .bind(size)
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        Ok(())
+    }
+
+    async fn upload_completed(&self, dep: Uuid, object_path: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM uploads WHERE deployment_id = $1 AND object_path = $2 AND completed_at IS NOT NULL",
+        )
+        .bind(dep)
+        .bind(object_path)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(n > 0)
     }
 }

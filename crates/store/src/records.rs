@@ -123,3 +123,86 @@ pub(crate) fn namespaces_to_text(ns: &Option<Vec<String>>) -> Option<String> {
 pub(crate) fn namespaces_from_text(text: Option<String>) -> Option<Vec<String>> {
     text.and_then(|t| serde_json::from_str(&t).ok())
 }
+
+/// A stored deployment. JSON documents are kept as the API normalized them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub source: String,
+    pub source_config: serde_json::Value,
+    pub source_revision_config: serde_json::Value,
+    /// Sealed by the API; opaque here.
+    pub secrets: String,
+    pub secret_references: Option<serde_json::Value>,
+    pub tracked_packages: Option<serde_json::Value>,
+    pub deployment_type: Option<String>,
+    pub listener_id: Option<Uuid>,
+    pub status: String,
+    pub latest_revision_id: Option<Uuid>,
+    pub active_revision_id: Option<Uuid>,
+    pub image_version: Option<String>,
+    pub remote_reconciled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub source: String,
+    pub source_revision_config: serde_json::Value,
+    pub status: String,
+    pub remote_reconciled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A revision to add: where it comes from and its configuration.
+#[derive(Debug, Clone)]
+pub struct NewRevision {
+    pub source: String,
+    pub source_revision_config: serde_json::Value,
+    pub status: String,
+}
+
+/// Filters of the deployment list; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentFilter {
+    pub name: Option<String>,
+    pub name_contains: Option<String>,
+    pub status: Option<String>,
+    pub remote_reconciled: Option<bool>,
+    pub image_version: Option<String>,
+    pub deployment_type: Option<String>,
+    /// Only these ids (an empty list matches nothing).
+    pub ids: Option<Vec<Uuid>>,
+}
+
+/// Filters of the revision list.
+#[derive(Debug, Clone, Default)]
+pub struct RevisionFilter {
+    /// Any of these statuses.
+    pub statuses: Option<Vec<String>>,
+    pub remote_reconciled: Option<bool>,
+}
+
+/// What deleting a deployment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    NotFound,
+    /// Gone at once: no data plane had picked it up (or `force` on one awaiting deletion).
+    Removed,
+    /// Marked `AWAITING_DELETE` until a data plane confirms the teardown.
+    MarkedForDeletion,
+}
+
+pub(crate) fn json_text(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+pub(crate) fn json_from_text(t: &str) -> serde_json::Value {
+    serde_json::from_str(t).unwrap_or(serde_json::Value::Null)
+}

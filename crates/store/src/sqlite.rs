@@ -377,7 +377,359 @@ impl Store for SqliteStore {
             .bind(workspace.to_string())
             .execute(&self.pool)
             .await
-            .map_err(map_sqlx)?;
+            .map_err(|e| match map_sqlx(e) {
+                // Deployments still point at it.
+                StoreError::NotFound => StoreError::InUse,
+                other => other,
+            })?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
+     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
+     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
+const REVISION_COLUMNS: &str =
+    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
+
+fn opt_json(text: Option<String>) -> Option<serde_json::Value> {
+    text.as_deref().map(json_from_text)
+}
+
+fn deployment(row: &SqliteRow) -> Result<Deployment> {
+    Ok(Deployment {
+        id: uuid_col(row, "id")?,
+        workspace_id: uuid_col(row, "workspace_id")?,
+        name: get(row, "name")?,
+        source: get(row, "source")?,
+        source_config: json_from_text(&get::<String>(row, "source_config")?),
+        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
+        secrets: get(row, "secrets")?,
+        secret_references: opt_json(get(row, "secret_references")?),
+        tracked_packages: opt_json(get(row, "tracked_packages")?),
+        deployment_type: get(row, "deployment_type")?,
+        listener_id: opt_uuid_col(row, "listener_id")?,
+        status: get(row, "status")?,
+        latest_revision_id: opt_uuid_col(row, "latest_revision_id")?,
+        active_revision_id: opt_uuid_col(row, "active_revision_id")?,
+        image_version: get(row, "image_version")?,
+        remote_reconciled: get(row, "remote_reconciled")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+        updated_at: micros_to_time(get(row, "updated_at")?),
+    })
+}
+
+fn revision(row: &SqliteRow) -> Result<Revision> {
+    Ok(Revision {
+        id: uuid_col(row, "id")?,
+        deployment_id: uuid_col(row, "deployment_id")?,
+        source: get(row, "source")?,
+        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
+        status: get(row, "status")?,
+        remote_reconciled: get(row, "remote_reconciled")?,
+        created_at: micros_to_time(get(row, "created_at")?),
+        updated_at: micros_to_time(get(row, "updated_at")?),
+    })
+}
+
+/// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT` (rolled back on error): the write lock
+/// is taken first, so the transaction cannot fail half-way on a lock upgrade.
+async fn immediate<T, F>(pool: &SqlitePool, f: F) -> Result<T>
+where
+    F: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> crate::BoxFut<'c, Result<T>>,
+{
+    let mut conn = pool.acquire().await.map_err(map_sqlx)?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(map_sqlx)?;
+    let result = f(&mut conn).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::query(end).execute(&mut *conn).await.map_err(map_sqlx);
+    let value = result?;
+    ended?;
+    Ok(value)
+}
+
+async fn insert_revision(conn: &mut sqlx::SqliteConnection, deployment_id: Uuid, rev: &NewRevision, now: i64) -> Result<(Uuid, i64)> {
+    // Older revisions still waiting are superseded.
+    sqlx::query(
+        "UPDATE revisions SET status = 'SKIPPED', updated_at = MAX(?1, updated_at + 1) \
+         WHERE deployment_id = ?2 AND status IN ('AWAITING_BUILD', 'AWAITING_DEPLOY')",
+    )
+    .bind(now)
+    .bind(deployment_id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let id = Uuid::new_v4();
+    let created: i64 = sqlx::query_scalar(
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, created_at, updated_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, t, t FROM \
+           (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = ?2), 0) + 1) AS t) \
+         RETURNING created_at",
+    )
+    .bind(id.to_string())
+    .bind(deployment_id.to_string())
+    .bind(&rev.source)
+    .bind(json_text(&rev.source_revision_config))
+    .bind(&rev.status)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    Ok((id, created))
+}
+
+impl SqliteStore {
+    async fn deployment_by_id(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Deployment> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_one(&mut *conn).await.map_err(map_sqlx)?;
+        deployment(&row)
+    }
+}
+
+#[async_trait]
+impl crate::DeploymentStore for SqliteStore {
+    async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let sql = format!(
+                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, 0, t, t FROM \
+                       (SELECT MAX(?13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = ?2), 0) + 1) AS t)"
+                );
+                sqlx::query(&sql)
+                    .bind(new.id.to_string())
+                    .bind(new.workspace_id.to_string())
+                    .bind(&new.name)
+                    .bind(&new.source)
+                    .bind(json_text(&new.source_config))
+                    .bind(json_text(&new.source_revision_config))
+                    .bind(&new.secrets)
+                    .bind(new.secret_references.as_ref().map(json_text))
+                    .bind(new.tracked_packages.as_ref().map(json_text))
+                    .bind(&new.deployment_type)
+                    .bind(new.listener_id.map(|l| l.to_string()))
+                    .bind(&new.status)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let (rev_id, _) = insert_revision(conn, new.id, &first, now).await?;
+                sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
+                    .bind(rev_id.to_string())
+                    .bind(new.id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                Self::deployment_by_id(conn, new.id).await
+            })
+        })
+        .await
+    }
+
+    async fn list_deployments(&self, workspace: Uuid, f: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>> {
+        let ids = f.ids.as_ref().map(|ids| serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()).unwrap_or_default());
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE workspace_id = ?1 \
+               AND (?2 IS NULL OR name = ?2) \
+               AND (?3 IS NULL OR instr(name, ?3) > 0) \
+               AND (?4 IS NULL OR status = ?4) \
+               AND (?5 IS NULL OR remote_reconciled = ?5) \
+               AND (?6 IS NULL OR image_version = ?6) \
+               AND (?7 IS NULL OR deployment_type = ?7) \
+               AND (?8 IS NULL OR id IN (SELECT value FROM json_each(?8))) \
+             ORDER BY created_at, id LIMIT ?9 OFFSET ?10"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(workspace.to_string())
+            .bind(&f.name)
+            .bind(&f.name_contains)
+            .bind(&f.status)
+            .bind(f.remote_reconciled)
+            .bind(&f.image_version)
+            .bind(&f.deployment_type)
+            .bind(ids)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(deployment).collect()
+    }
+
+    async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ? AND workspace_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(deployment).transpose()
+    }
+
+    async fn save_deployment(&self, next: Deployment, expected: chrono::DateTime<chrono::Utc>, rev: Option<NewRevision>) -> Result<Deployment> {
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let done = sqlx::query(
+                    "UPDATE deployments SET source_config = ?1, source_revision_config = ?2, secrets = ?3, \
+                       secret_references = ?4, tracked_packages = ?5, status = ?6, updated_at = MAX(?7, updated_at + 1) \
+                     WHERE id = ?8 AND workspace_id = ?9 AND updated_at = ?10",
+                )
+                .bind(json_text(&next.source_config))
+                .bind(json_text(&next.source_revision_config))
+                .bind(&next.secrets)
+                .bind(next.secret_references.as_ref().map(json_text))
+                .bind(next.tracked_packages.as_ref().map(json_text))
+                .bind(&next.status)
+                .bind(now)
+                .bind(next.id.to_string())
+                .bind(next.workspace_id.to_string())
+                .bind(expected.timestamp_micros())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Stale);
+                }
+                if let Some(rev) = rev {
+                    let (rev_id, _) = insert_revision(conn, next.id, &rev, now).await?;
+                    sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
+                        .bind(rev_id.to_string())
+                        .bind(next.id.to_string())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                }
+                Self::deployment_by_id(conn, next.id).await
+            })
+        })
+        .await
+    }
+
+    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome> {
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = ? AND workspace_id = ?")
+                    .bind(id.to_string())
+                    .bind(workspace.to_string())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
+                let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = ?")
+                    .bind(id.to_string())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
+                match outcome {
+                    DeleteOutcome::Removed => {
+                        sqlx::query("DELETE FROM deployments WHERE id = ?").bind(id.to_string()).execute(&mut *conn).await.map_err(map_sqlx)?;
+                    }
+                    DeleteOutcome::MarkedForDeletion => {
+                        sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = MAX(?, updated_at + 1) WHERE id = ?")
+                            .bind(now_micros())
+                            .bind(id.to_string())
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                    }
+                    DeleteOutcome::NotFound => {}
+                }
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn list_revisions(&self, workspace: Uuid, dep: Uuid, f: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>> {
+        if self.get_deployment(workspace, dep).await?.is_none() {
+            return Ok(None);
+        }
+        let statuses = f.statuses.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default());
+        let sql = format!(
+            "SELECT {REVISION_COLUMNS} FROM revisions WHERE deployment_id = ?1 \
+               AND (?2 IS NULL OR status IN (SELECT value FROM json_each(?2))) \
+               AND (?3 IS NULL OR remote_reconciled = ?3) \
+             ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(dep.to_string())
+            .bind(statuses)
+            .bind(f.remote_reconciled)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        rows.iter().map(revision).collect::<Result<Vec<_>>>().map(Some)
+    }
+
+    async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
+        let sql = format!(
+            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, r.remote_reconciled, \
+               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
+             WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(dep.to_string())
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(revision).transpose()
+    }
+
+    async fn create_upload(&self, dep: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(token_hash)
+            .bind(dep.to_string())
+            .bind(object_path)
+            .bind(expires_at.timestamp_micros())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+
+    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
+        let row = sqlx::query(
+            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = ? AND completed_at IS NULL AND expires_at > ?",
+        )
+        .bind(token_hash)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        row.map(|r| Ok((uuid_col(&r, "deployment_id")?, get(&r, "object_path")?))).transpose()
+    }
+
+    async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
+        let done = sqlx::query("UPDATE uploads SET completed_at = ?, size_bytes = ? WHERE token_hash = ? AND completed_at IS NULL")
+            .bind(now_micros())
+            .bind(size)
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        Ok(())
+    }
+
+    async fn upload_completed(&self, dep: Uuid, object_path: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM uploads WHERE deployment_id = ? AND object_path = ? AND completed_at IS NOT NULL",
+        )
+        .bind(dep.to_string())
+        .bind(object_path)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(n > 0)
     }
 }

@@ -1,0 +1,180 @@
+//! The deployment and revision state machines. The control plane creates revisions in a
+//! waiting state; everything after that is the data plane's to report, and only the
+//! transitions listed here are accepted.
+
+/// Statuses of a deployment (the reference's enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    AwaitingDatabase,
+    Ready,
+    Unused,
+    AwaitingDelete,
+    Unknown,
+}
+
+impl DeploymentStatus {
+    pub const ALL: [DeploymentStatus; 5] = [
+        DeploymentStatus::AwaitingDatabase,
+        DeploymentStatus::Ready,
+        DeploymentStatus::Unused,
+        DeploymentStatus::AwaitingDelete,
+        DeploymentStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::AwaitingDatabase => "AWAITING_DATABASE",
+            DeploymentStatus::Ready => "READY",
+            DeploymentStatus::Unused => "UNUSED",
+            DeploymentStatus::AwaitingDelete => "AWAITING_DELETE",
+            DeploymentStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> DeploymentStatus {
+        Self::ALL.into_iter().find(|d| d.as_str() == s).unwrap_or(DeploymentStatus::Unknown)
+    }
+}
+
+/// Statuses of a revision (the reference's enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevisionStatus {
+    Creating,
+    Queued,
+    AwaitingBuild,
+    Building,
+    AwaitingDeploy,
+    Deploying,
+    CreateFailed,
+    BuildFailed,
+    DeployFailed,
+    Deployed,
+    Skipped,
+    Interrupted,
+    Unknown,
+}
+
+impl RevisionStatus {
+    pub const ALL: [RevisionStatus; 13] = [
+        RevisionStatus::Creating,
+        RevisionStatus::Queued,
+        RevisionStatus::AwaitingBuild,
+        RevisionStatus::Building,
+        RevisionStatus::AwaitingDeploy,
+        RevisionStatus::Deploying,
+        RevisionStatus::CreateFailed,
+        RevisionStatus::BuildFailed,
+        RevisionStatus::DeployFailed,
+        RevisionStatus::Deployed,
+        RevisionStatus::Skipped,
+        RevisionStatus::Interrupted,
+        RevisionStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        use RevisionStatus::*;
+        match self {
+            Creating => "CREATING",
+            Queued => "QUEUED",
+            AwaitingBuild => "AWAITING_BUILD",
+            Building => "BUILDING",
+            AwaitingDeploy => "AWAITING_DEPLOY",
+            Deploying => "DEPLOYING",
+            CreateFailed => "CREATE_FAILED",
+            BuildFailed => "BUILD_FAILED",
+            DeployFailed => "DEPLOY_FAILED",
+            Deployed => "DEPLOYED",
+            Skipped => "SKIPPED",
+            Interrupted => "INTERRUPTED",
+            Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> RevisionStatus {
+        Self::ALL.into_iter().find(|r| r.as_str() == s).unwrap_or(RevisionStatus::Unknown)
+    }
+
+    /// Where a new revision starts: an image only needs deploying, anything else a build.
+    pub fn initial(has_image: bool) -> RevisionStatus {
+        if has_image {
+            RevisionStatus::AwaitingDeploy
+        } else {
+            RevisionStatus::AwaitingBuild
+        }
+    }
+
+    /// Still waiting for a data plane; a newer revision supersedes it (`SKIPPED`).
+    pub fn is_waiting(self) -> bool {
+        matches!(self, RevisionStatus::AwaitingBuild | RevisionStatus::AwaitingDeploy)
+    }
+
+    /// Clients stop polling at these.
+    pub fn is_final(self) -> bool {
+        use RevisionStatus::*;
+        matches!(self, Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped)
+    }
+
+    /// A data plane has picked the revision up (deleting its deployment then needs the
+    /// data plane to tear it down).
+    pub fn started(self) -> bool {
+        use RevisionStatus::*;
+        !matches!(self, Creating | Queued | AwaitingBuild | AwaitingDeploy | Skipped)
+    }
+
+    /// The transitions the control plane and the data plane may make.
+    pub fn can_become(self, next: RevisionStatus) -> bool {
+        use RevisionStatus::*;
+        match self {
+            Creating => matches!(next, Queued | AwaitingBuild | AwaitingDeploy | CreateFailed),
+            Queued => matches!(next, AwaitingBuild | AwaitingDeploy | CreateFailed | Skipped),
+            AwaitingBuild => matches!(next, Building | Skipped | Interrupted),
+            Building => matches!(next, AwaitingDeploy | BuildFailed | Interrupted),
+            AwaitingDeploy => matches!(next, Deploying | Skipped | Interrupted),
+            Deploying => matches!(next, Deployed | DeployFailed | Interrupted),
+            // A deployed revision stays deployed; a newer one takes over as active.
+            Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped | Interrupted | Unknown => false,
+        }
+    }
+}
+
+/// What deleting a deployment does: it goes at once when no data plane has started any
+/// of its revisions (or when `force` is given for one already awaiting deletion);
+/// otherwise it waits in `AWAITING_DELETE` for the data plane to tear it down.
+pub fn delete_outcome(status: &str, revision_statuses: &[String], force: bool) -> crate::DeleteOutcome {
+    let awaiting = DeploymentStatus::parse(status) == DeploymentStatus::AwaitingDelete;
+    let started = revision_statuses.iter().any(|s| RevisionStatus::parse(s).started());
+    if (force && awaiting) || !started {
+        crate::DeleteOutcome::Removed
+    } else {
+        crate::DeleteOutcome::MarkedForDeletion
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RevisionStatus::*;
+    use super::*;
+
+    #[test]
+    fn image_path_and_build_path() {
+        assert_eq!(RevisionStatus::initial(true), AwaitingDeploy);
+        assert_eq!(RevisionStatus::initial(false), AwaitingBuild);
+        for (a, b) in [(AwaitingBuild, Building), (Building, AwaitingDeploy), (AwaitingDeploy, Deploying), (Deploying, Deployed)] {
+            assert!(a.can_become(b), "{a:?} -> {b:?}");
+        }
+        assert!(!Deployed.can_become(Deploying));
+        assert!(!AwaitingDeploy.can_become(Deployed));
+        assert!(AwaitingDeploy.can_become(Skipped) && !Deploying.can_become(Skipped));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in RevisionStatus::ALL {
+            assert_eq!(RevisionStatus::parse(s.as_str()), s);
+        }
+        for d in DeploymentStatus::ALL {
+            assert_eq!(DeploymentStatus::parse(d.as_str()), d);
+        }
+        assert!(Skipped.is_final() && !Skipped.started() && Building.started());
+    }
+}
