@@ -46,7 +46,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%reason, "database unavailable");
                 ApiError::Unavailable("The database is unavailable; try again shortly.".into())
             }
-            StoreError::Conflict => ApiError::Conflict("Conflict".into()),
+            StoreError::Conflict | StoreError::InUse => ApiError::Conflict("Conflict".into()),
+            StoreError::Stale => {
+                ApiError::Conflict("The resource changed concurrently; retry the request.".into())
+            }
             StoreError::NotFound => ApiError::route_not_found(),
             StoreError::Other(reason) => {
                 tracing::error!(%reason, "database error");

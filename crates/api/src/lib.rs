@@ -2,22 +2,58 @@
 //! error-to-HTTP mapping and the served OpenAPI document.
 
 pub mod auth;
+pub mod deployments;
 pub mod error;
 pub mod listeners;
 pub mod openapi;
 pub mod request;
 pub mod routing;
+pub mod secrets;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+
+/// The container registry whose credentials `push-token` hands out.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub url: String,
+    pub username: Option<String>,
+    pub secret: RegistrySecret,
+}
+
+#[derive(Clone)]
+pub enum RegistrySecret {
+    Password(String),
+    /// Read at every request, so a rotated token is picked up.
+    TokenFile(PathBuf),
+}
+
+impl std::fmt::Debug for RegistrySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistrySecret::Password(_) => f.write_str("Password(..)"),
+            RegistrySecret::TokenFile(p) => write!(f, "TokenFile({p:?})"),
+        }
+    }
+}
+
+impl Registry {
+    pub fn password(&self) -> std::io::Result<String> {
+        match &self.secret {
+            RegistrySecret::Password(p) => Ok(p.clone()),
+            RegistrySecret::TokenFile(path) => Ok(std::fs::read_to_string(path)?.trim().to_owned()),
+        }
+    }
+}
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -26,6 +62,15 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// A request still running after this long is answered with 503.
     pub request_timeout: Duration,
+    /// Base URL clients reach this server at (upload URLs are built on it).
+    pub public_url: String,
+    /// Where uploaded source tarballs are kept.
+    pub storage_dir: PathBuf,
+    /// Largest source tarball accepted.
+    pub max_upload_bytes: u64,
+    pub registry: Option<Registry>,
+    /// Key material that seals deployment secrets at rest.
+    pub secret_key: String,
 }
 
 impl Default for ApiConfig {
@@ -33,6 +78,11 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            public_url: "http://127.0.0.1:1985".into(),
+            storage_dir: PathBuf::from("hostplane-data"),
+            max_upload_bytes: 200 * 1024 * 1024,
+            registry: None,
+            secret_key: secrets::SecretBox::generate_key(),
         }
     }
 }
@@ -41,6 +91,7 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ApiConfig>,
+    pub secrets: secrets::SecretBox,
 }
 
 /// The compatible API, mounted at the root and under `/api-host`.
@@ -56,6 +107,39 @@ fn compatible_api() -> Router<AppState> {
                 .patch(listeners::patch)
                 .delete(listeners::delete),
         )
+        .route(
+            "/v2/deployments",
+            get(deployments::list)
+                .post(deployments::create)
+                .delete(deployments::delete_many),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}",
+            get(deployments::get)
+                .patch(deployments::patch)
+                .delete(deployments::delete),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}/revisions",
+            get(deployments::list_revisions),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}/revisions/{revision_id}",
+            get(deployments::get_revision),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}/revisions/{revision_id}/redeploy",
+            post(deployments::redeploy),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}/push-token",
+            post(deployments::uploads::push_token),
+        )
+        .route(
+            "/v2/deployments/{deployment_id}/upload-url",
+            post(deployments::uploads::upload_url),
+        )
+        .route("/uploads/{token}", put(deployments::uploads::put_upload))
         .route("/openapi.json", get(openapi::serve))
         .route("/ok", get(ok))
         .method_not_allowed_fallback(routing::method_not_allowed)
@@ -72,9 +156,11 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole service: routes, fallbacks, request ids, tracing, panic and time limits.
 pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let timeout = config.request_timeout;
+    let secrets = secrets::SecretBox::new(&config.secret_key);
     let state = AppState {
         store,
         config: Arc::new(config),
+        secrets,
     };
     let api = compatible_api();
     Router::new()

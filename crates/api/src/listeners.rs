@@ -2,7 +2,7 @@
 
 use crate::auth::Tenant;
 use crate::error::{json_response, ApiError, ApiResult};
-use crate::request::Call;
+use crate::request::{BodyCall, Call};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -116,7 +116,7 @@ fn patch_request(m: &mut Model<'_>) -> Option<ListenerPatch> {
     })
 }
 
-pub async fn create(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let req = call
         .body_model(&mut errs)
@@ -175,7 +175,7 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     Ok(json_response(StatusCode::OK, &to_json(&l)))
 }
 
-pub async fn patch(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
     let patch = call

@@ -12,14 +12,20 @@ use compat::query::{percent_decode, Query};
 use compat::{validate, Errors, Loc};
 use uuid::Uuid;
 
-pub struct Call {
+/// An authenticated request of a compatible operation. `BODY` says whether the
+/// operation declares a request body: only then is the body parsed (FastAPI ignores the
+/// body of operations that take none).
+pub struct Call<const BODY: bool = false> {
     pub tenant: Tenant,
     pub body: Body,
     pub query: Query,
     path: Vec<(String, String)>,
 }
 
-impl FromRequest<AppState> for Call {
+/// A request of an operation with a JSON body.
+pub type BodyCall = Call<true>;
+
+impl<const BODY: bool> FromRequest<AppState> for Call<BODY> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
@@ -63,7 +69,12 @@ impl FromRequest<AppState> for Call {
             .headers
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let body = match body::decode(content_type.as_deref(), &bytes) {
+        let decoded = if BODY {
+            body::decode(content_type.as_deref(), &bytes)
+        } else {
+            Ok(Body::Missing)
+        };
+        let body = match decoded {
             Ok(b) => b,
             Err(BodyError::Invalid(item)) => return Err(ApiError::Validation(vec![*item])),
             Err(BodyError::Unparseable) => {
@@ -80,7 +91,7 @@ impl FromRequest<AppState> for Call {
     }
 }
 
-impl Call {
+impl<const BODY: bool> Call<BODY> {
     /// A UUID path parameter; errors are located at `["path", name]`.
     pub fn path_uuid(&self, name: &str, errs: &mut Errors) -> Option<Uuid> {
         let raw = self
@@ -104,6 +115,42 @@ impl Call {
         match self.query.get(name) {
             None => Some(default),
             Some(raw) => validate::query_int(raw, Loc::new("query").key(name), errs, ge, le),
+        }
+    }
+
+    /// An optional boolean query parameter.
+    pub fn query_bool(&self, name: &str, errs: &mut Errors) -> Option<Option<bool>> {
+        match self.query.get(name) {
+            None => Some(None),
+            Some(raw) => validate::boolean(
+                &compat::Value::Str(raw.to_owned()),
+                Loc::new("query").key(name),
+                errs,
+            )
+            .map(Some),
+        }
+    }
+
+    /// An optional string query parameter.
+    pub fn query_str(&self, name: &str) -> Option<String> {
+        self.query.get(name).map(str::to_owned)
+    }
+
+    /// The body validated as a required model (`missing` when absent).
+    pub fn body_schema(
+        &self,
+        model: &compat::schema::Model,
+        errs: &mut Errors,
+    ) -> Option<compat::Value> {
+        match &self.body {
+            Body::Missing => {
+                errs.push(compat::ErrorItem::missing(
+                    Loc::new("body"),
+                    compat::Value::Null,
+                ));
+                None
+            }
+            Body::Present(v) => compat::schema::validate_model(model, v, Loc::new("body"), errs),
         }
     }
 

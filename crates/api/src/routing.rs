@@ -5,7 +5,18 @@ use crate::error::ApiError;
 use axum::http::Uri;
 
 /// Every route template of the compatible API, relative to the root or `/api-host`.
-pub const COMPATIBLE_ROUTES: &[&str] = &["/v2/listeners", "/v2/listeners/{listener_id}"];
+pub const COMPATIBLE_ROUTES: &[&str] = &[
+    "/v2/listeners",
+    "/v2/listeners/{listener_id}",
+    "/v2/deployments",
+    "/v2/deployments/{deployment_id}",
+    "/v2/deployments/{deployment_id}/revisions",
+    "/v2/deployments/{deployment_id}/revisions/{revision_id}",
+    "/v2/deployments/{deployment_id}/revisions/{revision_id}/redeploy",
+    "/v2/deployments/{deployment_id}/push-token",
+    "/v2/deployments/{deployment_id}/upload-url",
+    "/uploads/{token}",
+];
 
 /// The prefix self-hosted installs serve the API under.
 pub const SELF_HOSTED_PREFIX: &str = "/api-host";

@@ -13,18 +13,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use store::{KeyScope, Plan};
 
-/// Operations hostplane implements; cases of other operations are not replayed yet.
-const IMPLEMENTED_OPS: &[&str] = &[
-    "create_listener",
-    "list_listeners",
-    "get_listener",
-    "patch_listener",
-    "delete_listener",
-    "routing",
-];
-/// Routing cases that need routes of a later issue (deployments).
-const PENDING: &[&str] = &["cp-0756", "cp-0768"];
-
 fn placeholder() -> Regex {
     Regex::new(r"\{\{([A-Z][A-Z0-9_]*)(?::([a-z]+))?\}\}").unwrap()
 }
@@ -256,9 +244,6 @@ async fn golden_cases(backend: Backend) {
     let mut failures = Vec::new();
     for case in &cases {
         let id = case["id"].as_str().unwrap();
-        if !IMPLEMENTED_OPS.contains(&case["op"].as_str().unwrap()) || PENDING.contains(&id) {
-            continue;
-        }
         ran += 1;
         if let Some(problem) = run_case(&app, case).await {
             failures.push(format!(
@@ -268,7 +253,7 @@ async fn golden_cases(backend: Backend) {
         }
     }
     println!("golden: {}/{ran} cases match", ran - failures.len());
-    assert!(ran >= 120, "only {ran} cases replayed");
+    assert!(ran >= 280, "only {ran} cases replayed");
     assert!(
         failures.is_empty(),
         "{} of {ran} golden cases differ:\n{}",

@@ -14,7 +14,10 @@ pub enum Ty {
     Str,
     Int,
     /// `float`, optionally bounded (`ge`, `le`).
-    Float { ge: Option<f64>, le: Option<f64> },
+    Float {
+        ge: Option<f64>,
+        le: Option<f64>,
+    },
     Bool,
     Uuid,
     /// `Literal[...]` of strings.
@@ -38,12 +41,20 @@ pub struct Field {
 
 impl Field {
     pub const fn required(name: &'static str, ty: Ty) -> Field {
-        Field { name, ty, required: true }
+        Field {
+            name,
+            ty,
+            required: true,
+        }
     }
 
     /// An optional field whose default is `None`.
     pub const fn optional(name: &'static str, ty: &'static Ty) -> Field {
-        Field { name, ty: Ty::Nullable(ty), required: false }
+        Field {
+            name,
+            ty: Ty::Nullable(ty),
+            required: false,
+        }
     }
 }
 
@@ -61,7 +72,9 @@ pub fn validate(ty: &Ty, v: &Value, loc: Loc, errs: &mut Errors) -> Option<Value
         Ty::Bool => validate::boolean(v, loc, errs).map(Value::Bool),
         Ty::Uuid => validate::uuid(v, loc, errs).map(|u| Value::Str(u.to_string())),
         Ty::Literal(allowed) => validate::literal(v, loc, errs, allowed).map(Value::from),
-        Ty::List(item) => validate::list(v, loc, errs, |x, l, e| validate(item, x, l, e)).map(Value::List),
+        Ty::List(item) => {
+            validate::list(v, loc, errs, |x, l, e| validate(item, x, l, e)).map(Value::List)
+        }
         Ty::Dict(value_ty) => dict(v, loc, errs, Some(value_ty)),
         Ty::AnyDict => dict(v, loc, errs, None),
         Ty::Model(model) => validate_model(model, v, loc, errs),
@@ -107,7 +120,12 @@ pub fn validate_model(model: &Model, v: &Value, loc: Loc, errs: &mut Errors) -> 
 
 fn dict(v: &Value, loc: Loc, errs: &mut Errors, value_ty: Option<&Ty>) -> Option<Value> {
     let Value::Object(map) = v else {
-        errs.push(ErrorItem::new("dict_type", loc, "Input should be a valid dictionary", v.clone()));
+        errs.push(ErrorItem::new(
+            "dict_type",
+            loc,
+            "Input should be a valid dictionary",
+            v.clone(),
+        ));
         return None;
     };
     let Some(value_ty) = value_ty else {
@@ -131,7 +149,9 @@ fn int(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Value> {
     match v {
         Value::Int(d) => Some(Value::Int(d.clone())),
         Value::Bool(b) => Some(Value::Int(if *b { "1" } else { "0" }.into())),
-        Value::Float(f) if !f.is_finite() => fail(errs, "finite_number", "Input should be a finite number"),
+        Value::Float(f) if !f.is_finite() => {
+            fail(errs, "finite_number", "Input should be a finite number")
+        }
         Value::Float(f) if f.fract() != 0.0 => fail(
             errs,
             "int_from_float",
@@ -145,7 +165,11 @@ fn int(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Value> {
         ),
         Value::Str(s) => match validate::str_as_int(s) {
             Some(n) if n.unsigned_abs() < 10u128.pow(30) => Some(Value::Int(n.to_string())),
-            _ => fail(errs, "int_parsing", "Input should be a valid integer, unable to parse string as an integer"),
+            _ => fail(
+                errs,
+                "int_parsing",
+                "Input should be a valid integer, unable to parse string as an integer",
+            ),
         },
         _ => fail(errs, "int_type", "Input should be a valid integer"),
     }
@@ -182,22 +206,37 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
             }
         },
         _ => {
-            errs.push(ErrorItem::new("float_type", loc, "Input should be a valid number", v.clone()));
+            errs.push(ErrorItem::new(
+                "float_type",
+                loc,
+                "Input should be a valid number",
+                v.clone(),
+            ));
             return None;
         }
     };
     // NaN fails every bound, as in pydantic.
     if let Some(ge) = ge.filter(|g| !(f >= *g)) {
         errs.push(
-            ErrorItem::new("greater_than_equal", loc, format!("Input should be greater than or equal to {ge}"), v.clone())
-                .with_ctx(json!({ "ge": ge })),
+            ErrorItem::new(
+                "greater_than_equal",
+                loc,
+                format!("Input should be greater than or equal to {ge}"),
+                v.clone(),
+            )
+            .with_ctx(json!({ "ge": ge })),
         );
         return None;
     }
     if let Some(le) = le.filter(|l| !(f <= *l)) {
         errs.push(
-            ErrorItem::new("less_than_equal", loc, format!("Input should be less than or equal to {le}"), v.clone())
-                .with_ctx(json!({ "le": le })),
+            ErrorItem::new(
+                "less_than_equal",
+                loc,
+                format!("Input should be less than or equal to {le}"),
+                v.clone(),
+            )
+            .with_ctx(json!({ "le": le })),
         );
         return None;
     }

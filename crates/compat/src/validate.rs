@@ -180,7 +180,7 @@ pub fn boolean(v: &Value, loc: Loc, errs: &mut Errors) -> Option<bool> {
         Value::Int(d) if d == "1" => Some(true),
         Value::Float(f) if *f == 0.0 => Some(false),
         Value::Float(f) if *f == 1.0 => Some(true),
-        Value::Int(_) | Value::Float(_) => parsing(errs, loc),
+        Value::Int(_) => parsing(errs, loc),
         Value::Str(s) => match str_as_bool(s) {
             Some(b) => Some(b),
             None => parsing(errs, loc),

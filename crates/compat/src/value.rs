@@ -30,6 +30,32 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+
+    /// The same value as `serde_json` sees it (integers beyond 64 bits become floats).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(d) => d
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| {
+                    d.parse::<f64>()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_default()
+                }),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or_default(),
+            Value::Str(s) => serde_json::Value::String(s.clone()),
+            Value::List(items) => {
+                serde_json::Value::Array(items.iter().map(Value::to_json).collect())
+            }
+            Value::Object(map) => serde_json::Value::Object(
+                map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+            ),
+        }
+    }
 }
 
 impl From<&str> for Value {

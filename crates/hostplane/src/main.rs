@@ -6,6 +6,8 @@ mod admin;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -80,6 +82,89 @@ struct ServeArgs {
     /// Seconds a request may run before it is answered with 503.
     #[arg(long, env = "HOSTPLANE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
+    /// Base URL clients reach this server at, for upload URLs (default: http://LISTEN).
+    #[arg(long, env = "HOSTPLANE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Folder for uploaded source tarballs (and the generated secret key).
+    #[arg(long, env = "HOSTPLANE_STORAGE_DIR", default_value = "hostplane-data")]
+    storage_dir: PathBuf,
+    /// Largest source tarball accepted, in bytes.
+    #[arg(long, env = "HOSTPLANE_MAX_UPLOAD_BYTES", default_value_t = 200 * 1024 * 1024)]
+    max_upload_bytes: u64,
+    /// Key that encrypts deployment secrets at rest; the same on every replica.
+    #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Where a generated secret key is kept when HOSTPLANE_SECRET_KEY is not set
+    /// (default: STORAGE_DIR/secret.key).
+    #[arg(long, env = "HOSTPLANE_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+    /// Container registry handed out by `push-token`.
+    #[arg(long, env = "HOSTPLANE_REGISTRY_URL")]
+    registry_url: Option<String>,
+    #[arg(long, env = "HOSTPLANE_REGISTRY_USERNAME")]
+    registry_username: Option<String>,
+    #[arg(
+        long,
+        env = "HOSTPLANE_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "registry_token_file"
+    )]
+    registry_password: Option<String>,
+    /// File holding the registry token, read at every push-token request.
+    #[arg(long, env = "HOSTPLANE_REGISTRY_TOKEN_FILE")]
+    registry_token_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn registry(&self) -> anyhow::Result<Option<api::Registry>> {
+        let Some(url) = &self.registry_url else {
+            return Ok(None);
+        };
+        let secret = match (&self.registry_password, &self.registry_token_file) {
+            (Some(p), _) => api::RegistrySecret::Password(p.clone()),
+            (None, Some(f)) => api::RegistrySecret::TokenFile(f.clone()),
+            (None, None) => anyhow::bail!(
+                "HOSTPLANE_REGISTRY_URL needs HOSTPLANE_REGISTRY_PASSWORD or HOSTPLANE_REGISTRY_TOKEN_FILE"
+            ),
+        };
+        Ok(Some(api::Registry {
+            url: url.clone(),
+            username: self.registry_username.clone(),
+            secret,
+        }))
+    }
+
+    /// The configured key, or the one kept in the key file (generated on first start).
+    fn secret_key(&self) -> anyhow::Result<String> {
+        if let Some(key) = &self.secret_key {
+            return Ok(key.clone());
+        }
+        let path = self
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.storage_dir.join("secret.key"));
+        if let Ok(key) = std::fs::read_to_string(&path) {
+            return Ok(key.trim().to_owned());
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let key = api::secrets::SecretBox::generate_key();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating the secret key file {}", path.display()))?;
+        std::io::Write::write_all(&mut file, key.as_bytes())?;
+        file.sync_all()?;
+        tracing::warn!(
+            path = %path.display(),
+            "HOSTPLANE_SECRET_KEY is not set: generated a key that encrypts deployment secrets and stored it in this file; \
+             back it up, and set HOSTPLANE_SECRET_KEY to the same value on every replica"
+        );
+        Ok(key)
+    }
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -137,6 +222,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = api::ApiConfig {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        public_url: args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.listen)),
+        storage_dir: args.storage_dir.clone(),
+        max_upload_bytes: args.max_upload_bytes,
+        registry: args.registry()?,
+        secret_key: args.secret_key()?,
     };
     let app = api::router(store, config);
     let listener = tokio::net::TcpListener::bind(args.listen)

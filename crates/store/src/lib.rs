@@ -90,25 +90,58 @@ pub trait Store: DeploymentStore + Send + Sync + 'static {
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool>;
 }
 
-
 /// Deployments, their revisions and their uploads.
 #[async_trait]
 pub trait DeploymentStore: Send + Sync {
     /// Creates a deployment and its first revision; `Conflict` when the name is taken.
     async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment>;
-    async fn list_deployments(&self, workspace: Uuid, filter: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>>;
+    async fn list_deployments(
+        &self,
+        workspace: Uuid,
+        filter: &DeploymentFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Deployment>>;
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>>;
     /// Writes `next` over the deployment if it still has `expected_updated_at` (`Stale`
     /// otherwise), adding `revision` when given: it becomes the latest, and older
     /// revisions still waiting are skipped.
-    async fn save_deployment(&self, next: Deployment, expected_updated_at: chrono::DateTime<chrono::Utc>, revision: Option<NewRevision>) -> Result<Deployment>;
-    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome>;
+    async fn save_deployment(
+        &self,
+        next: Deployment,
+        expected_updated_at: chrono::DateTime<chrono::Utc>,
+        revision: Option<NewRevision>,
+    ) -> Result<Deployment>;
+    async fn delete_deployment(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        force: bool,
+    ) -> Result<DeleteOutcome>;
     /// Newest first; `None` when the deployment does not exist in the workspace.
-    async fn list_revisions(&self, workspace: Uuid, deployment: Uuid, filter: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>>;
-    async fn get_revision(&self, workspace: Uuid, deployment: Uuid, id: Uuid) -> Result<Option<Revision>>;
+    async fn list_revisions(
+        &self,
+        workspace: Uuid,
+        deployment: Uuid,
+        filter: &RevisionFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Option<Vec<Revision>>>;
+    async fn get_revision(
+        &self,
+        workspace: Uuid,
+        deployment: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Revision>>;
 
     /// Records an issued upload (by the hash of its token).
-    async fn create_upload(&self, deployment: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()>;
+    async fn create_upload(
+        &self,
+        deployment: Uuid,
+        token_hash: &str,
+        object_path: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()>;
     /// An unexpired upload not yet completed: its deployment id and object path.
     async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>>;
     /// Marks an upload complete; `Conflict` when another request completed it first.

@@ -32,7 +32,10 @@ impl DeploymentStatus {
     }
 
     pub fn parse(s: &str) -> DeploymentStatus {
-        Self::ALL.into_iter().find(|d| d.as_str() == s).unwrap_or(DeploymentStatus::Unknown)
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .unwrap_or(DeploymentStatus::Unknown)
     }
 }
 
@@ -91,7 +94,10 @@ impl RevisionStatus {
     }
 
     pub fn parse(s: &str) -> RevisionStatus {
-        Self::ALL.into_iter().find(|r| r.as_str() == s).unwrap_or(RevisionStatus::Unknown)
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(RevisionStatus::Unknown)
     }
 
     /// Where a new revision starts: an image only needs deploying, anything else a build.
@@ -105,20 +111,29 @@ impl RevisionStatus {
 
     /// Still waiting for a data plane; a newer revision supersedes it (`SKIPPED`).
     pub fn is_waiting(self) -> bool {
-        matches!(self, RevisionStatus::AwaitingBuild | RevisionStatus::AwaitingDeploy)
+        matches!(
+            self,
+            RevisionStatus::AwaitingBuild | RevisionStatus::AwaitingDeploy
+        )
     }
 
     /// Clients stop polling at these.
     pub fn is_final(self) -> bool {
         use RevisionStatus::*;
-        matches!(self, Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped)
+        matches!(
+            self,
+            Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped
+        )
     }
 
     /// A data plane has picked the revision up (deleting its deployment then needs the
     /// data plane to tear it down).
     pub fn started(self) -> bool {
         use RevisionStatus::*;
-        !matches!(self, Creating | Queued | AwaitingBuild | AwaitingDeploy | Skipped)
+        !matches!(
+            self,
+            Creating | Queued | AwaitingBuild | AwaitingDeploy | Skipped
+        )
     }
 
     /// The transitions the control plane and the data plane may make.
@@ -126,13 +141,17 @@ impl RevisionStatus {
         use RevisionStatus::*;
         match self {
             Creating => matches!(next, Queued | AwaitingBuild | AwaitingDeploy | CreateFailed),
-            Queued => matches!(next, AwaitingBuild | AwaitingDeploy | CreateFailed | Skipped),
+            Queued => matches!(
+                next,
+                AwaitingBuild | AwaitingDeploy | CreateFailed | Skipped
+            ),
             AwaitingBuild => matches!(next, Building | Skipped | Interrupted),
             Building => matches!(next, AwaitingDeploy | BuildFailed | Interrupted),
             AwaitingDeploy => matches!(next, Deploying | Skipped | Interrupted),
             Deploying => matches!(next, Deployed | DeployFailed | Interrupted),
             // A deployed revision stays deployed; a newer one takes over as active.
-            Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped | Interrupted | Unknown => false,
+            Deployed | CreateFailed | BuildFailed | DeployFailed | Skipped | Interrupted
+            | Unknown => false,
         }
     }
 }
@@ -140,9 +159,15 @@ impl RevisionStatus {
 /// What deleting a deployment does: it goes at once when no data plane has started any
 /// of its revisions (or when `force` is given for one already awaiting deletion);
 /// otherwise it waits in `AWAITING_DELETE` for the data plane to tear it down.
-pub fn delete_outcome(status: &str, revision_statuses: &[String], force: bool) -> crate::DeleteOutcome {
+pub fn delete_outcome(
+    status: &str,
+    revision_statuses: &[String],
+    force: bool,
+) -> crate::DeleteOutcome {
     let awaiting = DeploymentStatus::parse(status) == DeploymentStatus::AwaitingDelete;
-    let started = revision_statuses.iter().any(|s| RevisionStatus::parse(s).started());
+    let started = revision_statuses
+        .iter()
+        .any(|s| RevisionStatus::parse(s).started());
     if (force && awaiting) || !started {
         crate::DeleteOutcome::Removed
     } else {
@@ -159,7 +184,12 @@ mod tests {
     fn image_path_and_build_path() {
         assert_eq!(RevisionStatus::initial(true), AwaitingDeploy);
         assert_eq!(RevisionStatus::initial(false), AwaitingBuild);
-        for (a, b) in [(AwaitingBuild, Building), (Building, AwaitingDeploy), (AwaitingDeploy, Deploying), (Deploying, Deployed)] {
+        for (a, b) in [
+            (AwaitingBuild, Building),
+            (Building, AwaitingDeploy),
+            (AwaitingDeploy, Deploying),
+            (Deploying, Deployed),
+        ] {
             assert!(a.can_become(b), "{a:?} -> {b:?}");
         }
         assert!(!Deployed.can_become(Deploying));

@@ -428,7 +428,12 @@ fn revision(row: &PgRow) -> Result<Revision> {
     })
 }
 
-async fn insert_revision(conn: &mut sqlx::PgConnection, deployment_id: Uuid, rev: &NewRevision, now: i64) -> Result<Uuid> {
+async fn insert_revision(
+    conn: &mut sqlx::PgConnection,
+    deployment_id: Uuid,
+    rev: &NewRevision,
+    now: i64,
+) -> Result<Uuid> {
     sqlx::query(
         "UPDATE revisions SET status = 'SKIPPED', updated_at = GREATEST($1, updated_at + 1) \
          WHERE deployment_id = $2 AND status IN ('AWAITING_BUILD', 'AWAITING_DEPLOY')",
@@ -464,7 +469,11 @@ async fn insert_revision(conn: &mut sqlx::PgConnection, deployment_id: Uuid, rev
 
 async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Deployment> {
     let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
-    let row = sqlx::query(&sql).bind(id).fetch_one(&mut *conn).await.map_err(map_sqlx)?;
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
     deployment(&row)
 }
 
@@ -507,7 +516,13 @@ impl crate::DeploymentStore for PgStore {
         Ok(out)
     }
 
-    async fn list_deployments(&self, workspace: Uuid, f: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>> {
+    async fn list_deployments(
+        &self,
+        workspace: Uuid,
+        f: &DeploymentFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Deployment>> {
         let sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE workspace_id = $1 \
                AND ($2::text IS NULL OR name = $2) \
@@ -537,12 +552,24 @@ impl crate::DeploymentStore for PgStore {
     }
 
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>> {
-        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND workspace_id = $2");
-        let row = sqlx::query(&sql).bind(id).bind(workspace).fetch_optional(&self.pool).await.map_err(map_sqlx)?;
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND workspace_id = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         row.as_ref().map(deployment).transpose()
     }
 
-    async fn save_deployment(&self, next: Deployment, expected: chrono::DateTime<chrono::Utc>, rev: Option<NewRevision>) -> Result<Deployment> {
+    async fn save_deployment(
+        &self,
+        next: Deployment,
+        expected: chrono::DateTime<chrono::Utc>,
+        rev: Option<NewRevision>,
+    ) -> Result<Deployment> {
         let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
         let now = now_micros();
         let done = sqlx::query(
@@ -574,24 +601,38 @@ impl crate::DeploymentStore for PgStore {
         Ok(out)
     }
 
-    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome> {
+    async fn delete_deployment(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        force: bool,
+    ) -> Result<DeleteOutcome> {
         let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE")
-            .bind(id)
-            .bind(workspace)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
-        let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+        )
+        .bind(id)
+        .bind(workspace)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        let Some(status) = status else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let statuses: Vec<String> =
+            sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
         let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
         match outcome {
             DeleteOutcome::Removed => {
-                sqlx::query("DELETE FROM deployments WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(map_sqlx)?;
+                sqlx::query("DELETE FROM deployments WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
             }
             DeleteOutcome::MarkedForDeletion => {
                 sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
@@ -607,7 +648,14 @@ impl crate::DeploymentStore for PgStore {
         Ok(outcome)
     }
 
-    async fn list_revisions(&self, workspace: Uuid, dep: Uuid, f: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>> {
+    async fn list_revisions(
+        &self,
+        workspace: Uuid,
+        dep: Uuid,
+        f: &RevisionFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Option<Vec<Revision>>> {
         if self.get_deployment(workspace, dep).await?.is_none() {
             return Ok(None);
         }
@@ -626,7 +674,10 @@ impl crate::DeploymentStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        rows.iter().map(revision).collect::<Result<Vec<_>>>().map(Some)
+        rows.iter()
+            .map(revision)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
@@ -644,7 +695,13 @@ impl crate::DeploymentStore for PgStore {
         row.as_ref().map(revision).transpose()
     }
 
-    async fn create_upload(&self, dep: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn create_upload(
+        &self,
+        dep: Uuid,
+        token_hash: &str,
+        object_path: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash)
             .bind(dep)
@@ -665,7 +722,8 @@ impl crate::DeploymentStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| Ok((get(&r, "deployment_id")?, get(&r, "object_path")?))).transpose()
+        row.map(|r| Ok((get(&r, "deployment_id")?, get(&r, "object_path")?)))
+            .transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {

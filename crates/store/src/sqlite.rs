@@ -439,7 +439,10 @@ where
     F: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> crate::BoxFut<'c, Result<T>>,
 {
     let mut conn = pool.acquire().await.map_err(map_sqlx)?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(map_sqlx)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
     let result = f(&mut conn).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     let ended = sqlx::query(end).execute(&mut *conn).await.map_err(map_sqlx);
@@ -448,7 +451,12 @@ where
     Ok(value)
 }
 
-async fn insert_revision(conn: &mut sqlx::SqliteConnection, deployment_id: Uuid, rev: &NewRevision, now: i64) -> Result<(Uuid, i64)> {
+async fn insert_revision(
+    conn: &mut sqlx::SqliteConnection,
+    deployment_id: Uuid,
+    rev: &NewRevision,
+    now: i64,
+) -> Result<(Uuid, i64)> {
     // Older revisions still waiting are superseded.
     sqlx::query(
         "UPDATE revisions SET status = 'SKIPPED', updated_at = MAX(?1, updated_at + 1) \
@@ -481,7 +489,11 @@ async fn insert_revision(conn: &mut sqlx::SqliteConnection, deployment_id: Uuid,
 impl SqliteStore {
     async fn deployment_by_id(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Deployment> {
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id.to_string()).fetch_one(&mut *conn).await.map_err(map_sqlx)?;
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
         deployment(&row)
     }
 }
@@ -527,8 +539,17 @@ impl crate::DeploymentStore for SqliteStore {
         .await
     }
 
-    async fn list_deployments(&self, workspace: Uuid, f: &DeploymentFilter, limit: i64, offset: i64) -> Result<Vec<Deployment>> {
-        let ids = f.ids.as_ref().map(|ids| serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()).unwrap_or_default());
+    async fn list_deployments(
+        &self,
+        workspace: Uuid,
+        f: &DeploymentFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Deployment>> {
+        let ids = f.ids.as_ref().map(|ids| {
+            serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        });
         let sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE workspace_id = ?1 \
                AND (?2 IS NULL OR name = ?2) \
@@ -558,7 +579,9 @@ impl crate::DeploymentStore for SqliteStore {
     }
 
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>> {
-        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ? AND workspace_id = ?");
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ? AND workspace_id = ?"
+        );
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .bind(workspace.to_string())
@@ -568,7 +591,12 @@ impl crate::DeploymentStore for SqliteStore {
         row.as_ref().map(deployment).transpose()
     }
 
-    async fn save_deployment(&self, next: Deployment, expected: chrono::DateTime<chrono::Utc>, rev: Option<NewRevision>) -> Result<Deployment> {
+    async fn save_deployment(
+        &self,
+        next: Deployment,
+        expected: chrono::DateTime<chrono::Utc>,
+        rev: Option<NewRevision>,
+    ) -> Result<Deployment> {
         immediate(&self.pool, move |conn| {
             Box::pin(async move {
                 let now = now_micros();
@@ -608,7 +636,12 @@ impl crate::DeploymentStore for SqliteStore {
         .await
     }
 
-    async fn delete_deployment(&self, workspace: Uuid, id: Uuid, force: bool) -> Result<DeleteOutcome> {
+    async fn delete_deployment(
+        &self,
+        workspace: Uuid,
+        id: Uuid,
+        force: bool,
+    ) -> Result<DeleteOutcome> {
         immediate(&self.pool, move |conn| {
             Box::pin(async move {
                 let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = ? AND workspace_id = ?")
@@ -644,11 +677,21 @@ impl crate::DeploymentStore for SqliteStore {
         .await
     }
 
-    async fn list_revisions(&self, workspace: Uuid, dep: Uuid, f: &RevisionFilter, limit: i64, offset: i64) -> Result<Option<Vec<Revision>>> {
+    async fn list_revisions(
+        &self,
+        workspace: Uuid,
+        dep: Uuid,
+        f: &RevisionFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Option<Vec<Revision>>> {
         if self.get_deployment(workspace, dep).await?.is_none() {
             return Ok(None);
         }
-        let statuses = f.statuses.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default());
+        let statuses = f
+            .statuses
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
         let sql = format!(
             "SELECT {REVISION_COLUMNS} FROM revisions WHERE deployment_id = ?1 \
                AND (?2 IS NULL OR status IN (SELECT value FROM json_each(?2))) \
@@ -664,7 +707,10 @@ impl crate::DeploymentStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        rows.iter().map(revision).collect::<Result<Vec<_>>>().map(Some)
+        rows.iter()
+            .map(revision)
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
@@ -683,7 +729,13 @@ impl crate::DeploymentStore for SqliteStore {
         row.as_ref().map(revision).transpose()
     }
 
-    async fn create_upload(&self, dep: Uuid, token_hash: &str, object_path: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn create_upload(
+        &self,
+        dep: Uuid,
+        token_hash: &str,
+        object_path: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES (?, ?, ?, ?)")
             .bind(token_hash)
             .bind(dep.to_string())
@@ -704,7 +756,8 @@ impl crate::DeploymentStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| Ok((uuid_col(&r, "deployment_id")?, get(&r, "object_path")?))).transpose()
+        row.map(|r| Ok((uuid_col(&r, "deployment_id")?, get(&r, "object_path")?)))
+            .transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {

@@ -101,8 +101,15 @@ impl TestApp {
         Self::with_config(backend, hostplane_api::ApiConfig::default()).await
     }
 
-    pub async fn with_config(backend: Backend, config: hostplane_api::ApiConfig) -> Self {
+    pub async fn with_config(backend: Backend, mut config: hostplane_api::ApiConfig) -> Self {
         let (store, dir) = fresh_store(backend).await;
+        let dir = dir.unwrap_or_else(|| {
+            let d = std::env::temp_dir().join(format!("hostplane-test-{}", Uuid::new_v4()));
+            std::fs::create_dir_all(&d).unwrap();
+            tempdir::TempDir(d)
+        });
+        config.storage_dir = dir.0.join("storage");
+        let dir = Some(dir);
         let boot = store
             .bootstrap(None)
             .await

@@ -1,0 +1,555 @@
+//! Deployments (v2) and their revisions: every operation of the reference, plus the
+//! routes the official CLI calls that the reference leaves out (push-token, upload-url).
+
+pub mod models;
+pub mod rules;
+pub mod uploads;
+
+use crate::error::{json_response, ApiError, ApiResult};
+use crate::request::{BodyCall, Call};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use compat::format::{datetime, py_list_repr};
+use compat::{ErrorItem, Loc};
+use serde_json::{json, Map, Value};
+use store::lifecycle::{DeploymentStatus, RevisionStatus};
+use store::{
+    DeleteOutcome, Deployment, DeploymentFilter, NewRevision, Revision, RevisionFilter, StoreError,
+};
+use uuid::Uuid;
+
+pub(crate) fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("Deployment ID {id} not found."))
+}
+
+fn revision_not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("Revision ID {id} not found."))
+}
+
+/// The deployment's JSON, fields in the reference's order; secrets are unsealed.
+fn to_json(app: &AppState, d: &Deployment) -> ApiResult<Value> {
+    let secrets: Value = app
+        .secrets
+        .open(&d.secrets)
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .ok_or_else(|| {
+            tracing::error!(deployment = %d.id, "secrets cannot be opened: was HOSTPLANE_SECRET_KEY changed?");
+            ApiError::Internal
+        })?;
+    Ok(json!({
+        "name": d.name,
+        "source": d.source,
+        "source_config": d.source_config,
+        "source_revision_config": d.source_revision_config,
+        "secrets": secrets,
+        "secret_references": d.secret_references,
+        "id": d.id,
+        "tenant_id": d.workspace_id,
+        "created_at": datetime(d.created_at),
+        "updated_at": datetime(d.updated_at),
+        "status": d.status,
+        "latest_revision_id": d.latest_revision_id,
+        "active_revision_id": d.active_revision_id,
+        "image_version": d.image_version,
+    }))
+}
+
+fn revision_json(r: &Revision) -> Value {
+    json!({
+        "id": r.id,
+        "created_at": datetime(r.created_at),
+        "updated_at": datetime(r.updated_at),
+        "status": r.status,
+        "source": r.source,
+        "source_revision_config": r.source_revision_config,
+    })
+}
+
+/// The stored form of a revision configuration: the request fields plus the
+/// response-only `repo_commit_sha`.
+fn revision_config(mut config: Map<String, Value>) -> Value {
+    config.entry("repo_commit_sha").or_insert(Value::Null);
+    Value::Object(config)
+}
+
+fn new_revision(source: &str, config: &Value) -> NewRevision {
+    let has_image = config.get("image_uri").is_some_and(|v| !v.is_null());
+    NewRevision {
+        source: source.to_owned(),
+        source_revision_config: config.clone(),
+        status: RevisionStatus::initial(has_image).as_str().to_owned(),
+    }
+}
+
+fn obj(v: &Value) -> Option<&Map<String, Value>> {
+    v.as_object()
+}
+
+/// `tracked_packages` from newer clients: kept when it is a list of strings.
+fn tracked_packages(call: &BodyCall) -> Option<Value> {
+    let compat::body::Body::Present(compat::Value::Object(fields)) = &call.body else {
+        return None;
+    };
+    let v = fields.get("tracked_packages")?.to_json();
+    v.as_array()
+        .filter(|a| a.iter().all(Value::is_string))
+        .map(|_| v.clone())
+}
+
+async fn all_listeners(app: &AppState, workspace: Uuid) -> ApiResult<Vec<store::Listener>> {
+    let mut out = Vec::new();
+    loop {
+        let page = app
+            .store
+            .list_listeners(workspace, 100, out.len() as i64)
+            .await?;
+        let done = page.len() < 100;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Resolves the listener and namespace of an `external_docker` create; may fill in
+/// `listener_config.k8s_namespace`.
+async fn place_on_listener(
+    app: &AppState,
+    workspace: Uuid,
+    config: &mut Map<String, Value>,
+) -> ApiResult<Option<Uuid>> {
+    let named = config
+        .get("listener_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let Some(listener_id) = named else {
+        let listeners = all_listeners(app, workspace).await?;
+        if listeners.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<String> = listeners.iter().map(|l| l.id.to_string()).collect();
+        return Err(rules::source_error(format!(
+            "'source_config.listener_id' is required for workspace with available listener IDs: {}",
+            py_list_repr(&ids)
+        )));
+    };
+    let listener = app
+        .store
+        .get_listener(workspace, listener_id)
+        .await?
+        .ok_or_else(|| {
+            rules::source_error(format!(
+                "listener ID '{listener_id}' not found in LangSmith workspace ID '{workspace}'."
+            ))
+        })?;
+    let served = listener.k8s_namespaces.unwrap_or_default();
+    let asked = config
+        .get("listener_config")
+        .and_then(|c| c.get("k8s_namespace"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let namespace = match asked {
+        Some(ns) if served.contains(&ns) => ns,
+        Some(ns) => {
+            return Err(rules::source_error(format!(
+                "namespace '{ns}' is not served by listener ID '{listener_id}'. Served namespaces: {}",
+                py_list_repr(&served)
+            )))
+        }
+        None if served.len() == 1 => served[0].clone(),
+        None => {
+            return Err(rules::source_error(format!(
+                "'source_config.listener_config.k8s_namespace' is required for listener ID '{listener_id}'. Served namespaces: {}",
+                py_list_repr(&served)
+            )))
+        }
+    };
+    config.insert(
+        "listener_config".into(),
+        json!({ "k8s_namespace": namespace }),
+    );
+    Ok(Some(listener_id))
+}
+
+pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let req = call.body_schema(&models::CREATE, &mut errs);
+    ApiError::check(errs)?;
+    let req = req.ok_or(ApiError::Internal)?.to_json();
+    let name = req["name"].as_str().unwrap_or_default().to_owned();
+    let source = req["source"].as_str().unwrap_or_default().to_owned();
+    let mut source_config = obj(&req["source_config"]).cloned().unwrap_or_default();
+    let revision = obj(&req["source_revision_config"])
+        .cloned()
+        .unwrap_or_default();
+    let secret_references = req["secret_references"].clone();
+
+    rules::check_name(&name)?;
+    rules::check_create(
+        &source,
+        &source_config,
+        &revision,
+        !secret_references.is_null(),
+    )?;
+    let workspace = call.tenant.workspace_id;
+    let listener_id = if source == "external_docker" {
+        place_on_listener(&app, workspace, &mut source_config).await?
+    } else {
+        None
+    };
+
+    let config = revision_config(revision);
+    let first = new_revision(&source, &config);
+    let deployment = Deployment {
+        id: Uuid::new_v4(),
+        workspace_id: workspace,
+        name: name.clone(),
+        source: source.clone(),
+        deployment_type: source_config
+            .get("deployment_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        source_config: Value::Object(source_config),
+        source_revision_config: config,
+        secrets: app.secrets.seal(req["secrets"].to_string().as_bytes()),
+        secret_references: (!secret_references.is_null()).then_some(secret_references),
+        tracked_packages: tracked_packages(&call),
+        listener_id,
+        status: DeploymentStatus::AwaitingDatabase.as_str().to_owned(),
+        latest_revision_id: None,
+        active_revision_id: None,
+        image_version: None,
+        remote_reconciled: false,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    match app.store.create_deployment(deployment, first).await {
+        Ok(d) => Ok(json_response(StatusCode::CREATED, &to_json(&app, &d)?)),
+        Err(StoreError::Conflict) => Err(ApiError::Conflict(format!(
+            "Deployment name '{name}' already exists in LangSmith workspace ID '{workspace}'."
+        ))),
+        Err(StoreError::NotFound) => Err(rules::source_error(format!(
+            "listener ID '{}' not found in LangSmith workspace ID '{workspace}'.",
+            listener_id.map(|l| l.to_string()).unwrap_or_default()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
+    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
+    let deployment_type = match call.query.get("deployment_type") {
+        None => Some(None),
+        Some(raw) => compat::validate::literal(
+            &compat::Value::Str(raw.to_owned()),
+            Loc::new("query").key("deployment_type"),
+            &mut errs,
+            models::DEPLOYMENT_TYPES,
+        )
+        .map(|t| Some(t.to_owned())),
+    };
+    ApiError::check(errs)?;
+    let (Some(limit), Some(offset), Some(remote_reconciled), Some(deployment_type)) =
+        (limit, offset, remote_reconciled, deployment_type)
+    else {
+        return Err(ApiError::Internal);
+    };
+    // Ids that are not UUIDs match nothing (the reference does not validate them).
+    let ids = call.query_str("deployment_ids").map(|raw| {
+        raw.split(',')
+            .filter_map(|s| Uuid::parse_str(s.trim()).ok())
+            .collect::<Vec<_>>()
+    });
+    let filter = DeploymentFilter {
+        name: call.query_str("name"),
+        name_contains: call.query_str("name_contains"),
+        status: call.query_str("status"),
+        remote_reconciled,
+        image_version: call.query_str("image_version"),
+        deployment_type,
+        ids,
+    };
+    let items = app
+        .store
+        .list_deployments(call.tenant.workspace_id, &filter, limit, offset)
+        .await?;
+    let resources = items
+        .iter()
+        .map(|d| to_json(&app, d))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let next = offset.saturating_add(resources.len() as i64);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "resources": resources, "offset": next }),
+    ))
+}
+
+pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    ApiError::check(errs)?;
+    let id = id.ok_or(ApiError::Internal)?;
+    let d = app
+        .store
+        .get_deployment(call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(json_response(StatusCode::OK, &to_json(&app, &d)?))
+}
+
+/// Applies the fields of `patch` that are not null onto `base`.
+fn merge_fields(base: &mut Value, patch: Option<&Map<String, Value>>) {
+    if let (Some(base), Some(patch)) = (base.as_object_mut(), patch) {
+        for (k, v) in patch.iter().filter(|(_, v)| !v.is_null()) {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let req = call.body_schema(&models::PATCH, &mut errs);
+    ApiError::check(errs)?;
+    let (id, req) = id.zip(req).ok_or(ApiError::Internal)?;
+    let req = req.to_json();
+    let workspace = call.tenant.workspace_id;
+    let patch_config = obj(&req["source_config"]);
+    let patch_revision = obj(&req["source_revision_config"]);
+    let revision_source = req["revision_source"].as_str();
+    let tracked = tracked_packages(&call);
+
+    // Optimistic concurrency: re-read and re-apply when another write got in between.
+    for _ in 0..8 {
+        let current = app
+            .store
+            .get_deployment(workspace, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        rules::check_patch(
+            &current.source,
+            &current.source_config,
+            patch_config,
+            patch_revision,
+            revision_source.is_some(),
+            !req["secret_references"].is_null(),
+        )?;
+        if let Some(path) = patch_revision
+            .and_then(|r| r.get("source_tarball_path"))
+            .and_then(Value::as_str)
+        {
+            uploads::check_tarball_path(&app, id, path).await?;
+        }
+        let mut next = current.clone();
+        merge_fields(&mut next.source_config, patch_config);
+        merge_fields(&mut next.source_revision_config, patch_revision);
+        if !req["secrets"].is_null() {
+            next.secrets = app.secrets.seal(req["secrets"].to_string().as_bytes());
+        }
+        if !req["secret_references"].is_null() {
+            next.secret_references = Some(req["secret_references"].clone());
+        }
+        if tracked.is_some() {
+            next.tracked_packages = tracked.clone();
+        }
+        let revision_fields_set = patch_revision.is_some_and(|r| r.values().any(|v| !v.is_null()));
+        let resource_spec_set = patch_config
+            .and_then(|c| c.get("resource_spec"))
+            .is_some_and(|v| !v.is_null());
+        let creates_revision = revision_fields_set
+            || !req["secrets"].is_null()
+            || !req["secret_references"].is_null()
+            || resource_spec_set;
+        let revision = creates_revision.then(|| {
+            new_revision(
+                revision_source.unwrap_or(&current.source),
+                &next.source_revision_config,
+            )
+        });
+        match app
+            .store
+            .save_deployment(next, current.updated_at, revision)
+            .await
+        {
+            Ok(saved) => return Ok(json_response(StatusCode::OK, &to_json(&app, &saved)?)),
+            Err(StoreError::Stale) => continue,
+            Err(StoreError::NotFound) => return Err(not_found(id)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict(
+        "The deployment is being changed by other requests; retry.".into(),
+    ))
+}
+
+pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let _delete_tracing_project = call.query_bool("delete_tracing_project", &mut errs);
+    let force = call.query_bool("force", &mut errs);
+    ApiError::check(errs)?;
+    let (id, force) = id.zip(force).ok_or(ApiError::Internal)?;
+    match app
+        .store
+        .delete_deployment(call.tenant.workspace_id, id, force.unwrap_or(false))
+        .await?
+    {
+        DeleteOutcome::NotFound => Err(not_found(id)),
+        DeleteOutcome::Removed | DeleteOutcome::MarkedForDeletion => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
+}
+
+/// `DELETE /v2/deployments?deployment_ids=...`: at most 100 ids, each reported.
+pub async fn delete_many(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let loc = Loc::new("query").key("deployment_ids");
+    let raw: Vec<&str> = call.query.get_all("deployment_ids").collect();
+    let mut ids = Vec::new();
+    if raw.is_empty() {
+        errs.push(ErrorItem::missing(loc.clone(), compat::Value::Null));
+    }
+    for (i, r) in raw.iter().enumerate() {
+        if let Some(u) = compat::validate::uuid_text(r, loc.index(i), &mut errs) {
+            ids.push(u);
+        }
+    }
+    if errs.is_empty() && raw.len() > 100 {
+        errs.push(
+            ErrorItem::new(
+                "too_long",
+                loc,
+                format!(
+                    "List should have at most 100 items after validation, not {}",
+                    raw.len()
+                ),
+                compat::Value::List(
+                    raw.iter()
+                        .map(|s| compat::Value::Str((*s).to_owned()))
+                        .collect(),
+                ),
+            )
+            .with_ctx(json!({"field_type": "List", "max_length": 100, "actual_length": raw.len()})),
+        );
+    }
+    ApiError::check(errs)?;
+    let mut unique = Vec::new();
+    for id in ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    let mut deleted = Vec::new();
+    let mut failed = Vec::new();
+    for id in &unique {
+        match app
+            .store
+            .delete_deployment(call.tenant.workspace_id, *id, false)
+            .await?
+        {
+            DeleteOutcome::NotFound => {
+                failed.push(json!({"id": id, "detail": format!("Deployment ID {id} not found.")}))
+            }
+            _ => deleted.push(json!(id)),
+        }
+    }
+    if deleted.is_empty() {
+        return Err(not_found(unique[0]));
+    }
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok(json_response(
+        status,
+        &json!({ "deleted": deleted, "failed": failed }),
+    ))
+}
+
+pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
+    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
+    ApiError::check(errs)?;
+    let (Some(id), Some(limit), Some(offset), Some(remote_reconciled)) =
+        (id, limit, offset, remote_reconciled)
+    else {
+        return Err(ApiError::Internal);
+    };
+    let statuses = call.query_str("status").map(|s| {
+        s.split(',')
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect()
+    });
+    let filter = RevisionFilter {
+        statuses,
+        remote_reconciled,
+    };
+    let items = app
+        .store
+        .list_revisions(call.tenant.workspace_id, id, &filter, limit, offset)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let resources: Vec<_> = items.iter().map(revision_json).collect();
+    let next = offset.saturating_add(resources.len() as i64);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "resources": resources, "offset": next }),
+    ))
+}
+
+async fn load_revision(app: &AppState, call: &Call) -> ApiResult<(Deployment, Revision)> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let rid = call.path_uuid("revision_id", &mut errs);
+    ApiError::check(errs)?;
+    let (id, rid) = id.zip(rid).ok_or(ApiError::Internal)?;
+    let workspace = call.tenant.workspace_id;
+    let d = app
+        .store
+        .get_deployment(workspace, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let r = app
+        .store
+        .get_revision(workspace, id, rid)
+        .await?
+        .ok_or_else(|| revision_not_found(rid))?;
+    Ok((d, r))
+}
+
+pub async fn get_revision(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let (_, r) = load_revision(&app, &call).await?;
+    Ok(json_response(StatusCode::OK, &revision_json(&r)))
+}
+
+/// A new revision with an older revision's source and configuration.
+pub async fn redeploy(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    for _ in 0..8 {
+        let (d, r) = load_revision(&app, &call).await?;
+        let revision = new_revision(&r.source, &r.source_revision_config);
+        match app
+            .store
+            .save_deployment(d.clone(), d.updated_at, Some(revision))
+            .await
+        {
+            Ok(saved) => return Ok(json_response(StatusCode::OK, &to_json(&app, &saved)?)),
+            Err(StoreError::Stale) => continue,
+            Err(StoreError::NotFound) => return Err(not_found(d.id)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict(
+        "The deployment is being changed by other requests; retry.".into(),
+    ))
+}

@@ -1,0 +1,190 @@
+//! Source tarball uploads (`upload-url`, then a `PUT` to hostplane itself) and registry
+//! push tokens (`push-token`): the routes the official CLI calls for builds.
+
+use super::not_found;
+use crate::error::{json_response, ApiError, ApiResult};
+use crate::request::Call;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::json;
+use store::StoreError;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+/// Object paths hostplane issues start with this; only those are checked on PATCH.
+pub const OBJECT_PREFIX: &str = "hostplane-uploads/";
+/// How long an upload URL stays valid.
+const UPLOAD_TTL: chrono::Duration = chrono::Duration::minutes(30);
+
+fn token_hash(token: &str) -> String {
+    store::hash_key(token)
+}
+
+/// `POST /v2/deployments/{id}/upload-url`: a signed, expiring, single-use URL on this
+/// server that accepts one gzip tarball.
+pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    ApiError::check(errs)?;
+    let id = id.ok_or(ApiError::Internal)?;
+    let d = app
+        .store
+        .get_deployment(call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if d.source != "internal_source" {
+        return Err(ApiError::BadRequest(
+            "upload URL is only available for 'internal_source' source deployments".into(),
+        ));
+    }
+    let token = store::generate_key();
+    let object_path = format!("{OBJECT_PREFIX}{id}/{}.tar.gz", Uuid::new_v4());
+    app.store
+        .create_upload(
+            id,
+            &token_hash(&token),
+            &object_path,
+            chrono::Utc::now() + UPLOAD_TTL,
+        )
+        .await?;
+    let base = app.config.public_url.trim_end_matches('/');
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "upload_url": format!("{base}/uploads/{token}"),
+            "object_path": object_path,
+            "upload_headers": { "Content-Type": "application/gzip" },
+        }),
+    ))
+}
+
+/// `PUT /uploads/{token}`: streams the tarball to the storage folder (never whole in
+/// memory), refusing anything that is not gzip or is over the size limit.
+pub async fn put_upload(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let hash = token_hash(&token);
+    let (_, object_path) = app.store.find_upload(&hash).await?.ok_or_else(|| {
+        ApiError::Forbidden("This upload URL is unknown, expired or already used.".into())
+    })?;
+    let limit = app.config.max_upload_bytes;
+    let final_path = app.config.storage_dir.join(&object_path);
+    let dir = final_path.parent().ok_or(ApiError::Internal)?.to_owned();
+    tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
+    let partial = dir.join(format!(".{}.partial", Uuid::new_v4()));
+    let written = stream_to_file(body, &partial, limit).await;
+    let size = match written {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    match app.store.complete_upload(&hash, size as i64).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ApiError::Forbidden(
+                "This upload URL is unknown, expired or already used.".into(),
+            ));
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e.into());
+        }
+    }
+    tokio::fs::rename(&partial, &final_path)
+        .await
+        .map_err(io_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "upload storage error");
+    ApiError::Internal
+}
+
+async fn stream_to_file(body: Body, path: &std::path::Path, limit: u64) -> ApiResult<u64> {
+    let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
+    let mut body = body;
+    let mut size: u64 = 0;
+    let mut head: Vec<u8> = Vec::with_capacity(2);
+    while let Some(chunk) = body
+        .frame()
+        .await
+        .map(|f| f.map(|f| f.into_data().unwrap_or_default()))
+    {
+        let chunk =
+            chunk.map_err(|_| ApiError::BadRequest("The upload was interrupted.".into()))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "Uploads are limited to {limit} bytes."
+            )));
+        }
+        if head.len() < 2 {
+            head.extend(chunk.iter().take(2 - head.len()));
+        }
+        file.write_all(&chunk).await.map_err(io_error)?;
+    }
+    if head != [0x1f, 0x8b] {
+        return Err(ApiError::BadRequest(
+            "The upload is not a gzip-compressed tarball.".into(),
+        ));
+    }
+    file.sync_all().await.map_err(io_error)?;
+    Ok(size)
+}
+
+/// A `source_tarball_path` in hostplane's own namespace must name an upload issued for
+/// this deployment and completed; other paths refer to storage hostplane does not manage.
+pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) -> ApiResult<()> {
+    if !path.starts_with(OBJECT_PREFIX) {
+        return Ok(());
+    }
+    if app.store.upload_completed(deployment, path).await? {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "Source configuration error: 'source_revision_config.source_tarball_path' '{path}' was not uploaded for this deployment."
+        )))
+    }
+}
+
+/// `POST /v2/deployments/{id}/push-token`: credentials for the operator's registry.
+pub async fn push_token(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    ApiError::check(errs)?;
+    let id = id.ok_or(ApiError::Internal)?;
+    let d = app
+        .store
+        .get_deployment(call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if d.source != "internal_docker" {
+        return Err(ApiError::BadRequest(
+            "push token is only available for 'internal_docker' source deployments".into(),
+        ));
+    }
+    let registry = app.config.registry.as_ref().ok_or_else(|| {
+        ApiError::BadRequest(
+            "push token is unavailable: this control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)".into(),
+        )
+    })?;
+    let password = registry.password().map_err(|e| {
+        tracing::error!(error = %e, "cannot read the registry token file");
+        ApiError::Unavailable("The registry credentials cannot be read right now.".into())
+    })?;
+    let mut out = json!({ "token": password, "registry_url": registry.url });
+    if let Some(user) = &registry.username {
+        out["username"] = json!(user);
+    }
+    Ok(json_response(StatusCode::OK, &out))
+}
