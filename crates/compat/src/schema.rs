@@ -7,6 +7,7 @@ use crate::validate;
 use crate::value::Value;
 use indexmap::IndexMap;
 use serde_json::json;
+use std::cmp::Ordering;
 
 /// A field type.
 #[derive(Debug)]
@@ -216,7 +217,9 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
         }
     };
     // NaN fails every bound, as in pydantic.
-    if let Some(ge) = ge.filter(|g| !(f >= *g)) {
+    if let Some(ge) =
+        ge.filter(|g| !matches!(f.partial_cmp(g), Some(Ordering::Greater | Ordering::Equal)))
+    {
         errs.push(
             ErrorItem::new(
                 "greater_than_equal",
@@ -228,7 +231,9 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
         );
         return None;
     }
-    if let Some(le) = le.filter(|l| !(f <= *l)) {
+    if let Some(le) =
+        le.filter(|l| !matches!(f.partial_cmp(l), Some(Ordering::Less | Ordering::Equal)))
+    {
         errs.push(
             ErrorItem::new(
                 "less_than_equal",

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage organizations, workspaces and API keys (works while a server runs).
     Admin(admin::AdminArgs),
 }
@@ -253,7 +253,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|_| std::process::ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args).await.map(|_| std::process::ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(args).await,
         }
     });

@@ -714,12 +714,11 @@ impl crate::DeploymentStore for SqliteStore {
     }
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
-        let sql = format!(
+        let row = sqlx::query(
             "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, r.remote_reconciled, \
                r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
-             WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?"
-        );
-        let row = sqlx::query(&sql)
+             WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?",
+        )
             .bind(id.to_string())
             .bind(dep.to_string())
             .bind(workspace.to_string())
