@@ -2,63 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hostplane"));
-    c.env_remove("HOSTPLANE_DATABASE_URL")
-        .env_remove("HOSTPLANE_BOOTSTRAP_API_KEY")
-        .env_remove("HOSTPLANE_LISTEN");
-    c
-}
-
-struct Db {
-    url: String,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn sqlite_db() -> Db {
-    let dir = std::env::temp_dir().join(format!("hostplane-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    Db {
-        url: format!("sqlite://{}", dir.join("hp.db").display()),
-        _dir: TempDir(dir),
-    }
-}
-
-fn postgres_db() -> Db {
-    let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL").expect(
-        "HOSTPLANE_TEST_POSTGRES_URL is not set: run `scripts/test`, which starts PostgreSQL",
-    );
-    let name = format!("hp_cli_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql")
-        .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    let dir = std::env::temp_dir().join(format!("hostplane-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    Db {
-        url: format!("{base}/{name}"),
-        _dir: TempDir(dir),
-    }
-}
+use support::{bin, free_port, http, postgres_db, sqlite_db, wait_ready, Db};
 
 fn admin(db: &Db, args: &[&str]) -> (i32, String, String) {
     let out = bin()
@@ -81,43 +30,6 @@ fn admin_json(db: &Db, args: &[&str]) -> Value {
     let (code, out, err) = admin(db, &all);
     assert_eq!(code, 0, "{args:?}: {err}");
     serde_json::from_str(&out).unwrap()
-}
-
-/// A minimal HTTP/1.1 request, enough to talk to the server under test.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn admin_commands(db: Db) {
@@ -230,13 +142,6 @@ fn serve_bootstrap_and_shutdown(db: Db) {
             .spawn()
             .unwrap()
     };
-    let wait_ready = || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     let mut child = start();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = String::new();
@@ -248,7 +153,7 @@ fn serve_bootstrap_and_shutdown(db: Db) {
         }
     };
     assert!(printed.contains("workspace 'default'"));
-    wait_ready();
+    wait_ready(port);
     assert_eq!(
         http(port, "GET", "/ok", &[], ""),
         (200, r#"{"ok":true}"#.to_owned())
@@ -271,7 +176,7 @@ fn serve_bootstrap_and_shutdown(db: Db) {
 
     // A second start creates nothing and prints no key; the data and the key survive.
     let mut child = start();
-    wait_ready();
+    wait_ready(port);
     let (status, body) = http(port, "GET", "/v2/listeners", &[("X-Api-Key", &key)], "");
     assert_eq!(status, 200);
     assert!(body.contains(r#""compute_id":"first""#));

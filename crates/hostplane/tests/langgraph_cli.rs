@@ -1,0 +1,329 @@
+//! The official client against hostplane: installs `langgraph-cli==0.4.40` from PyPI into
+//! a virtualenv (once, under the target folder), starts `hostplane serve` on a fresh
+//! database and drives `langgraph deploy ...`, checking what it prints and what the
+//! server stored.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use support::{postgres_db, sqlite_db, Db, Server, TempDir};
+
+const CLI_VERSION: &str = "0.4.40";
+
+/// The `langgraph` executable of a virtualenv made for these tests.
+fn langgraph() -> &'static PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        let venv =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("langgraph-cli-{CLI_VERSION}"));
+        let exe = venv.join("bin/langgraph");
+        if exe.exists() {
+            return exe;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "python3 -m venv failed: Python 3 with venv is needed for the official CLI test"
+        );
+        let out = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("langgraph-cli=={CLI_VERSION}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "installing langgraph-cli failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    })
+}
+
+struct Cli<'a> {
+    server: &'a Server,
+    project: TempDir,
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The JSON lines `--json` prints.
+    fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn deployment_id(&self) -> String {
+        self.events()
+            .iter()
+            .find_map(|e| e["deployment_id"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no deployment id printed:\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+}
+
+impl<'a> Cli<'a> {
+    fn new(server: &'a Server) -> Self {
+        let project = TempDir::new("hostplane-cli-project");
+        std::fs::write(
+            project.0.join("langgraph.json"),
+            r#"{"dependencies":["."],"graphs":{"agent":"./agent.py:graph"}}"#,
+        )
+        .unwrap();
+        std::fs::write(project.0.join("agent.py"), "graph = None\n").unwrap();
+        Cli { server, project }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("180")
+            .arg(langgraph())
+            .args(args)
+            .current_dir(&self.project.0);
+        for var in [
+            "LANGSMITH_API_KEY",
+            "LANGCHAIN_API_KEY",
+            "LANGSMITH_ENDPOINT",
+            "LANGGRAPH_HOST_TENANT_ID",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .env("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+            .env("LANGGRAPH_HOST_URL", self.server.url())
+            .env("LANGGRAPH_HOST_API_KEY", &self.server.key)
+            .output()
+            .unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn deploy_image(&self, name: &str, digest_char: char, extra: &[&str]) -> Run {
+        let image = format!(
+            "docker.io/acme/agent@sha256:{}",
+            digest_char.to_string().repeat(64)
+        );
+        let mut args = vec![
+            "deploy",
+            "--image-uri",
+            &image,
+            "--name",
+            name,
+            "--no-input",
+            "--no-wait",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+fn image(c: char) -> String {
+    format!("docker.io/acme/agent@sha256:{}", c.to_string().repeat(64))
+}
+
+fn create_listener(server: &Server, compute_id: &str, namespaces: &[&str]) -> String {
+    let body = json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": namespaces}});
+    let (status, l) = server.call("POST", "/v2/listeners", Some(body));
+    assert_eq!(status, 201);
+    l["id"].as_str().unwrap().to_owned()
+}
+
+fn official_cli(db: Db) {
+    let server = Server::start(&db);
+    let cli = Cli::new(&server);
+
+    println!("listeners list on an empty workspace");
+    let run = cli.run(&["deploy", "listeners", "list", "--json"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap(),
+        json!([])
+    );
+
+    println!("deploy an image without listeners");
+    let run = cli.deploy_image("a", 'a', &[]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(run
+        .events()
+        .iter()
+        .any(|e| e["message"] == "Deployment created"));
+    let a = run.deployment_id();
+    let (_, dep) = server.call("GET", &format!("/v2/deployments/{a}"), None);
+    assert_eq!(
+        (dep["name"].as_str(), dep["source"].as_str()),
+        (Some("a"), Some("external_docker"))
+    );
+    assert_eq!(dep["source_revision_config"]["image_uri"], image('a'));
+    let first_revision = dep["latest_revision_id"].as_str().unwrap().to_owned();
+
+    println!("deploy a new image to the same deployment");
+    let run = cli.deploy_image("a", 'b', &[]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(run
+        .events()
+        .iter()
+        .any(|e| e["message"] == "Deployment updated"));
+    let (_, revs) = server.call("GET", &format!("/v2/deployments/{a}/revisions"), None);
+    let revs = revs["resources"].as_array().unwrap().clone();
+    assert_eq!(revs.len(), 2);
+    assert_eq!(
+        (revs[0]["status"].as_str(), revs[1]["status"].as_str()),
+        (Some("AWAITING_DEPLOY"), Some("SKIPPED"))
+    );
+    assert_eq!(revs[0]["source_revision_config"]["image_uri"], image('b'));
+    assert_eq!(revs[1]["id"], first_revision.as_str());
+
+    println!("revisions list prints newest first");
+    let run = cli.run(&["deploy", "revisions", "list", &a]);
+    assert!(run.ok, "{}", run.stderr);
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("AWAITING_DEPLOY") || l.contains("SKIPPED"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", run.stdout);
+    assert!(
+        rows[0].starts_with(revs[0]["id"].as_str().unwrap()) && rows[0].contains("AWAITING_DEPLOY")
+    );
+    assert!(rows[1].starts_with(first_revision.as_str()) && rows[1].contains("SKIPPED"));
+
+    println!("one listener: the CLI must be told to use it");
+    let l1 = create_listener(&server, "east", &["agents"]);
+    let run = cli.deploy_image("b", 'c', &[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("listener_id' is required") && run.stderr.contains(&l1),
+        "{}",
+        run.stderr
+    );
+    let run = cli.deploy_image("b", 'c', &["--listener-id", &l1]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let (_, b) = server.call(
+        "GET",
+        &format!("/v2/deployments/{}", run.deployment_id()),
+        None,
+    );
+    assert_eq!(b["source_config"]["listener_id"], l1.as_str());
+    assert_eq!(
+        b["source_config"]["listener_config"],
+        json!({"k8s_namespace": "agents"})
+    );
+    let run = cli.run(&["deploy", "listeners", "list", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&run.stdout).unwrap()[0]["id"],
+        l1.as_str()
+    );
+
+    println!("two listeners: listener and namespace chosen explicitly");
+    let l2 = create_listener(&server, "west", &["x", "y"]);
+    let run = cli.deploy_image("c", 'd', &["--listener-id", &l2, "--k8s-namespace", "y"]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let (_, c) = server.call(
+        "GET",
+        &format!("/v2/deployments/{}", run.deployment_id()),
+        None,
+    );
+    assert_eq!(
+        c["source_config"]["listener_config"],
+        json!({"k8s_namespace": "y"})
+    );
+    let run = cli.deploy_image("d", 'e', &[]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&l1) && run.stderr.contains(&l2),
+        "{}",
+        run.stderr
+    );
+    let run = cli.deploy_image("d", 'e', &["--listener-id", &l2]);
+    assert!(!run.ok, "several namespaces need --k8s-namespace");
+    let (_, none) = server.call("GET", "/v2/deployments?name=d", None);
+    assert_eq!(none["resources"], json!([]));
+
+    println!("deploy list pages through more than 100 deployments");
+    for i in 0..120 {
+        let body = json!({"name": format!("bulk-{i:03}"), "source": "external_docker", "source_config": {"listener_id": l1},
+                          "source_revision_config": {"image_uri": image('f')}, "secrets": []});
+        assert_eq!(server.call("POST", "/v2/deployments", Some(body)).0, 201);
+    }
+    let run = cli.run(&["deploy", "list", "--json"]);
+    assert!(run.ok, "{}", run.stderr);
+    let listed: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    let ids: std::collections::HashSet<_> = listed
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!((listed.len(), ids.len()), (123, 123));
+
+    println!("remote build: upload-url, PUT of the tarball, PATCH");
+    let run = cli.run(&[
+        "deploy",
+        "--remote",
+        "--name",
+        "r",
+        "--no-input",
+        "--no-wait",
+        "--json",
+    ]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let r = run.deployment_id();
+    let (_, revs) = server.call(
+        "GET",
+        &format!("/v2/deployments/{r}/revisions?limit=1"),
+        None,
+    );
+    let latest = &revs["resources"][0];
+    assert_eq!(latest["status"], "AWAITING_BUILD");
+    assert_eq!(latest["source"], "internal_source");
+    let path = latest["source_revision_config"]["source_tarball_path"]
+        .as_str()
+        .unwrap();
+    assert!(path.starts_with("hostplane-uploads/"), "{path}");
+    let stored = std::fs::read(db.dir.0.join("storage").join(path)).unwrap();
+    assert_eq!(&stored[..2], &[0x1f, 0x8b], "the stored upload is gzip");
+
+    println!("delete --force removes the deployment");
+    let run = cli.run(&["deploy", "delete", &a, "--force"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        server.call("GET", &format!("/v2/deployments/{a}"), None).0,
+        404
+    );
+}
+
+#[test]
+fn official_cli_sqlite() {
+    official_cli(sqlite_db());
+}
+
+#[test]
+fn official_cli_postgres() {
+    official_cli(postgres_db());
+}

@@ -1,0 +1,205 @@
+//! Helpers for tests that run the real `hostplane` binary.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hostplane"));
+    for var in [
+        "HOSTPLANE_DATABASE_URL",
+        "HOSTPLANE_BOOTSTRAP_API_KEY",
+        "HOSTPLANE_LISTEN",
+        "HOSTPLANE_SECRET_KEY",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A folder removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh database of either backend, and a folder for everything else.
+pub struct Db {
+    pub url: String,
+    pub dir: TempDir,
+}
+
+pub fn sqlite_db() -> Db {
+    let dir = TempDir::new("hostplane-bin");
+    Db {
+        url: format!("sqlite://{}", dir.0.join("hp.db").display()),
+        dir,
+    }
+}
+
+pub fn postgres_db() -> Db {
+    let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL").expect(
+        "HOSTPLANE_TEST_POSTGRES_URL is not set: run `scripts/test`, which starts PostgreSQL",
+    );
+    let name = format!("hp_bin_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new("psql")
+        .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Db {
+        url: format!("{base}/{name}"),
+        dir: TempDir::new("hostplane-bin"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `hostplane serve`, stopped with SIGTERM on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub key: String,
+}
+
+impl Server {
+    /// Starts a server on a free port with a known bootstrap key.
+    pub fn start(db: &Db) -> Server {
+        let port = free_port();
+        let key = format!("hp_test_{}", uuid::Uuid::new_v4().simple());
+        let child = bin()
+            .args([
+                "serve",
+                "--database-url",
+                &db.url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--storage-dir")
+            .arg(db.dir.0.join("storage"))
+            .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_ready(port);
+        Server { child, port, key }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A JSON call with the bootstrap key.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, text) = http(
+            self.port,
+            method,
+            path,
+            &[
+                ("X-Api-Key", &self.key),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        );
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn stop(&mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+pub fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 exchange, enough to talk to the server under test.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reads lines from a child's stdout until one contains `marker`.
+pub fn read_until(out: &mut impl BufRead, marker: &str) -> String {
+    let mut seen = String::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(marker) {
+            return seen;
+        }
+    }
+    panic!("{marker:?} never printed; got:\n{seen}")
+}
+
+pub fn reader(r: impl Read) -> BufReader<impl Read> {
+    BufReader::new(r)
+}
