@@ -15,6 +15,15 @@ OPS = {
     ("/v2/listeners/{listener_id}", "get"): ("Get a listener", "One listener of the workspace."),
     ("/v2/listeners/{listener_id}", "patch"): ("Update a listener", "Changes the version or replaces the compute configuration. Omitted or null fields keep their values."),
     ("/v2/listeners/{listener_id}", "delete"): ("Delete a listener", "Removes a listener that no deployment uses."),
+    ("/v2/deployments", "get"): ("List deployments", "Deployments of the workspace, oldest first, with optional filters."),
+    ("/v2/deployments", "post"): ("Create a deployment", "Creates a deployment together with its first revision."),
+    ("/v2/deployments", "delete"): ("Delete several deployments", "Deletes up to 100 deployments and reports each one."),
+    ("/v2/deployments/{deployment_id}", "get"): ("Get a deployment", "One deployment of the workspace."),
+    ("/v2/deployments/{deployment_id}", "patch"): ("Update a deployment", "Changes a deployment; changes to what runs create a new revision."),
+    ("/v2/deployments/{deployment_id}", "delete"): ("Delete a deployment", "Deletes a deployment; one a data plane runs is torn down first."),
+    ("/v2/deployments/{deployment_id}/revisions", "get"): ("List revisions", "Revisions of a deployment, newest first."),
+    ("/v2/deployments/{deployment_id}/revisions/{revision_id}", "get"): ("Get a revision", "One revision of a deployment."),
+    ("/v2/deployments/{deployment_id}/revisions/{revision_id}/redeploy", "post"): ("Redeploy a revision", "Creates a new revision from an earlier one's source and configuration."),
 }
 SCHEMA_TEXT = {
     "Listener": "A data-plane listener registered with the control plane.",
@@ -22,6 +31,12 @@ SCHEMA_TEXT = {
     "ListenerCreateRequest": "Body of a listener creation.",
     "ListenerPatchRequest": "Body of a listener update.",
     "ListenersList": "One page of listeners.",
+    "Deployment": "An agent deployment.",
+    "DeploymentCreateRequest": "Body of a deployment creation.",
+    "DeploymentPatchRequest": "Body of a deployment update.",
+    "DeploymentsList": "One page of deployments.",
+    "Revision": "One version of what a deployment runs.",
+    "RevisionsList": "One page of revisions.",
     "HTTPValidationError": "The request did not validate; every problem is listed.",
     "ValidationError": "One validation problem.",
 }
@@ -38,7 +53,7 @@ FIELD_TEXT = {
     "offset": "Offset of the next page: pass it back to continue.",
     "limit": "Largest number of resources to return.",
 }
-STATUS_TEXT = {"200": "Success", "201": "Created", "204": "Deleted", "403": "Forbidden", "404": "Not found", "409": "Conflict", "422": "Validation error"}
+STATUS_TEXT = {"200": "Success", "207": "Partly done", "400": "Bad request", "201": "Created", "204": "Deleted", "403": "Forbidden", "404": "Not found", "409": "Conflict", "422": "Validation error"}
 
 def reword(node, field=None):
     if isinstance(node, dict):
@@ -74,15 +89,69 @@ for (path, method), (summary, description) in OPS.items():
         r["description"] = STATUS_TEXT[code]
     paths.setdefault(path, {})[method] = op
 
+def refs(node, out):
+    if isinstance(node, dict):
+        r = node.get("$ref")
+        if isinstance(r, str):
+            name = r.split("/")[-1]
+            if name not in out:
+                out.add(name)
+                refs(ref["components"]["schemas"][name], out)
+        for v in node.values():
+            refs(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            refs(v, out)
+
+names = set()
+refs(paths, names)
 schemas = {}
-for name, text in SCHEMA_TEXT.items():
+for name in sorted(names):
     s = reword(copy.deepcopy(ref["components"]["schemas"][name]))
-    s["description"] = text
+    if name in SCHEMA_TEXT:
+        s["description"] = SCHEMA_TEXT[name]
     schemas[name] = s
+
+def own(summary, description, op_id, params, responses, security=True, body=None):
+    op = {"tags": ["hostplane"], "summary": summary, "description": description, "operationId": op_id,
+          "parameters": params, "responses": responses}
+    if security:
+        op["security"] = [{"API Key": []}, {"Tenant ID": []}, {"Bearer Auth": []}]
+    else:
+        op["security"] = []
+    if body:
+        op["requestBody"] = body
+    return op
+
+dep_param = {"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid", "title": "Deployment ID"}}
+detail = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}
+paths["/v2/deployments/{deployment_id}/push-token"] = {"post": own(
+    "Get registry credentials", "Credentials to push an image for an 'internal_docker' deployment to the registry the operator configured.",
+    "hostplane_push_token", [dep_param],
+    {"200": {"description": "Credentials", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PushToken"}}}},
+     "400": {"description": "Not available", "content": detail}, "404": {"description": "Not found", "content": detail}})}
+paths["/v2/deployments/{deployment_id}/upload-url"] = {"post": own(
+    "Get an upload URL", "A single-use, expiring URL on this server that accepts one gzip source tarball for an 'internal_source' deployment.",
+    "hostplane_upload_url", [dep_param],
+    {"200": {"description": "Upload URL", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UploadUrl"}}}},
+     "400": {"description": "Not available", "content": detail}, "404": {"description": "Not found", "content": detail}})}
+paths["/uploads/{token}"] = {"put": own(
+    "Upload a source tarball", "Receives the tarball for an upload URL; the token in the path is the credential.",
+    "hostplane_put_upload", [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+    {"200": {"description": "Stored"}, "400": {"description": "Not a gzip tarball", "content": detail},
+     "403": {"description": "Unknown, expired or used token", "content": detail}, "413": {"description": "Too large", "content": detail}},
+    security=False,
+    body={"required": True, "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}})}
+schemas["PushToken"] = {"type": "object", "title": "PushToken", "description": "Registry credentials.", "properties": {
+    "token": {"type": "string"}, "registry_url": {"type": "string"}, "username": {"type": "string"}}, "required": ["token", "registry_url"]}
+schemas["UploadUrl"] = {"type": "object", "title": "UploadUrl", "description": "Where to upload a source tarball.", "properties": {
+    "upload_url": {"type": "string"}, "object_path": {"type": "string"},
+    "upload_headers": {"type": "object", "additionalProperties": {"type": "string"}}}, "required": ["upload_url", "object_path", "upload_headers"]}
 
 paths["/ok"] = {"get": {
     "tags": ["hostplane"], "summary": "Health check", "operationId": "hostplane_ok",
     "description": "Answers as long as the server runs; needs no credentials.",
+    "security": [],
     "responses": {"200": {"description": "Healthy", "content": {"application/json": {"schema": {
         "type": "object", "properties": {"ok": {"type": "boolean", "const": True}}, "required": ["ok"]}}}}},
 }}
