@@ -198,14 +198,18 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
     ApiError::check(errs)?;
     let id = id.ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
-    if !app
+    match app
         .store
         .delete_listener(call.tenant.workspace_id, id)
-        .await?
+        .await
     {
-        return Err(not_found(id));
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(not_found(id)),
+        Err(StoreError::InUse) => Err(ApiError::Conflict(format!(
+            "Listener ID {id} is used by deployments and cannot be deleted."
+        ))),
+        Err(e) => Err(e.into()),
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

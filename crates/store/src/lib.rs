@@ -190,13 +190,22 @@ pub(crate) fn now_micros() -> i64 {
 pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+        // SQLite reports a RESTRICT violation with the trigger code (1811), not 787.
+        sqlx::Error::Database(db)
+            if db.is_foreign_key_violation()
+                || db.message().contains("FOREIGN KEY constraint failed") =>
+        {
+            StoreError::NotFound
+        }
         sqlx::Error::PoolTimedOut
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
             StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db) => {
+            StoreError::Other(format!("{} (code {:?})", db.message(), db.code()))
         }
         _ => StoreError::Other(e.to_string()),
     }

@@ -1,0 +1,544 @@
+//! Deployments (v2) and revisions through the real router, on both backends.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, TestApp};
+use serde_json::{json, Value};
+use store::Plan;
+
+fn image_body(name: &str) -> Value {
+    json!({"name": name, "source": "external_docker", "source_config": {},
+           "source_revision_config": {"image_uri": "docker.io/acme/agent:1"}, "secrets": [{"name": "TOKEN", "value": "s3cret-value"}]})
+}
+
+async fn create(app: &TestApp, key: &str, body: Value) -> Value {
+    let res = app
+        .call_as(key, "POST", "/v2/deployments", Some(body))
+        .await;
+    assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
+    res.json()
+}
+
+async fn other_workspaces_see_nothing(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let d = create(&app, &app.key, image_body("mine")).await;
+    let id = d["id"].as_str().unwrap();
+    let rev = d["latest_revision_id"].as_str().unwrap();
+    let (_, other) = app.other_workspace(Plan::Enterprise).await;
+    let nf = json!({"detail": format!("Deployment ID {id} not found.")});
+    for (method, uri, body) in [
+        ("GET", format!("/v2/deployments/{id}"), None),
+        (
+            "PATCH",
+            format!("/v2/deployments/{id}"),
+            Some(json!({"secrets": []})),
+        ),
+        ("DELETE", format!("/v2/deployments/{id}"), None),
+        ("GET", format!("/v2/deployments/{id}/revisions"), None),
+        ("GET", format!("/v2/deployments/{id}/revisions/{rev}"), None),
+        (
+            "POST",
+            format!("/v2/deployments/{id}/revisions/{rev}/redeploy"),
+            None,
+        ),
+        ("POST", format!("/v2/deployments/{id}/push-token"), None),
+        ("POST", format!("/v2/deployments/{id}/upload-url"), None),
+        (
+            "DELETE",
+            format!("/v2/deployments?deployment_ids={id}"),
+            None,
+        ),
+    ] {
+        let res = app.call_as(&other, method, &uri, body).await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (404, nf.clone()),
+            "{method} {uri}"
+        );
+    }
+    let list = app
+        .call_as(&other, "GET", "/v2/deployments", None)
+        .await
+        .json();
+    assert_eq!(list, json!({"resources": [], "offset": 0}));
+    // Names are unique per workspace only.
+    create(&app, &other, image_body("mine")).await;
+    assert_eq!(
+        app.call("GET", &format!("/v2/deployments/{id}"), None)
+            .await
+            .json(),
+        d
+    );
+}
+
+async fn secrets_are_sealed_at_rest(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let d = create(&app, &app.key, image_body("sealed")).await;
+    assert_eq!(
+        d["secrets"],
+        json!([{"name": "TOKEN", "value": "s3cret-value"}])
+    );
+    let id = uuid::Uuid::parse_str(d["id"].as_str().unwrap()).unwrap();
+    let stored = app
+        .store
+        .get_deployment(app.workspace, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !stored.secrets.contains("s3cret-value") && !stored.secrets.contains("TOKEN"),
+        "{}",
+        stored.secrets
+    );
+    let got = app
+        .call("GET", &format!("/v2/deployments/{id}"), None)
+        .await
+        .json();
+    assert_eq!(got["secrets"], d["secrets"]);
+}
+
+async fn revisions_follow_patches(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let d = create(&app, &app.key, image_body("rev")).await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let r1 = d["latest_revision_id"].as_str().unwrap().to_owned();
+    let uri = format!("/v2/deployments/{id}");
+
+    // Nothing that runs changes: no revision.
+    let p = app
+        .call(
+            "PATCH",
+            &uri,
+            Some(json!({"source_config": {"build_on_push": true}})),
+        )
+        .await
+        .json();
+    assert_eq!(p["latest_revision_id"], r1.as_str());
+    assert_eq!(p["source_config"]["build_on_push"], true);
+    // A resource_spec change does create one, and the older waiting revision is skipped.
+    let p = app
+        .call(
+            "PATCH",
+            &uri,
+            Some(json!({"source_config": {"resource_spec": {"cpu": 1}}})),
+        )
+        .await
+        .json();
+    let r2 = p["latest_revision_id"].as_str().unwrap().to_owned();
+    assert_ne!(r2, r1);
+    assert_eq!(p["source_config"]["resource_spec"]["cpu"], 1.0);
+    let revs = app
+        .call("GET", &format!("{uri}/revisions"), None)
+        .await
+        .json();
+    let statuses: Vec<_> = revs["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (json!(r2), json!("AWAITING_DEPLOY")),
+            (json!(r1), json!("SKIPPED"))
+        ]
+    );
+    // Filters: a comma list of statuses.
+    let skipped = app
+        .call(
+            "GET",
+            &format!("{uri}/revisions?status=SKIPPED,BUILDING"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(skipped["resources"].as_array().unwrap().len(), 1);
+
+    // Immutable fields: 400, nothing changed.
+    let res = app
+        .call(
+            "PATCH",
+            &uri,
+            Some(json!({"source_config": {"deployment_type": "prod"}, "secrets": []})),
+        )
+        .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(
+        res.json(),
+        json!({"detail": "Source configuration error: 'source_config.deployment_type' cannot be changed once the deployment is created."})
+    );
+    assert_eq!(
+        app.call("GET", &uri, None).await.json()["latest_revision_id"],
+        r2.as_str()
+    );
+
+    // Redeploy of the first revision: a new revision with its configuration.
+    let res = app
+        .call("POST", &format!("{uri}/revisions/{r1}/redeploy"), None)
+        .await;
+    assert_eq!(res.status, 200);
+    let r3 = res.json()["latest_revision_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rev = app
+        .call("GET", &format!("{uri}/revisions/{r3}"), None)
+        .await
+        .json();
+    assert_eq!(
+        rev["source_revision_config"]["image_uri"],
+        "docker.io/acme/agent:1"
+    );
+    assert_eq!(rev["status"], "AWAITING_DEPLOY");
+    let missing = uuid::Uuid::new_v4();
+    let res = app
+        .call("GET", &format!("{uri}/revisions/{missing}"), None)
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            404,
+            json!({"detail": format!("Revision ID {missing} not found.")})
+        )
+    );
+}
+
+async fn listeners_in_use_cannot_be_deleted(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let l = app
+        .call("POST", "/v2/listeners", Some(json!({"compute_type": "k8s", "compute_id": "c", "compute_config": {"k8s_namespaces": ["a"]}})))
+        .await
+        .json();
+    let lid = l["id"].as_str().unwrap();
+    let mut body = image_body("on-listener");
+    body["source_config"] = json!({"listener_id": lid});
+    let d = create(&app, &app.key, body).await;
+    assert_eq!(
+        d["source_config"]["listener_config"],
+        json!({"k8s_namespace": "a"})
+    );
+    let res = app
+        .call("DELETE", &format!("/v2/listeners/{lid}"), None)
+        .await;
+    assert_eq!(res.status, 409);
+    assert_eq!(
+        res.json(),
+        json!({"detail": format!("Listener ID {lid} is used by deployments and cannot be deleted.")})
+    );
+    let did = d["id"].as_str().unwrap();
+    assert_eq!(
+        app.call("DELETE", &format!("/v2/deployments/{did}"), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        app.call("DELETE", &format!("/v2/listeners/{lid}"), None)
+            .await
+            .status,
+        204
+    );
+}
+
+async fn bulk_delete_reports_each(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let a = create(&app, &app.key, image_body("a")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = create(&app, &app.key, image_body("b")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ghost = uuid::Uuid::new_v4();
+    let res = app
+        .call(
+            "DELETE",
+            &format!("/v2/deployments?deployment_ids={a}&deployment_ids={ghost}"),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 207);
+    assert_eq!(
+        res.json(),
+        json!({"deleted": [a], "failed": [{"id": ghost, "detail": format!("Deployment ID {ghost} not found.")}]})
+    );
+    let res = app
+        .call(
+            "DELETE",
+            &format!("/v2/deployments?deployment_ids={b}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (200, json!({"deleted": [b], "failed": []}))
+    );
+    let res = app
+        .call(
+            "DELETE",
+            &format!("/v2/deployments?deployment_ids={ghost}"),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 404);
+}
+
+async fn concurrent_creates_one_name(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::new(backend).await);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.call("POST", "/v2/deployments", Some(image_body("race")))
+                    .await
+                    .status
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 19, "{codes:?}");
+}
+
+async fn uploads_are_checked(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let d = create(
+        &app,
+        &app.key,
+        json!({"name": "src", "source": "internal_source", "source_config": {},
+                                          "source_revision_config": {}, "secrets": []}),
+    )
+    .await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let img = create(&app, &app.key, image_body("img")).await;
+    let res = app
+        .call(
+            "POST",
+            &format!("/v2/deployments/{}/upload-url", img["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 400);
+
+    let res = app
+        .call(
+            "POST",
+            &format!("/v2/deployments/{id}/upload-url"),
+            Some(json!({"supports_upload_headers": true})),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let u = res.json();
+    let path = u["object_path"].as_str().unwrap().to_owned();
+    assert_eq!(
+        u["upload_headers"],
+        json!({"Content-Type": "application/gzip"})
+    );
+    let upload_path = u["upload_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/uploads/")
+        .map(|(_, t)| format!("/uploads/{t}"))
+        .unwrap();
+
+    // The path cannot be used before the upload is complete.
+    let patch = json!({"revision_source": "internal_source", "source_revision_config": {"source_tarball_path": path, "langgraph_config_path": "langgraph.json"}});
+    let res = app
+        .call(
+            "PATCH",
+            &format!("/v2/deployments/{id}"),
+            Some(patch.clone()),
+        )
+        .await;
+    assert_eq!(res.status, 400);
+
+    // Not gzip: refused, and the URL can still be used.
+    let res = app
+        .send(
+            "PUT",
+            &upload_path,
+            &[("content-type", "application/gzip")],
+            Some(b"plain text".to_vec()),
+        )
+        .await;
+    assert_eq!(res.status, 400);
+    let gz = vec![
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let res = app
+        .send(
+            "PUT",
+            &upload_path,
+            &[("content-type", "application/gzip")],
+            Some(gz.clone()),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    // Single use.
+    let res = app.send("PUT", &upload_path, &[], Some(gz)).await;
+    assert_eq!(res.status, 403);
+
+    let res = app
+        .call("PATCH", &format!("/v2/deployments/{id}"), Some(patch))
+        .await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    let revs = app
+        .call(
+            "GET",
+            &format!("/v2/deployments/{id}/revisions?limit=1"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(revs["resources"][0]["status"], "AWAITING_BUILD");
+    assert_eq!(
+        revs["resources"][0]["source_revision_config"]["source_tarball_path"],
+        path.as_str()
+    );
+}
+
+async fn push_tokens(backend: Backend) {
+    let config = hostplane_api::ApiConfig {
+        registry: Some(hostplane_api::Registry {
+            url: "registry.example.internal/agents".into(),
+            username: Some("robot".into()),
+            secret: hostplane_api::RegistrySecret::Password("pw".into()),
+        }),
+        ..Default::default()
+    };
+    let app = TestApp::with_config(backend, config).await;
+    let d = create(
+        &app,
+        &app.key,
+        json!({"name": "dock", "source": "internal_docker", "source_config": {},
+                                          "source_revision_config": {}, "secrets": []}),
+    )
+    .await;
+    let res = app
+        .call(
+            "POST",
+            &format!("/v2/deployments/{}/push-token", d["id"].as_str().unwrap()),
+            Some(json!({"supports_registry_username": true})),
+        )
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            200,
+            json!({"token": "pw", "registry_url": "registry.example.internal/agents", "username": "robot"})
+        )
+    );
+    let img = create(&app, &app.key, image_body("img")).await;
+    let res = app
+        .call(
+            "POST",
+            &format!("/v2/deployments/{}/push-token", img["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            400,
+            json!({"detail": "push token is only available for 'internal_docker' source deployments"})
+        )
+    );
+
+    let bare = TestApp::new(backend).await;
+    let d = create(
+        &bare,
+        &bare.key,
+        json!({"name": "dock", "source": "internal_docker", "source_config": {},
+                                            "source_revision_config": {}, "secrets": []}),
+    )
+    .await;
+    let res = bare
+        .call(
+            "POST",
+            &format!("/v2/deployments/{}/push-token", d["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 400);
+}
+
+async fn list_filters(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    create(&app, &app.key, image_body("alpha")).await;
+    let mut dev = image_body("beta");
+    dev["source_config"] = json!({"deployment_type": "dev"});
+    let beta = create(&app, &app.key, dev).await;
+    let names = |v: Value| {
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            app.call("GET", "/v2/deployments?name=beta", None)
+                .await
+                .json()
+        ),
+        ["beta"]
+    );
+    assert_eq!(
+        names(
+            app.call("GET", "/v2/deployments?name_contains=ph", None)
+                .await
+                .json()
+        ),
+        ["alpha"]
+    );
+    assert_eq!(
+        names(
+            app.call("GET", "/v2/deployments?deployment_type=dev", None)
+                .await
+                .json()
+        ),
+        ["beta"]
+    );
+    let by_id = format!(
+        "/v2/deployments?deployment_ids={},not-a-uuid",
+        beta["id"].as_str().unwrap()
+    );
+    assert_eq!(names(app.call("GET", &by_id, None).await.json()), ["beta"]);
+    assert_eq!(
+        names(
+            app.call("GET", "/v2/deployments?status=READY", None)
+                .await
+                .json()
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(
+            app.call("GET", "/v2/deployments?limit=1&offset=1", None)
+                .await
+                .json()
+        ),
+        ["beta"]
+    );
+}
+
+on_both_backends!(
+    other_workspaces_see_nothing,
+    secrets_are_sealed_at_rest,
+    revisions_follow_patches,
+    listeners_in_use_cannot_be_deleted,
+    bulk_delete_reports_each,
+    concurrent_creates_one_name,
+    uploads_are_checked,
+    push_tokens,
+    list_filters,
+);
