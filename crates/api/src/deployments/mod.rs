@@ -400,9 +400,11 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
         .await?
     {
         DeleteOutcome::NotFound => Err(not_found(id)),
-        DeleteOutcome::Removed | DeleteOutcome::MarkedForDeletion => {
+        DeleteOutcome::Removed => {
+            uploads::remove_files(&app, id).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
+        DeleteOutcome::MarkedForDeletion => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
@@ -456,7 +458,11 @@ pub async fn delete_many(State(app): State<AppState>, call: Call) -> ApiResult<R
             DeleteOutcome::NotFound => {
                 failed.push(json!({"id": id, "detail": format!("Deployment ID {id} not found.")}))
             }
-            _ => deleted.push(json!(id)),
+            DeleteOutcome::Removed => {
+                uploads::remove_files(&app, *id).await;
+                deleted.push(json!(id));
+            }
+            DeleteOutcome::MarkedForDeletion => deleted.push(json!(id)),
         }
     }
     if deleted.is_empty() {

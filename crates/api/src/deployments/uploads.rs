@@ -142,6 +142,20 @@ async fn stream_to_file(body: Body, path: &std::path::Path, limit: u64) -> ApiRe
     Ok(size)
 }
 
+/// Removes the uploaded tarballs of a deployment that is gone.
+pub async fn remove_files(app: &AppState, deployment: Uuid) {
+    let dir = app
+        .config
+        .storage_dir
+        .join(OBJECT_PREFIX)
+        .join(deployment.to_string());
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not remove uploaded tarballs");
+        }
+    }
+}
+
 /// A `source_tarball_path` in hostplane's own namespace must name an upload issued for
 /// this deployment and completed; other paths refer to storage hostplane does not manage.
 pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) -> ApiResult<()> {

@@ -127,6 +127,11 @@ impl TestApp {
         }
     }
 
+    /// Where this app keeps uploads.
+    pub fn storage_dir(&self) -> std::path::PathBuf {
+        self._dir.as_ref().unwrap().0.join("storage")
+    }
+
     /// A new workspace in a new organization on `plan`, with a workspace-scoped key.
     pub async fn other_workspace(&self, plan: Plan) -> (Uuid, String) {
         let org = self.store.create_org("other", plan).await.unwrap();
