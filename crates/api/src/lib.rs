@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod request;
 pub mod routing;
 pub mod secrets;
+pub mod telemetry;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,6 @@ use std::time::Duration;
 use store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 /// The container registry whose credentials `push-token` hands out.
 #[derive(Debug, Clone)]
@@ -143,6 +143,7 @@ fn compatible_api() -> Router<AppState> {
         .route("/openapi.json", get(openapi::serve))
         .route("/ok", get(ok))
         .method_not_allowed_fallback(routing::method_not_allowed)
+        .route_layer(axum::middleware::from_fn(telemetry::tag_route))
 }
 
 async fn ok() -> Response {
@@ -156,6 +157,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole service: routes, fallbacks, request ids, tracing, panic and time limits.
 pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let timeout = config.request_timeout;
+    telemetry::prometheus();
     let secrets = secrets::SecretBox::new(&config.secret_key);
     let state = AppState {
         store,
@@ -166,6 +168,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
+        .route("/metrics", get(telemetry::serve_metrics))
         .fallback(routing::fallback)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
@@ -180,7 +183,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
                 }
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(telemetry::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }

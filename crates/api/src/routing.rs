@@ -39,8 +39,7 @@ fn is_route(path: &str) -> bool {
         .strip_prefix(SELF_HOSTED_PREFIX)
         .filter(|p| p.starts_with('/'))
         .unwrap_or(path);
-    path == "/ok"
-        || path == "/openapi.json"
+    ["/ok", "/openapi.json", "/metrics"].contains(&path)
         || COMPATIBLE_ROUTES.iter().any(|t| template_matches(t, path))
 }
 

@@ -70,6 +70,8 @@ pub trait Store: DeploymentStore + Send + Sync + 'static {
     /// The live (not revoked) key with this hash.
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>>;
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>>;
+    fn pool_stats(&self) -> PoolStats;
+    async fn resource_counts(&self) -> Result<ResourceCounts>;
 
     /// `Conflict` when the workspace already has a listener with this `compute_id`.
     async fn create_listener(&self, new: NewListener) -> Result<Listener>;
@@ -216,3 +218,12 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
 fn is_unavailable_code(code: Option<&str>) -> bool {
     matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "5" || c == "6")
 }
+
+/// One query for every resource count (the same SQL on both backends).
+pub(crate) const COUNTS_SQL: &str = "SELECT \
+    (SELECT COUNT(*) FROM organizations) AS organizations, \
+    (SELECT COUNT(*) FROM workspaces) AS workspaces, \
+    (SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL) AS api_keys, \
+    (SELECT COUNT(*) FROM listeners) AS listeners, \
+    (SELECT COUNT(*) FROM deployments) AS deployments, \
+    (SELECT COUNT(*) FROM revisions) AS revisions";

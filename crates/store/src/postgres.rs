@@ -278,6 +278,29 @@ impl Store for PgStore {
         .transpose()
     }
 
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    async fn resource_counts(&self) -> Result<ResourceCounts> {
+        let row = sqlx::query(crate::COUNTS_SQL)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(ResourceCounts {
+            organizations: get(&row, "organizations")?,
+            workspaces: get(&row, "workspaces")?,
+            api_keys: get(&row, "api_keys")?,
+            listeners: get(&row, "listeners")?,
+            deployments: get(&row, "deployments")?,
+            revisions: get(&row, "revisions")?,
+        })
+    }
+
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
         // Creates in one workspace take turns (a transaction-scoped advisory lock), so
         // creation times grow in commit order and a page, once read, never gains an

@@ -206,3 +206,22 @@ pub(crate) fn json_text(v: &serde_json::Value) -> String {
 pub(crate) fn json_from_text(t: &str) -> serde_json::Value {
     serde_json::from_str(t).unwrap_or(serde_json::Value::Null)
 }
+
+/// Connection pool occupancy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
+/// How many of each resource exist, across all workspaces.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResourceCounts {
+    pub organizations: i64,
+    pub workspaces: i64,
+    pub api_keys: i64,
+    pub listeners: i64,
+    pub deployments: i64,
+    pub revisions: i64,
+}
