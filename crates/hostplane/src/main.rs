@@ -2,6 +2,7 @@
 //! workspaces and API keys directly in the database.
 
 mod admin;
+mod server;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -82,6 +83,9 @@ struct ServeArgs {
     /// Seconds a request may run before it is answered with 503.
     #[arg(long, env = "HOSTPLANE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "HOSTPLANE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
     /// Base URL clients reach this server at, for upload URLs (default: http://LISTEN).
     #[arg(long, env = "HOSTPLANE_PUBLIC_URL")]
     public_url: Option<String>,
@@ -236,9 +240,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "hostplane listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        drain_timeout: Duration::from_secs(args.request_timeout_secs + 5),
+    };
+    server::serve(listener, app, limits, shutdown_signal()).await?;
     Ok(())
 }
 
