@@ -42,13 +42,16 @@ pub struct DbArgs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "HOSTPLANE_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// Milliseconds a request waits for a database connection before it gets 503.
+    #[arg(long, env = "HOSTPLANE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    db_acquire_timeout_ms: u64,
 }
 
 impl DbArgs {
     async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn store::Store>> {
         let opts = store::StoreOptions {
             max_connections: self.db_pool_size,
-            ..Default::default()
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
         };
         store::open(&self.database_url, &opts)
             .await

@@ -91,8 +91,18 @@ pub struct Server {
 impl Server {
     /// Starts a server on a free port with a known bootstrap key.
     pub fn start(db: &Db) -> Server {
+        Self::start_with(
+            db,
+            &[],
+            &format!("hp_test_{}", uuid::Uuid::new_v4().simple()),
+        )
+    }
+
+    /// Starts a server with extra `serve` arguments and the given bootstrap key (which
+    /// only matters on an empty database).
+    pub fn start_with(db: &Db, extra: &[&str], key: &str) -> Server {
         let port = free_port();
-        let key = format!("hp_test_{}", uuid::Uuid::new_v4().simple());
+        let key = key.to_owned();
         let child = bin()
             .args([
                 "serve",
@@ -103,7 +113,9 @@ impl Server {
             ])
             .arg("--storage-dir")
             .arg(db.dir.0.join("storage"))
+            .args(extra)
             .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
+            .env("HOSTPLANE_SECRET_KEY", "test-secret-key")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -130,6 +142,27 @@ impl Server {
             &body,
         );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory of the server process, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn stop(&mut self) -> Option<i32> {
@@ -165,7 +198,19 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    try_http(port, method, path, headers, body).unwrap()
+}
+
+/// Like [`http`], but a refused or broken connection is an error instead of a panic.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -175,15 +220,20 @@ pub fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response")
+        })?;
     let body = resp
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Reads lines from a child's stdout until one contains `marker`.

@@ -1,0 +1,571 @@
+//! Reliability: crashes, replicas, a database outage, shutdown under load and hostile
+//! input, each against the real binary on 127.0.0.1, each bounded in time and printing
+//! what it tried and what it found.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{postgres_db, sqlite_db, try_http, Db, Server, TempDir};
+
+fn listener_body(compute_id: &str) -> String {
+    json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": ["a"]}}).to_string()
+}
+
+fn random_below(n: u64) -> u64 {
+    (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u64
+}
+
+/// Creates listeners from `threads` threads until `stop`, returning every acknowledged
+/// (201) body.
+fn create_load(
+    port: u16,
+    key: String,
+    prefix: String,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Value>>> {
+    (0..threads)
+        .map(|t| {
+            let (key, prefix, stop) = (key.clone(), prefix.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = listener_body(&format!("{prefix}-{t}-{i}"));
+                    let headers = [
+                        ("X-Api-Key", key.as_str()),
+                        ("Content-Type", "application/json"),
+                    ];
+                    match try_http(port, "POST", "/v2/listeners", &headers, &body) {
+                        Ok((201, text)) => acked.push(serde_json::from_str(&text).unwrap()),
+                        Ok((status, text)) => panic!("create answered {status}: {text}"),
+                        Err(_) => break, // the server is gone
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+fn all_listeners(server: &Server) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    loop {
+        let (status, page) = server.call(
+            "GET",
+            &format!("/v2/listeners?limit=100&offset={}", out.len()),
+            None,
+        );
+        assert_eq!(status, 200);
+        let items = page["resources"].as_array().unwrap().clone();
+        let done = items.len() < 100;
+        out.extend(items);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn crash_rounds(db: Db) {
+    let key = "crash-test-key";
+    let mut acked_total: Vec<Value> = Vec::new();
+    for round in 0..3 {
+        let mut server = Server::start_with(&db, &[], key);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = create_load(
+            server.port,
+            key.into(),
+            format!("r{round}"),
+            8,
+            stop.clone(),
+        );
+        let wait = 150 + random_below(500);
+        std::thread::sleep(Duration::from_millis(wait));
+        server.crash();
+        stop.store(true, Ordering::Relaxed);
+        let acked: Vec<Value> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        println!(
+            "crash round {round}: kill -9 after {wait} ms, {} creates acknowledged",
+            acked.len()
+        );
+        acked_total.extend(acked);
+
+        let server = Server::start_with(&db, &[], key);
+        for body in &acked_total {
+            let (status, got) = server.call(
+                "GET",
+                &format!("/v2/listeners/{}", body["id"].as_str().unwrap()),
+                None,
+            );
+            assert_eq!(
+                (status, &got),
+                (200, body),
+                "an acknowledged create was lost or changed"
+            );
+        }
+        let all = all_listeners(&server);
+        let ids: std::collections::HashSet<_> = all
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect();
+        let names: std::collections::HashSet<_> = all
+            .iter()
+            .map(|l| l["compute_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            (ids.len(), names.len()),
+            (all.len(), all.len()),
+            "duplicates after a crash"
+        );
+        assert!(all.len() >= acked_total.len());
+        println!(
+            "  after restart: all {} acknowledged listeners identical; {} stored, no duplicates",
+            acked_total.len(),
+            all.len()
+        );
+    }
+    assert!(
+        !acked_total.is_empty(),
+        "the load never got a create through"
+    );
+}
+
+#[test]
+fn crash_sqlite() {
+    crash_rounds(sqlite_db());
+}
+
+#[test]
+fn crash_postgres() {
+    crash_rounds(postgres_db());
+}
+
+#[test]
+fn replicas_postgres() {
+    let db = postgres_db();
+    let key = "replica-key";
+    let a = Server::start_with(&db, &[], key);
+    let b = Server::start_with(&db, &[], key);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let port = if i % 2 == 0 { a.port } else { b.port };
+            let results = results.clone();
+            std::thread::spawn(move || {
+                let headers = [("X-Api-Key", key), ("Content-Type", "application/json")];
+                let (status, _) = try_http(
+                    port,
+                    "POST",
+                    "/v2/listeners",
+                    &headers,
+                    &listener_body("shared"),
+                )
+                .unwrap();
+                results.lock().unwrap().push(status);
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let results = results.lock().unwrap().clone();
+    println!("replicas: 40 creates of one compute_id across two servers -> {results:?}");
+    assert_eq!(results.iter().filter(|s| **s == 201).count(), 1);
+    assert_eq!(results.iter().filter(|s| **s == 409).count(), 39);
+    let (_, created) = a.call(
+        "POST",
+        "/v2/listeners",
+        Some(serde_json::from_str(&listener_body("from-a")).unwrap()),
+    );
+    let (status, seen) = b.call(
+        "GET",
+        &format!("/v2/listeners/{}", created["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!((status, seen), (200, created));
+    println!("replicas: a write on one server is read identically on the other");
+}
+
+/// A PostgreSQL cluster of this test's own, so it can be stopped.
+struct OwnPostgres {
+    dir: TempDir,
+    port: u16,
+    bin: String,
+    user: Option<String>,
+}
+
+impl OwnPostgres {
+    fn pg(&self, tool: &str) -> Command {
+        let exe = format!("{}/{tool}", self.bin);
+        match &self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", &exe]);
+                c
+            }
+            None => Command::new(exe),
+        }
+    }
+
+    fn new() -> OwnPostgres {
+        let bin = std::env::var("HOSTPLANE_TEST_PG_BIN")
+            .expect("HOSTPLANE_TEST_PG_BIN is not set: run `scripts/test`");
+        let user = std::env::var("HOSTPLANE_TEST_PG_USER").ok();
+        let dir = TempDir::new("hostplane-own-pg");
+        if let Some(user) = &user {
+            assert!(Command::new("chown")
+                .args(["-R", user])
+                .arg(&dir.0)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let pg = OwnPostgres {
+            port: support::free_port(),
+            dir,
+            bin,
+            user,
+        };
+        let data = pg.dir.0.join("data");
+        let ok = pg
+            .pg("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.0.display()
+        );
+        let out = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .arg("-l")
+            .arg(self.dir.0.join("log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&self) {
+        let out = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[test]
+fn database_outage_postgres() {
+    let pg = OwnPostgres::new();
+    let db = Db {
+        url: pg.url(),
+        dir: TempDir::new("hostplane-outage"),
+    };
+    let key = "outage-key";
+    let server = Server::start_with(
+        &db,
+        &[
+            "--db-acquire-timeout-ms",
+            "1000",
+            "--request-timeout-secs",
+            "10",
+        ],
+        key,
+    );
+    assert_eq!(server.call("GET", "/v2/listeners", None).0, 200);
+
+    pg.stop();
+    println!("outage: PostgreSQL stopped");
+    let mut during = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let answer = try_http(
+            server.port,
+            "GET",
+            "/v2/listeners",
+            &[("X-Api-Key", key)],
+            "",
+        );
+        during.push((answer, start.elapsed()));
+    }
+    for (answer, elapsed) in &during {
+        let (status, body) = answer
+            .as_ref()
+            .expect("the server must answer during the outage");
+        assert_eq!(*status, 503, "{body}");
+        assert!(serde_json::from_str::<Value>(body).unwrap()["detail"].is_string());
+        assert!(*elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    }
+    let slowest = during.iter().map(|(_, e)| *e).max().unwrap();
+    println!("outage: 10 requests -> 503 with a detail, slowest {slowest:?}");
+
+    pg.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = try_http(
+            server.port,
+            "GET",
+            "/v2/listeners",
+            &[("X-Api-Key", key)],
+            "",
+        ) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not recover after PostgreSQL came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("outage: PostgreSQL back; the same server answers 200 again without a restart");
+}
+
+#[test]
+fn shutdown_under_load() {
+    let db = sqlite_db();
+    let key = "shutdown-key";
+    let mut server = Server::start_with(&db, &[], key);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = create_load(server.port, key.into(), "s".into(), 8, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let code = server.stop();
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<Value> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(code, Some(0), "SIGTERM must exit 0");
+    println!(
+        "shutdown: SIGTERM under load -> exit 0; {} creates answered 201",
+        acked.len()
+    );
+    let server = Server::start_with(&db, &[], key);
+    for body in &acked {
+        let (status, got) = server.call(
+            "GET",
+            &format!("/v2/listeners/{}", body["id"].as_str().unwrap()),
+            None,
+        );
+        assert_eq!((status, &got), (200, body));
+    }
+    println!("shutdown: every acknowledged create is stored");
+}
+
+/// Sends raw bytes and returns the status line, or `None` when the server closed the
+/// connection without answering.
+fn raw(port: u16, bytes: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    if s.write_all(bytes).is_err() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(str::to_owned)
+}
+
+fn status_of(line: &Option<String>) -> Option<u16> {
+    line.as_ref()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+}
+
+#[test]
+fn hostile_input() {
+    let db = sqlite_db();
+    let key = "hostile-key";
+    let server = Server::start_with(
+        &db,
+        &["--header-timeout-secs", "2", "--request-timeout-secs", "5"],
+        key,
+    );
+    let port = server.port;
+    let rss_before = server.rss_kib();
+
+    // 100 MiB body, declared: refused before it is read.
+    let start = Instant::now();
+    let head = format!("POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 100 << 20);
+    let line = raw(port, head.as_bytes());
+    assert_eq!(status_of(&line), Some(413), "{line:?}");
+    println!("100 MiB declared body -> {line:?} in {:?}", start.elapsed());
+
+    // 100 MiB streamed without a length: cut off at the limit.
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!("POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "[".repeat(1 << 20));
+    let mut sent = 0;
+    for _ in 0..100 {
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 413"),
+        "{answer}"
+    );
+    println!(
+        "100 MiB chunked body -> 413 or closed after {sent} MiB sent, {:?}",
+        start.elapsed()
+    );
+
+    // 10,000-deep nesting.
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let (status, body) = try_http(
+        port,
+        "POST",
+        "/v2/listeners",
+        &[("X-Api-Key", key), ("Content-Type", "application/json")],
+        &deep,
+    )
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (400, r#"{"detail":"There was an error parsing the body"}"#)
+    );
+    println!("10,000-deep JSON -> 400");
+
+    // 10,000 query parameters.
+    let query: Vec<String> = (0..10_000).map(|i| format!("p{i}={i}")).collect();
+    let (status, _) = try_http(
+        port,
+        "GET",
+        &format!("/v2/listeners?{}", query.join("&")),
+        &[("X-Api-Key", key)],
+        "",
+    )
+    .unwrap();
+    assert!(status < 500);
+    println!("10,000 query parameters -> {status}");
+
+    // Huge headers.
+    let big = "x".repeat(200_000);
+    let line = raw(
+        port,
+        format!("GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        line.is_none() || status_of(&line).is_some_and(|s| (400..500).contains(&s)),
+        "{line:?}"
+    );
+    println!("200 KB header -> {line:?}");
+
+    // Invalid UTF-8 in the path and in a header.
+    let line = raw(
+        port,
+        b"GET /v2/listeners/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        line.is_none() || status_of(&line).is_some_and(|s| (400..500).contains(&s)),
+        "{line:?}"
+    );
+    let line = raw(port, format!("GET /v2/listeners HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Api-Key: \u{ff}{key}\r\n\r\n").as_bytes());
+    assert_eq!(status_of(&line), Some(401), "{line:?}");
+    println!("invalid UTF-8 in path and header -> 4xx");
+
+    // A client sending one byte a second is cut off by the header deadline.
+    let start = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut closed = false;
+    for b in b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa".iter() {
+        if slow.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(900));
+        if start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a slow client was allowed to hold the connection for {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(8));
+    println!("one byte a second -> closed after {:?}", start.elapsed());
+
+    // The server is alive, serves others and stayed small.
+    let (status, _) = try_http(port, "GET", "/ok", &[], "").unwrap();
+    assert_eq!(status, 200);
+    let rss_after = server.rss_kib();
+    println!("RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(rss_after < 200 * 1024, "RSS grew to {rss_after} KiB");
+}
