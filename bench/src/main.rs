@@ -61,8 +61,16 @@ struct Target {
 }
 
 impl Target {
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Bytes)> {
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.url)).header("x-api-key", &self.key);
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("x-api-key", &self.key);
         let bytes = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
@@ -101,7 +109,12 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the full line: 11 and 12 after ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -120,14 +133,21 @@ fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-async fn run_scenario(target: &Arc<Target>, args: &Args, name: &str, connections: usize, make: RequestFn) -> Outcome {
+async fn run_scenario(
+    target: &Arc<Target>,
+    args: &Args,
+    name: &str,
+    connections: usize,
+    make: RequestFn,
+) -> Outcome {
     let counter = Arc::new(AtomicU64::new(0));
     let worker = |measure: bool, seconds: f64| {
         let tasks: Vec<_> = (0..connections)
             .map(|_| {
                 let (target, make, counter) = (target.clone(), make.clone(), counter.clone());
                 tokio::spawn(async move {
-                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
                     let (mut ok, mut errors) = (0u64, 0u64);
                     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
                     while Instant::now() < deadline {
@@ -155,7 +175,8 @@ async fn run_scenario(target: &Arc<Target>, args: &Args, name: &str, connections
     reset_peak_rss(args.pid);
     let cpu_before = proc_cpu_seconds(args.pid);
     let start = Instant::now();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!());
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!());
     let (mut ok, mut errors) = (0, 0);
     for t in worker(true, args.duration) {
         if let Ok((h, o, e)) = t.await {
@@ -167,7 +188,15 @@ async fn run_scenario(target: &Arc<Target>, args: &Args, name: &str, connections
     let seconds = start.elapsed().as_secs_f64();
     let cpu = proc_cpu_seconds(args.pid) - cpu_before;
     let peak = proc_status_kib(args.pid, "VmHWM:");
-    Outcome { name: name.to_owned(), requests: ok + errors, errors, seconds, hist, cpu_seconds: cpu, peak_rss_kib: peak }
+    Outcome {
+        name: name.to_owned(),
+        requests: ok + errors,
+        errors,
+        seconds,
+        hist,
+        cpu_seconds: cpu,
+        peak_rss_kib: peak,
+    }
 }
 
 fn listener_body(compute_id: String) -> Value {
@@ -190,9 +219,18 @@ async fn seed_listeners(target: &Arc<Target>, total: u64) -> anyhow::Result<()> 
                     if n >= total {
                         return Ok::<(), anyhow::Error>(());
                     }
-                    let (status, body) = target.send(Method::POST, "/v2/listeners", Some(listener_body(format!("seed-{n}")))).await?;
+                    let (status, body) = target
+                        .send(
+                            Method::POST,
+                            "/v2/listeners",
+                            Some(listener_body(format!("seed-{n}"))),
+                        )
+                        .await?;
                     if status != 201 && status != 409 {
-                        bail!("seeding answered {status}: {}", String::from_utf8_lossy(&body));
+                        bail!(
+                            "seeding answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
                     }
                 }
             })
@@ -210,7 +248,13 @@ async fn count_listeners(target: &Arc<Target>) -> anyhow::Result<u64> {
     let has = |offset: u64| {
         let target = target.clone();
         async move {
-            let (_, body) = target.send(Method::GET, &format!("/v2/listeners?limit=1&offset={offset}"), None).await?;
+            let (_, body) = target
+                .send(
+                    Method::GET,
+                    &format!("/v2/listeners?limit=1&offset={offset}"),
+                    None,
+                )
+                .await?;
             let v: Value = serde_json::from_slice(&body)?;
             Ok::<bool, anyhow::Error>(v["resources"].as_array().is_some_and(|a| !a.is_empty()))
         }
@@ -263,51 +307,126 @@ fn fixed(method: Method, path: String) -> RequestFn {
 async fn suite(args: Args) -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
-    let target = Arc::new(Target { client, url: args.url.trim_end_matches('/').to_owned(), key: args.key.clone() });
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let target = Arc::new(Target {
+        client,
+        url: args.url.trim_end_matches('/').to_owned(),
+        key: args.key.clone(),
+    });
     let idle_rss = proc_status_kib(args.pid, "VmRSS:");
     let run_id = std::process::id();
     let mut outcomes = Vec::new();
 
-    let ok = run_scenario(&target, &args, "GET /ok", args.connections, fixed(Method::GET, "/ok".into())).await;
+    let ok = run_scenario(
+        &target,
+        &args,
+        "GET /ok",
+        args.connections,
+        fixed(Method::GET, "/ok".into()),
+    )
+    .await;
     let ok_rps = ok.rps();
     outcomes.push(ok);
 
     let mut scaling = Vec::new();
     for size in [1_000u64, 10_000] {
         seed_listeners(&target, size).await?;
-        let o = run_scenario(&target, &args, &format!("list 100 @ offset 0, {size} listeners"), args.connections, fixed(Method::GET, "/v2/listeners?limit=100&offset=0".into())).await;
+        let o = run_scenario(
+            &target,
+            &args,
+            &format!("list 100 @ offset 0, {size} listeners"),
+            args.connections,
+            fixed(Method::GET, "/v2/listeners?limit=100&offset=0".into()),
+        )
+        .await;
         scaling.push((size, ms(&o.hist, 0.5), ms(&o.hist, 0.99), o.rps()));
         if size == 10_000 {
             outcomes.push(o);
         }
     }
 
-    let (_, first) = target.send(Method::GET, "/v2/listeners?limit=1", None).await?;
+    let (_, first) = target
+        .send(Method::GET, "/v2/listeners?limit=1", None)
+        .await?;
     let first: Value = serde_json::from_slice(&first)?;
-    let listener_id = first["resources"][0]["id"].as_str().context("no listener to read")?.to_owned();
-    outcomes.push(run_scenario(&target, &args, "get listener", args.connections, fixed(Method::GET, format!("/v2/listeners/{listener_id}"))).await);
-    outcomes.push(run_scenario(&target, &args, "list 100 @ offset 9900 of 10,000", args.connections, fixed(Method::GET, "/v2/listeners?limit=100&offset=9900".into())).await);
-    let patch_id = listener_id.clone();
+    let listener_id = first["resources"][0]["id"]
+        .as_str()
+        .context("no listener to read")?
+        .to_owned();
     outcomes.push(
-        run_scenario(&target, &args, "patch listener", args.connections, Arc::new(move |n| (Method::PATCH, format!("/v2/listeners/{patch_id}"), Some(json!({"version": format!("v{n}")})))))
-            .await,
-    );
-    let mix_id = listener_id.clone();
-    outcomes.push(
-        run_scenario(&target, &args, "mix 90% get / 10% create", args.write_connections, Arc::new(move |n| {
-            if n % 10 == 0 {
-                (Method::POST, "/v2/listeners".into(), Some(listener_body(format!("mix-{run_id}-{n}"))))
-            } else {
-                (Method::GET, format!("/v2/listeners/{mix_id}"), None)
-            }
-        }))
+        run_scenario(
+            &target,
+            &args,
+            "get listener",
+            args.connections,
+            fixed(Method::GET, format!("/v2/listeners/{listener_id}")),
+        )
         .await,
     );
     outcomes.push(
-        run_scenario(&target, &args, &format!("create listener ({} conns)", args.write_connections), args.write_connections, Arc::new(move |n| {
-            (Method::POST, "/v2/listeners".into(), Some(listener_body(format!("bench-{run_id}-{n}"))))
-        }))
+        run_scenario(
+            &target,
+            &args,
+            "list 100 @ offset 9900 of 10,000",
+            args.connections,
+            fixed(Method::GET, "/v2/listeners?limit=100&offset=9900".into()),
+        )
+        .await,
+    );
+    let patch_id = listener_id.clone();
+    outcomes.push(
+        run_scenario(
+            &target,
+            &args,
+            "patch listener",
+            args.connections,
+            Arc::new(move |n| {
+                (
+                    Method::PATCH,
+                    format!("/v2/listeners/{patch_id}"),
+                    Some(json!({"version": format!("v{n}")})),
+                )
+            }),
+        )
+        .await,
+    );
+    let mix_id = listener_id.clone();
+    outcomes.push(
+        run_scenario(
+            &target,
+            &args,
+            "mix 90% get / 10% create",
+            args.write_connections,
+            Arc::new(move |n| {
+                if n % 10 == 0 {
+                    (
+                        Method::POST,
+                        "/v2/listeners".into(),
+                        Some(listener_body(format!("mix-{run_id}-{n}"))),
+                    )
+                } else {
+                    (Method::GET, format!("/v2/listeners/{mix_id}"), None)
+                }
+            }),
+        )
+        .await,
+    );
+    outcomes.push(
+        run_scenario(
+            &target,
+            &args,
+            &format!("create listener ({} conns)", args.write_connections),
+            args.write_connections,
+            Arc::new(move |n| {
+                (
+                    Method::POST,
+                    "/v2/listeners".into(),
+                    Some(listener_body(format!("bench-{run_id}-{n}"))),
+                )
+            }),
+        )
         .await,
     );
     outcomes.push(
@@ -318,14 +437,35 @@ async fn suite(args: Args) -> anyhow::Result<()> {
         }))
         .await,
     );
-    let (_, dep) = target.send(Method::GET, "/v2/deployments?limit=1", None).await?;
+    let (_, dep) = target
+        .send(Method::GET, "/v2/deployments?limit=1", None)
+        .await?;
     let dep: Value = serde_json::from_slice(&dep)?;
-    let dep_id = dep["resources"][0]["id"].as_str().context("no deployment to read")?.to_owned();
-    outcomes.push(run_scenario(&target, &args, "get deployment", args.connections, fixed(Method::GET, format!("/v2/deployments/{dep_id}"))).await);
+    let dep_id = dep["resources"][0]["id"]
+        .as_str()
+        .context("no deployment to read")?
+        .to_owned();
+    outcomes.push(
+        run_scenario(
+            &target,
+            &args,
+            "get deployment",
+            args.connections,
+            fixed(Method::GET, format!("/v2/deployments/{dep_id}")),
+        )
+        .await,
+    );
 
     if args.scale_max > 10_000 {
         seed_listeners(&target, args.scale_max).await?;
-        let o = run_scenario(&target, &args, &format!("list 100 @ offset 0, {} listeners", args.scale_max), args.connections, fixed(Method::GET, "/v2/listeners?limit=100&offset=0".into())).await;
+        let o = run_scenario(
+            &target,
+            &args,
+            &format!("list 100 @ offset 0, {} listeners", args.scale_max),
+            args.connections,
+            fixed(Method::GET, "/v2/listeners?limit=100&offset=0".into()),
+        )
+        .await;
         scaling.push((args.scale_max, ms(&o.hist, 0.5), ms(&o.hist, 0.99), o.rps()));
         outcomes.push(o);
     }
@@ -341,12 +481,18 @@ async fn suite(args: Args) -> anyhow::Result<()> {
     }
     let peak = outcomes.iter().map(|o| o.peak_rss_kib).max().unwrap_or(0);
     println!();
-    println!("Server RSS: {:.1} MB idle at start, {:.1} MB peak under load.", idle_rss as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "Server RSS: {:.1} MB idle at start, {:.1} MB peak under load.",
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(suite(args))
 }

@@ -43,8 +43,16 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
     let key =
         credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
     let hash = store::hash_key(&key);
-    let record = store
-        .find_api_key(&hash)
+    let tenant_header = headers
+        .get("x-tenant-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let requested = tenant_header
+        .as_deref()
+        .map(|t| Uuid::parse_str(t).map_err(|_| t.to_owned()));
+    // One round trip: the key and the workspace it would act in.
+    let (record, workspace) = store
+        .authenticate(&hash, requested.clone().and_then(Result::ok))
         .await?
         .ok_or_else(|| ApiError::Unauthorized(INVALID_KEY.into()))?;
     // The index finds the row by hash; the final comparison is constant-time so the
@@ -52,13 +60,9 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
     if !bool::from(record.key_hash.as_bytes().ct_eq(hash.as_bytes())) {
         return Err(ApiError::Unauthorized(INVALID_KEY.into()));
     }
-
-    let tenant_header = headers
-        .get("x-tenant-id")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-        .filter(|v| !v.is_empty());
-    let requested = match &tenant_header {
-        Some(text) => Some(Uuid::parse_str(text).map_err(|_| no_access(text))?),
+    let requested = match requested {
+        Some(Ok(id)) => Some(id),
+        Some(Err(text)) => return Err(no_access(&text)),
         None => None,
     };
     let workspace_id = match (record.scope(), requested) {
@@ -70,12 +74,9 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
         (KeyScope::Org { .. }, None) => return Err(ApiError::Forbidden(REQUIRES_WORKSPACE.into())),
         (KeyScope::Org { .. }, Some(asked)) => asked,
     };
-    let (workspace, plan) = store
-        .get_workspace(workspace_id)
-        .await?
-        .ok_or_else(|| no_access(&workspace_id.to_string()))?;
-    if workspace.org_id != record.org_id {
-        return Err(no_access(&workspace_id.to_string()));
-    }
+    let plan = match workspace {
+        Some(ws) if ws.org_id == record.org_id => ws.plan,
+        _ => return Err(no_access(&workspace_id.to_string())),
+    };
     Ok(Tenant { workspace_id, plan })
 }

@@ -87,6 +87,13 @@ impl Default for ApiConfig {
     }
 }
 
+/// One page of a list: `{"resources": [...], "offset": <offset of the next page>}`.
+#[derive(serde::Serialize)]
+pub struct Page<T> {
+    pub resources: Vec<T>,
+    pub offset: i64,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,

@@ -7,24 +7,43 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use compat::format::datetime;
+use compat::format::Timestamp;
 use compat::validate::{self, Model};
 use compat::{ErrorItem, Errors, Loc, Value};
-use serde_json::json;
+use serde::Serialize;
 use store::{Listener, ListenerPatch, NewListener, Plan, StoreError};
 use uuid::Uuid;
 
 /// The listener's JSON, fields in the reference's order.
-fn to_json(l: &Listener) -> serde_json::Value {
-    json!({
-        "version": l.version,
-        "compute_type": l.compute_type,
-        "compute_id": l.compute_id,
-        "compute_config": { "k8s_namespaces": l.k8s_namespaces },
-        "id": l.id,
-        "created_at": datetime(l.created_at),
-        "updated_at": datetime(l.updated_at),
-    })
+/// The listener's JSON, fields in the reference's order.
+#[derive(Serialize)]
+struct ListenerOut<'a> {
+    version: &'a Option<String>,
+    compute_type: &'a str,
+    compute_id: &'a str,
+    compute_config: ComputeConfigOut<'a>,
+    id: Uuid,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+#[derive(Serialize)]
+struct ComputeConfigOut<'a> {
+    k8s_namespaces: &'a Option<Vec<String>>,
+}
+
+fn to_json(l: &Listener) -> ListenerOut<'_> {
+    ListenerOut {
+        version: &l.version,
+        compute_type: &l.compute_type,
+        compute_id: &l.compute_id,
+        compute_config: ComputeConfigOut {
+            k8s_namespaces: &l.k8s_namespaces,
+        },
+        id: l.id,
+        created_at: Timestamp(l.created_at),
+        updated_at: Timestamp(l.updated_at),
+    }
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -157,7 +176,10 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     let next = offset.saturating_add(resources.len() as i64);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "resources": resources, "offset": next }),
+        &crate::Page {
+            resources,
+            offset: next,
+        },
     ))
 }
 

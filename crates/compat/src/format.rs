@@ -1,14 +1,57 @@
 //! Output formats as pydantic and Python print them.
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 /// A UTC datetime the way pydantic serializes it: six fraction digits when the
 /// microseconds are not zero, none otherwise, and `Z`.
 pub fn datetime(t: DateTime<Utc>) -> String {
-    if t.nanosecond() / 1000 == 0 {
-        t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let mut buf = [0u8; 27];
+    let n = write_datetime(t, &mut buf);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` into `buf` (years 0..=9999), returning the
+/// length; hand-rolled because listing hundreds of resources formats thousands of these.
+fn write_datetime(t: DateTime<Utc>, buf: &mut [u8; 27]) -> usize {
+    fn put(buf: &mut [u8], at: usize, value: u32, width: usize) {
+        let mut v = value;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    put(buf, 0, t.year().clamp(0, 9999) as u32, 4);
+    buf[4] = b'-';
+    put(buf, 5, t.month(), 2);
+    buf[7] = b'-';
+    put(buf, 8, t.day(), 2);
+    buf[10] = b'T';
+    put(buf, 11, t.hour(), 2);
+    buf[13] = b':';
+    put(buf, 14, t.minute(), 2);
+    buf[16] = b':';
+    put(buf, 17, t.second(), 2);
+    let micros = t.nanosecond() / 1000 % 1_000_000;
+    if micros == 0 {
+        buf[19] = b'Z';
+        20
     } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        buf[19] = b'.';
+        put(buf, 20, micros, 6);
+        buf[26] = b'Z';
+        27
+    }
+}
+
+/// A datetime that serializes in pydantic's form without an intermediate `String`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 27];
+        let n = write_datetime(self.0, &mut buf);
+        serializer.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
     }
 }
 

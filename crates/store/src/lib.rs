@@ -67,8 +67,13 @@ pub trait Store: DeploymentStore + Send + Sync + 'static {
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
     /// `NotFound` when no such key exists; revoking twice is fine.
     async fn revoke_api_key(&self, id: Uuid) -> Result<()>;
-    /// The live (not revoked) key with this hash.
-    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>>;
+    /// The live key with this hash and the workspace a request with it would act in
+    /// (the key's own workspace, or `requested` for an organization key), in one query.
+    async fn authenticate(
+        &self,
+        key_hash: &str,
+        requested: Option<Uuid>,
+    ) -> Result<Option<(ApiKey, Option<WorkspaceAccess>)>>;
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>>;
     fn pool_stats(&self) -> PoolStats;
     async fn resource_counts(&self) -> Result<ResourceCounts>;

@@ -225,3 +225,10 @@ pub struct ResourceCounts {
     pub deployments: i64,
     pub revisions: i64,
 }
+
+/// The workspace an authenticated request acts in, as far as authorization needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkspaceAccess {
+    pub org_id: Uuid,
+    pub plan: Plan,
+}

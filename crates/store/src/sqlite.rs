@@ -266,13 +266,34 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        row.as_ref().map(api_key).transpose()
+    async fn authenticate(
+        &self,
+        key_hash: &str,
+        requested: Option<Uuid>,
+    ) -> Result<Option<(ApiKey, Option<WorkspaceAccess>)>> {
+        let row = sqlx::query(
+            "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.created_at, k.revoked_at, \
+               w.org_id AS ws_org, o.plan AS ws_plan \
+             FROM api_keys k \
+             LEFT JOIN workspaces w ON w.id = COALESCE(k.workspace_id, ?2) \
+             LEFT JOIN organizations o ON o.id = w.org_id \
+             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .bind(requested.map(|r| r.to_string()))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        let Some(r) = row else { return Ok(None) };
+        let plan: Option<String> = get(&r, "ws_plan")?;
+        let access = match (opt_uuid_col(&r, "ws_org")?, plan) {
+            (Some(org_id), Some(plan)) => Some(WorkspaceAccess {
+                org_id,
+                plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
+            }),
+            _ => None,
+        };
+        Ok(Some((api_key(&r)?, access)))
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {

@@ -11,8 +11,10 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use compat::format::{datetime, py_list_repr};
+use compat::format::{py_list_repr, Timestamp};
 use compat::{ErrorItem, Loc};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use store::lifecycle::{DeploymentStatus, RevisionStatus};
 use store::{
@@ -28,43 +30,73 @@ fn revision_not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("Revision ID {id} not found."))
 }
 
-/// The deployment's JSON, fields in the reference's order; secrets are unsealed.
-fn to_json(app: &AppState, d: &Deployment) -> ApiResult<Value> {
-    let secrets: Value = app
+/// The deployment's JSON, fields in the reference's order.
+#[derive(Serialize)]
+struct DeploymentOut<'a> {
+    name: &'a str,
+    source: &'a str,
+    source_config: &'a Value,
+    source_revision_config: &'a Value,
+    secrets: Box<RawValue>,
+    secret_references: &'a Option<Value>,
+    id: Uuid,
+    tenant_id: Uuid,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    status: &'a str,
+    latest_revision_id: Option<Uuid>,
+    active_revision_id: Option<Uuid>,
+    image_version: &'a Option<String>,
+}
+
+/// Secrets are unsealed for the answer, as the reference returns them.
+fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>> {
+    let secrets = app
         .secrets
         .open(&d.secrets)
-        .and_then(|plain| serde_json::from_slice(&plain).ok())
+        .and_then(|plain| String::from_utf8(plain).ok())
+        .and_then(|text| RawValue::from_string(text).ok())
         .ok_or_else(|| {
             tracing::error!(deployment = %d.id, "secrets cannot be opened: was HOSTPLANE_SECRET_KEY changed?");
             ApiError::Internal
         })?;
-    Ok(json!({
-        "name": d.name,
-        "source": d.source,
-        "source_config": d.source_config,
-        "source_revision_config": d.source_revision_config,
-        "secrets": secrets,
-        "secret_references": d.secret_references,
-        "id": d.id,
-        "tenant_id": d.workspace_id,
-        "created_at": datetime(d.created_at),
-        "updated_at": datetime(d.updated_at),
-        "status": d.status,
-        "latest_revision_id": d.latest_revision_id,
-        "active_revision_id": d.active_revision_id,
-        "image_version": d.image_version,
-    }))
+    Ok(DeploymentOut {
+        name: &d.name,
+        source: &d.source,
+        source_config: &d.source_config,
+        source_revision_config: &d.source_revision_config,
+        secrets,
+        secret_references: &d.secret_references,
+        id: d.id,
+        tenant_id: d.workspace_id,
+        created_at: Timestamp(d.created_at),
+        updated_at: Timestamp(d.updated_at),
+        status: &d.status,
+        latest_revision_id: d.latest_revision_id,
+        active_revision_id: d.active_revision_id,
+        image_version: &d.image_version,
+    })
 }
 
-fn revision_json(r: &Revision) -> Value {
-    json!({
-        "id": r.id,
-        "created_at": datetime(r.created_at),
-        "updated_at": datetime(r.updated_at),
-        "status": r.status,
-        "source": r.source,
-        "source_revision_config": r.source_revision_config,
-    })
+#[derive(Serialize)]
+struct RevisionOut<'a> {
+    id: Uuid,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    status: &'a str,
+    source: &'a str,
+    source_revision_config: &'a Value,
+}
+
+fn revision_json(r: &Revision) -> RevisionOut<'_> {
+    RevisionOut {
+        id: r.id,
+        created_at: Timestamp(r.created_at),
+        updated_at: Timestamp(r.updated_at),
+        status: &r.status,
+        source: &r.source,
+        source_revision_config: &r.source_revision_config,
+    }
 }
 
 /// The stored form of a revision configuration: the request fields plus the
@@ -285,7 +317,10 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     let next = offset.saturating_add(resources.len() as i64);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "resources": resources, "offset": next }),
+        &crate::Page {
+            resources,
+            offset: next,
+        },
     ))
 }
 
@@ -510,7 +545,10 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
     let next = offset.saturating_add(resources.len() as i64);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "resources": resources, "offset": next }),
+        &crate::Page {
+            resources,
+            offset: next,
+        },
     ))
 }
 
