@@ -91,7 +91,7 @@ impl Default for ApiConfig {
 #[derive(serde::Serialize)]
 pub struct Page<T> {
     pub resources: Vec<T>,
-    pub offset: i64,
+    pub offset: i128,
 }
 
 #[derive(Clone)]

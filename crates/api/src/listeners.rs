@@ -163,17 +163,16 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
 
 pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
-    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
-    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    let paging = call.paging(&mut errs);
     ApiError::check(errs)?;
-    let (limit, offset) = limit.zip(offset).ok_or(ApiError::Internal)?;
+    let (limit, db_offset, offset) = paging.ok_or(ApiError::Internal)?;
     require_enterprise(&call.tenant)?;
     let items = app
         .store
-        .list_listeners(call.tenant.workspace_id, limit, offset)
+        .list_listeners(call.tenant.workspace_id, limit, db_offset)
         .await?;
     let resources: Vec<_> = items.iter().map(to_json).collect();
-    let next = offset.saturating_add(resources.len() as i64);
+    let next = offset + resources.len() as i128;
     Ok(json_response(
         StatusCode::OK,
         &crate::Page {

@@ -103,7 +103,8 @@ impl<const BODY: bool> Call<BODY> {
         validate::uuid_text(raw, Loc::new("path").key(name), errs)
     }
 
-    /// An integer query parameter with a default and bounds.
+    /// An integer query parameter with a default and bounds. The value can exceed 64
+    /// bits, as Python's can; callers clamp it where a database needs a `BIGINT`.
     pub fn query_int(
         &self,
         name: &str,
@@ -111,11 +112,24 @@ impl<const BODY: bool> Call<BODY> {
         ge: Option<i64>,
         le: Option<i64>,
         errs: &mut Errors,
-    ) -> Option<i64> {
+    ) -> Option<i128> {
         match self.query.get(name) {
-            None => Some(default),
+            None => Some(i128::from(default)),
             Some(raw) => validate::query_int(raw, Loc::new("query").key(name), errs, ge, le),
         }
+    }
+
+    /// `limit` and `offset` of a list, validated as the reference declares them; the
+    /// offset is returned both clamped for the database and as sent.
+    pub fn paging(&self, errs: &mut Errors) -> Option<(i64, i64, i128)> {
+        let limit = self.query_int("limit", 20, Some(1), Some(100), errs);
+        let offset = self.query_int("offset", 0, Some(0), None, errs);
+        let (limit, offset) = limit.zip(offset)?;
+        Some((
+            limit as i64,
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            offset,
+        ))
     }
 
     /// An optional boolean query parameter.

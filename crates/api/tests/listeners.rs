@@ -512,6 +512,16 @@ async fn http_edges(backend: Backend) {
         json!([])
     );
 
+    // Offsets beyond 64 bits are valid (Python ints) and echoed exactly.
+    let res = app
+        .call("GET", "/v2/listeners?offset=29323520019897581568", None)
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.body,
+        br#"{"resources":[],"offset":29323520019897581568}"#
+    );
+
     // Every response carries a request id.
     assert!(res.headers.get("x-request-id").is_some());
 }

@@ -256,7 +256,7 @@ pub fn query_int(
     errs: &mut Errors,
     ge: Option<i64>,
     le: Option<i64>,
-) -> Option<i64> {
+) -> Option<i128> {
     let input = Value::Str(raw.to_owned());
     let Some(n) = str_as_int(raw) else {
         if raw.trim().len() > 4300 {
@@ -295,7 +295,7 @@ pub fn query_int(
         );
         return None;
     }
-    i64::try_from(n).ok()
+    Some(n)
 }
 
 /// `UUID` from text, with the messages of the Rust `uuid` crate that pydantic-core uses.

@@ -272,8 +272,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
 
 pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
-    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
-    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    let paging = call.paging(&mut errs);
     let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
     let deployment_type = match call.query.get("deployment_type") {
         None => Some(None),
@@ -286,8 +285,8 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .map(|t| Some(t.to_owned())),
     };
     ApiError::check(errs)?;
-    let (Some(limit), Some(offset), Some(remote_reconciled), Some(deployment_type)) =
-        (limit, offset, remote_reconciled, deployment_type)
+    let (Some((limit, db_offset, offset)), Some(remote_reconciled), Some(deployment_type)) =
+        (paging, remote_reconciled, deployment_type)
     else {
         return Err(ApiError::Internal);
     };
@@ -308,13 +307,13 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     };
     let items = app
         .store
-        .list_deployments(call.tenant.workspace_id, &filter, limit, offset)
+        .list_deployments(call.tenant.workspace_id, &filter, limit, db_offset)
         .await?;
     let resources = items
         .iter()
         .map(|d| to_json(&app, d))
         .collect::<ApiResult<Vec<_>>>()?;
-    let next = offset.saturating_add(resources.len() as i64);
+    let next = offset + resources.len() as i128;
     Ok(json_response(
         StatusCode::OK,
         &crate::Page {
@@ -517,12 +516,11 @@ pub async fn delete_many(State(app): State<AppState>, call: Call) -> ApiResult<R
 pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
-    let limit = call.query_int("limit", 20, Some(1), Some(100), &mut errs);
-    let offset = call.query_int("offset", 0, Some(0), None, &mut errs);
+    let paging = call.paging(&mut errs);
     let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
     ApiError::check(errs)?;
-    let (Some(id), Some(limit), Some(offset), Some(remote_reconciled)) =
-        (id, limit, offset, remote_reconciled)
+    let (Some(id), Some((limit, db_offset, offset)), Some(remote_reconciled)) =
+        (id, paging, remote_reconciled)
     else {
         return Err(ApiError::Internal);
     };
@@ -538,11 +536,11 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
     };
     let items = app
         .store
-        .list_revisions(call.tenant.workspace_id, id, &filter, limit, offset)
+        .list_revisions(call.tenant.workspace_id, id, &filter, limit, db_offset)
         .await?
         .ok_or_else(|| not_found(id))?;
     let resources: Vec<_> = items.iter().map(revision_json).collect();
-    let next = offset.saturating_add(resources.len() as i64);
+    let next = offset + resources.len() as i128;
     Ok(json_response(
         StatusCode::OK,
         &crate::Page {
