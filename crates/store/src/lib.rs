@@ -5,6 +5,7 @@ mod keys;
 pub mod lifecycle;
 pub mod postgres;
 pub mod records;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -2,71 +2,22 @@
 //! database behave as one service because every rule is enforced by the database.
 
 use crate::records::*;
+use crate::rows::{
+    api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
+    REVISION_COLUMNS,
+};
 use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
-use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 pub struct PgStore {
     pool: PgPool,
 }
 
-const LISTENER_COLUMNS: &str =
-    "id, workspace_id, compute_type, compute_id, version, k8s_namespaces, created_at, updated_at";
-
 /// Advisory lock keys (one namespace for hostplane): bootstrap, and per-workspace creates.
 const BOOTSTRAP_LOCK: i64 = 0x686f_7374_0001;
-
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
-    row: &'r PgRow,
-    col: &str,
-) -> Result<T> {
-    row.try_get(col).map_err(map_sqlx)
-}
-
-fn listener(row: &PgRow) -> Result<Listener> {
-    Ok(Listener {
-        id: get(row, "id")?,
-        workspace_id: get(row, "workspace_id")?,
-        compute_type: get(row, "compute_type")?,
-        compute_id: get(row, "compute_id")?,
-        version: get(row, "version")?,
-        k8s_namespaces: namespaces_from_text(get(row, "k8s_namespaces")?),
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
-}
-
-fn org(row: &PgRow) -> Result<Org> {
-    let plan: String = get(row, "plan")?;
-    Ok(Org {
-        id: get(row, "id")?,
-        name: get(row, "name")?,
-        plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
-        created_at: micros_to_time(get(row, "created_at")?),
-    })
-}
-
-fn workspace(row: &PgRow) -> Result<Workspace> {
-    Ok(Workspace {
-        id: get(row, "id")?,
-        org_id: get(row, "org_id")?,
-        name: get(row, "name")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-    })
-}
-
-fn api_key(row: &PgRow) -> Result<ApiKey> {
-    Ok(ApiKey {
-        id: get(row, "id")?,
-        key_hash: get(row, "key_hash")?,
-        org_id: get(row, "org_id")?,
-        workspace_id: get(row, "workspace_id")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        revoked_at: get::<Option<i64>>(row, "revoked_at")?.map(micros_to_time),
-    })
-}
 
 impl PgStore {
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
@@ -272,16 +223,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        let Some(r) = row else { return Ok(None) };
-        let plan: Option<String> = get(&r, "ws_plan")?;
-        let access = match (get::<Option<Uuid>>(&r, "ws_org")?, plan) {
-            (Some(org_id), Some(plan)) => Some(WorkspaceAccess {
-                org_id,
-                plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
-            }),
-            _ => None,
-        };
-        Ok(Some((api_key(&r)?, access)))
+        row.as_ref().map(crate::rows::authenticated).transpose()
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
@@ -292,11 +234,9 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| {
-            let plan: String = get(&r, "plan")?;
-            Ok((workspace(&r)?, Plan::parse(&plan).unwrap_or(Plan::Standard)))
-        })
-        .transpose()
+        row.as_ref()
+            .map(crate::rows::workspace_with_plan)
+            .transpose()
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -312,14 +252,7 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        Ok(ResourceCounts {
-            organizations: get(&row, "organizations")?,
-            workspaces: get(&row, "workspaces")?,
-            api_keys: get(&row, "api_keys")?,
-            listeners: get(&row, "listeners")?,
-            deployments: get(&row, "deployments")?,
-            revisions: get(&row, "revisions")?,
-        })
+        crate::rows::counts(&row)
     }
 
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
@@ -424,52 +357,6 @@ impl Store for PgStore {
             })?;
         Ok(done.rows_affected() > 0)
     }
-}
-
-const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
-     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
-     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
-const REVISION_COLUMNS: &str =
-    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
-
-fn opt_json(text: Option<String>) -> Option<serde_json::Value> {
-    text.as_deref().map(json_from_text)
-}
-
-fn deployment(row: &PgRow) -> Result<Deployment> {
-    Ok(Deployment {
-        id: get(row, "id")?,
-        workspace_id: get(row, "workspace_id")?,
-        name: get(row, "name")?,
-        source: get(row, "source")?,
-        source_config: json_from_text(&get::<String>(row, "source_config")?),
-        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
-        secrets: get(row, "secrets")?,
-        secret_references: opt_json(get(row, "secret_references")?),
-        tracked_packages: opt_json(get(row, "tracked_packages")?),
-        deployment_type: get(row, "deployment_type")?,
-        listener_id: get(row, "listener_id")?,
-        status: get(row, "status")?,
-        latest_revision_id: get(row, "latest_revision_id")?,
-        active_revision_id: get(row, "active_revision_id")?,
-        image_version: get(row, "image_version")?,
-        remote_reconciled: get(row, "remote_reconciled")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
-}
-
-fn revision(row: &PgRow) -> Result<Revision> {
-    Ok(Revision {
-        id: get(row, "id")?,
-        deployment_id: get(row, "deployment_id")?,
-        source: get(row, "source")?,
-        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
-        status: get(row, "status")?,
-        remote_reconciled: get(row, "remote_reconciled")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
 }
 
 async fn insert_revision(
@@ -766,8 +653,7 @@ impl crate::DeploymentStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| Ok((get(&r, "deployment_id")?, get(&r, "object_path")?)))
-            .transpose()
+        row.as_ref().map(crate::rows::upload).transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {

@@ -2,82 +2,20 @@
 //! write survives a crash of the process or the machine.
 
 use crate::records::*;
+use crate::rows::{
+    api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
+    REVISION_COLUMNS,
+};
 use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-}
-
-const LISTENER_COLUMNS: &str =
-    "id, workspace_id, compute_type, compute_id, version, k8s_namespaces, created_at, updated_at";
-
-fn uuid_col(row: &SqliteRow, col: &str) -> Result<Uuid> {
-    let text: String = row.try_get(col).map_err(map_sqlx)?;
-    Uuid::parse_str(&text).map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
-}
-
-fn opt_uuid_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
-    let text: Option<String> = row.try_get(col).map_err(map_sqlx)?;
-    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Other(e.to_string())))
-        .transpose()
-}
-
-fn get<'r, T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>>(
-    row: &'r SqliteRow,
-    col: &str,
-) -> Result<T> {
-    row.try_get(col).map_err(map_sqlx)
-}
-
-fn listener(row: &SqliteRow) -> Result<Listener> {
-    Ok(Listener {
-        id: uuid_col(row, "id")?,
-        workspace_id: uuid_col(row, "workspace_id")?,
-        compute_type: get(row, "compute_type")?,
-        compute_id: get(row, "compute_id")?,
-        version: get(row, "version")?,
-        k8s_namespaces: namespaces_from_text(get(row, "k8s_namespaces")?),
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
-}
-
-fn org(row: &SqliteRow) -> Result<Org> {
-    let plan: String = get(row, "plan")?;
-    Ok(Org {
-        id: uuid_col(row, "id")?,
-        name: get(row, "name")?,
-        plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
-        created_at: micros_to_time(get(row, "created_at")?),
-    })
-}
-
-fn workspace(row: &SqliteRow) -> Result<Workspace> {
-    Ok(Workspace {
-        id: uuid_col(row, "id")?,
-        org_id: uuid_col(row, "org_id")?,
-        name: get(row, "name")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-    })
-}
-
-fn api_key(row: &SqliteRow) -> Result<ApiKey> {
-    Ok(ApiKey {
-        id: uuid_col(row, "id")?,
-        key_hash: get(row, "key_hash")?,
-        org_id: uuid_col(row, "org_id")?,
-        workspace_id: opt_uuid_col(row, "workspace_id")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        revoked_at: get::<Option<i64>>(row, "revoked_at")?.map(micros_to_time),
-    })
 }
 
 impl SqliteStore {
@@ -284,16 +222,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        let Some(r) = row else { return Ok(None) };
-        let plan: Option<String> = get(&r, "ws_plan")?;
-        let access = match (opt_uuid_col(&r, "ws_org")?, plan) {
-            (Some(org_id), Some(plan)) => Some(WorkspaceAccess {
-                org_id,
-                plan: Plan::parse(&plan).unwrap_or(Plan::Standard),
-            }),
-            _ => None,
-        };
-        Ok(Some((api_key(&r)?, access)))
+        row.as_ref().map(crate::rows::authenticated).transpose()
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
@@ -304,11 +233,9 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| {
-            let plan: String = get(&r, "plan")?;
-            Ok((workspace(&r)?, Plan::parse(&plan).unwrap_or(Plan::Standard)))
-        })
-        .transpose()
+        row.as_ref()
+            .map(crate::rows::workspace_with_plan)
+            .transpose()
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -324,14 +251,7 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx)?;
-        Ok(ResourceCounts {
-            organizations: get(&row, "organizations")?,
-            workspaces: get(&row, "workspaces")?,
-            api_keys: get(&row, "api_keys")?,
-            listeners: get(&row, "listeners")?,
-            deployments: get(&row, "deployments")?,
-            revisions: get(&row, "revisions")?,
-        })
+        crate::rows::counts(&row)
     }
 
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
@@ -428,52 +348,6 @@ impl Store for SqliteStore {
             })?;
         Ok(done.rows_affected() > 0)
     }
-}
-
-const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
-     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
-     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
-const REVISION_COLUMNS: &str =
-    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
-
-fn opt_json(text: Option<String>) -> Option<serde_json::Value> {
-    text.as_deref().map(json_from_text)
-}
-
-fn deployment(row: &SqliteRow) -> Result<Deployment> {
-    Ok(Deployment {
-        id: uuid_col(row, "id")?,
-        workspace_id: uuid_col(row, "workspace_id")?,
-        name: get(row, "name")?,
-        source: get(row, "source")?,
-        source_config: json_from_text(&get::<String>(row, "source_config")?),
-        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
-        secrets: get(row, "secrets")?,
-        secret_references: opt_json(get(row, "secret_references")?),
-        tracked_packages: opt_json(get(row, "tracked_packages")?),
-        deployment_type: get(row, "deployment_type")?,
-        listener_id: opt_uuid_col(row, "listener_id")?,
-        status: get(row, "status")?,
-        latest_revision_id: opt_uuid_col(row, "latest_revision_id")?,
-        active_revision_id: opt_uuid_col(row, "active_revision_id")?,
-        image_version: get(row, "image_version")?,
-        remote_reconciled: get(row, "remote_reconciled")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
-}
-
-fn revision(row: &SqliteRow) -> Result<Revision> {
-    Ok(Revision {
-        id: uuid_col(row, "id")?,
-        deployment_id: uuid_col(row, "deployment_id")?,
-        source: get(row, "source")?,
-        source_revision_config: json_from_text(&get::<String>(row, "source_revision_config")?),
-        status: get(row, "status")?,
-        remote_reconciled: get(row, "remote_reconciled")?,
-        created_at: micros_to_time(get(row, "created_at")?),
-        updated_at: micros_to_time(get(row, "updated_at")?),
-    })
 }
 
 /// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT` (rolled back on error): the write lock
@@ -799,8 +673,7 @@ impl crate::DeploymentStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_sqlx)?;
-        row.map(|r| Ok((uuid_col(&r, "deployment_id")?, get(&r, "object_path")?)))
-            .transpose()
+        row.as_ref().map(crate::rows::upload).transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {

@@ -1,0 +1,200 @@
+//! Turning result rows into records, once for both backends. The backends differ only
+//! in how a UUID column is stored (text in SQLite, `uuid` in PostgreSQL), which the
+//! [`Columns`] implementations hide.
+
+use crate::records::*;
+use crate::{map_sqlx, Result, StoreError};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+pub(crate) const LISTENER_COLUMNS: &str =
+    "id, workspace_id, compute_type, compute_id, version, k8s_namespaces, created_at, updated_at";
+pub(crate) const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
+     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
+     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
+pub(crate) const REVISION_COLUMNS: &str =
+    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
+
+/// Typed column access on a row of either backend.
+pub(crate) trait Columns {
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn flag(&self, col: &str) -> Result<bool>;
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>>;
+
+    fn uuid(&self, col: &str) -> Result<Uuid> {
+        self.opt_uuid(col)?
+            .ok_or_else(|| StoreError::Other(format!("{col} is null")))
+    }
+
+    fn time(&self, col: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        Ok(micros_to_time(self.int(col)?))
+    }
+
+    fn json(&self, col: &str) -> Result<serde_json::Value> {
+        Ok(json_from_text(&self.text(col)?))
+    }
+
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self.opt_text(col)?.as_deref().map(json_from_text))
+    }
+}
+
+macro_rules! common_columns {
+    () => {
+        fn text(&self, col: &str) -> Result<String> {
+            self.try_get(col).map_err(map_sqlx)
+        }
+        fn opt_text(&self, col: &str) -> Result<Option<String>> {
+            self.try_get(col).map_err(map_sqlx)
+        }
+        fn int(&self, col: &str) -> Result<i64> {
+            self.try_get(col).map_err(map_sqlx)
+        }
+        fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+            self.try_get(col).map_err(map_sqlx)
+        }
+        fn flag(&self, col: &str) -> Result<bool> {
+            self.try_get(col).map_err(map_sqlx)
+        }
+    };
+}
+
+impl Columns for SqliteRow {
+    common_columns!();
+
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        self.opt_text(col)?
+            .map(|t| {
+                Uuid::parse_str(&t)
+                    .map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+impl Columns for PgRow {
+    common_columns!();
+
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        self.try_get(col).map_err(map_sqlx)
+    }
+}
+
+fn plan(text: &str) -> Plan {
+    Plan::parse(text).unwrap_or(Plan::Standard)
+}
+
+pub(crate) fn listener(r: &impl Columns) -> Result<Listener> {
+    Ok(Listener {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        compute_type: r.text("compute_type")?,
+        compute_id: r.text("compute_id")?,
+        version: r.opt_text("version")?,
+        k8s_namespaces: namespaces_from_text(r.opt_text("k8s_namespaces")?),
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+pub(crate) fn org(r: &impl Columns) -> Result<Org> {
+    Ok(Org {
+        id: r.uuid("id")?,
+        name: r.text("name")?,
+        plan: plan(&r.text("plan")?),
+        created_at: r.time("created_at")?,
+    })
+}
+
+pub(crate) fn workspace(r: &impl Columns) -> Result<Workspace> {
+    Ok(Workspace {
+        id: r.uuid("id")?,
+        org_id: r.uuid("org_id")?,
+        name: r.text("name")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+pub(crate) fn workspace_with_plan(r: &impl Columns) -> Result<(Workspace, Plan)> {
+    Ok((workspace(r)?, plan(&r.text("plan")?)))
+}
+
+pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.uuid("id")?,
+        key_hash: r.text("key_hash")?,
+        org_id: r.uuid("org_id")?,
+        workspace_id: r.opt_uuid("workspace_id")?,
+        created_at: r.time("created_at")?,
+        revoked_at: r.opt_int("revoked_at")?.map(micros_to_time),
+    })
+}
+
+/// A key with the workspace it acts in (`ws_org`, `ws_plan` from the join).
+pub(crate) fn authenticated(r: &impl Columns) -> Result<(ApiKey, Option<WorkspaceAccess>)> {
+    let access = match (r.opt_uuid("ws_org")?, r.opt_text("ws_plan")?) {
+        (Some(org_id), Some(p)) => Some(WorkspaceAccess {
+            org_id,
+            plan: plan(&p),
+        }),
+        _ => None,
+    };
+    Ok((api_key(r)?, access))
+}
+
+pub(crate) fn deployment(r: &impl Columns) -> Result<Deployment> {
+    Ok(Deployment {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        name: r.text("name")?,
+        source: r.text("source")?,
+        source_config: r.json("source_config")?,
+        source_revision_config: r.json("source_revision_config")?,
+        secrets: r.text("secrets")?,
+        secret_references: r.opt_json("secret_references")?,
+        tracked_packages: r.opt_json("tracked_packages")?,
+        deployment_type: r.opt_text("deployment_type")?,
+        listener_id: r.opt_uuid("listener_id")?,
+        status: r.text("status")?,
+        latest_revision_id: r.opt_uuid("latest_revision_id")?,
+        active_revision_id: r.opt_uuid("active_revision_id")?,
+        image_version: r.opt_text("image_version")?,
+        remote_reconciled: r.flag("remote_reconciled")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+pub(crate) fn revision(r: &impl Columns) -> Result<Revision> {
+    Ok(Revision {
+        id: r.uuid("id")?,
+        deployment_id: r.uuid("deployment_id")?,
+        source: r.text("source")?,
+        source_revision_config: r.json("source_revision_config")?,
+        status: r.text("status")?,
+        remote_reconciled: r.flag("remote_reconciled")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+pub(crate) fn counts(r: &impl Columns) -> Result<ResourceCounts> {
+    Ok(ResourceCounts {
+        organizations: r.int("organizations")?,
+        workspaces: r.int("workspaces")?,
+        api_keys: r.int("api_keys")?,
+        listeners: r.int("listeners")?,
+        deployments: r.int("deployments")?,
+        revisions: r.int("revisions")?,
+    })
+}
+
+/// An upload row: its deployment and object path.
+pub(crate) fn upload(r: &impl Columns) -> Result<(Uuid, String)> {
+    Ok((r.uuid("deployment_id")?, r.text("object_path")?))
+}
