@@ -323,16 +323,20 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     ))
 }
 
-pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+/// The deployment named by the path of an operation that takes nothing else.
+pub(crate) async fn load_deployment(app: &AppState, call: &Call) -> ApiResult<Deployment> {
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
     ApiError::check(errs)?;
     let id = id.ok_or(ApiError::Internal)?;
-    let d = app
-        .store
+    app.store
         .get_deployment(call.tenant.workspace_id, id)
         .await?
-        .ok_or_else(|| not_found(id))?;
+        .ok_or_else(|| not_found(id))
+}
+
+pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let d = load_deployment(&app, &call).await?;
     Ok(json_response(StatusCode::OK, &to_json(&app, &d)?))
 }
 

@@ -1,7 +1,7 @@
 //! Source tarball uploads (`upload-url`, then a `PUT` to hostplane itself) and registry
 //! push tokens (`push-token`): the routes the official CLI calls for builds.
 
-use super::not_found;
+use super::load_deployment;
 use crate::error::{json_response, ApiError, ApiResult};
 use crate::request::Call;
 use crate::AppState;
@@ -27,15 +27,8 @@ fn token_hash(token: &str) -> String {
 /// `POST /v2/deployments/{id}/upload-url`: a signed, expiring, single-use URL on this
 /// server that accepts one gzip tarball.
 pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
-    let mut errs = Vec::new();
-    let id = call.path_uuid("deployment_id", &mut errs);
-    ApiError::check(errs)?;
-    let id = id.ok_or(ApiError::Internal)?;
-    let d = app
-        .store
-        .get_deployment(call.tenant.workspace_id, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let d = load_deployment(&app, &call).await?;
+    let id = d.id;
     if d.source != "internal_source" {
         return Err(ApiError::BadRequest(
             "upload URL is only available for 'internal_source' source deployments".into(),
@@ -173,15 +166,7 @@ pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) ->
 
 /// `POST /v2/deployments/{id}/push-token`: credentials for the operator's registry.
 pub async fn push_token(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
-    let mut errs = Vec::new();
-    let id = call.path_uuid("deployment_id", &mut errs);
-    ApiError::check(errs)?;
-    let id = id.ok_or(ApiError::Internal)?;
-    let d = app
-        .store
-        .get_deployment(call.tenant.workspace_id, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let d = load_deployment(&app, &call).await?;
     if d.source != "internal_docker" {
         return Err(ApiError::BadRequest(
             "push token is only available for 'internal_docker' source deployments".into(),
