@@ -140,10 +140,13 @@ impl RevisionStatus {
     pub fn can_become(self, next: RevisionStatus) -> bool {
         use RevisionStatus::*;
         match self {
-            Creating => matches!(next, Queued | AwaitingBuild | AwaitingDeploy | CreateFailed),
+            Creating => matches!(
+                next,
+                Queued | AwaitingBuild | AwaitingDeploy | CreateFailed | Interrupted
+            ),
             Queued => matches!(
                 next,
-                AwaitingBuild | AwaitingDeploy | CreateFailed | Skipped
+                AwaitingBuild | AwaitingDeploy | CreateFailed | Skipped | Interrupted
             ),
             AwaitingBuild => matches!(next, Building | Skipped | Interrupted),
             Building => matches!(next, AwaitingDeploy | BuildFailed | Interrupted),
@@ -195,6 +198,11 @@ mod tests {
         assert!(!Deployed.can_become(Deploying));
         assert!(!AwaitingDeploy.can_become(Deployed));
         assert!(AwaitingDeploy.can_become(Skipped) && !Deploying.can_become(Skipped));
+        // An operator can interrupt anything that has not finished, nothing that has.
+        for s in RevisionStatus::ALL {
+            let unfinished = !s.is_final() && !matches!(s, Interrupted | Unknown);
+            assert_eq!(s.can_become(Interrupted), unfinished, "{s:?}");
+        }
     }
 
     #[test]

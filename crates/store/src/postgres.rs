@@ -376,8 +376,8 @@ async fn insert_revision(
     .map_err(map_sqlx)?;
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, t, t FROM \
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = $2), t, t FROM \
            (SELECT GREATEST($6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = $2), 0) + 1) AS t) s",
     )
     .bind(id)
@@ -421,7 +421,7 @@ impl crate::DeploymentStore for PgStore {
         let now = now_micros();
         let sql = format!(
             "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, FALSE, t, t FROM \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, $11::uuid IS NOT NULL, t, t FROM \
                (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = $2), 0) + 1) AS t) s"
         );
         sqlx::query(&sql)

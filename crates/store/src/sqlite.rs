@@ -387,8 +387,8 @@ async fn insert_revision(
     .map_err(map_sqlx)?;
     let id = Uuid::new_v4();
     let created: i64 = sqlx::query_scalar(
-        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, created_at, updated_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, t, t FROM \
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = ?2), t, t FROM \
            (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = ?2), 0) + 1) AS t) \
          RETURNING created_at",
     )
@@ -424,7 +424,7 @@ impl crate::DeploymentStore for SqliteStore {
                 let now = now_micros();
                 let sql = format!(
                     "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, 0, t, t FROM \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?11 IS NOT NULL, t, t FROM \
                        (SELECT MAX(?13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = ?2), 0) + 1) AS t)"
                 );
                 sqlx::query(&sql)
