@@ -172,13 +172,19 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         secrets,
     };
     let api = compatible_api();
-    Router::new()
+    let app = Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
         .route("/metrics", get(telemetry::serve_metrics))
         .fallback(routing::fallback)
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state);
+    with_service_layers(app, timeout)
+}
+
+/// What wraps every route: panics become a 500 answer, a time limit, telemetry and
+/// request ids.
+fn with_service_layers(app: Router, timeout: Duration) -> Router {
+    app.layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(
             move |req, next: axum::middleware::Next| async move {
                 match tokio::time::timeout(timeout, next.run(req)).await {
@@ -193,4 +199,60 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .layer(axum::middleware::from_fn(telemetry::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A handler that panics answers 500 with a detail, and the service keeps serving.
+    #[tokio::test]
+    async fn panics_become_500_and_service_goes_on() {
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        async fn fine() -> &'static str {
+            "fine"
+        }
+        let app = with_service_layers(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/fine", get(fine)),
+            Duration::from_secs(5),
+        );
+        let res = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], br#"{"detail":"Internal Server Error"}"#);
+        let res = app
+            .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    /// A request over the time limit answers 503 with a detail.
+    #[tokio::test]
+    async fn slow_requests_get_503() {
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        let app = with_service_layers(
+            Router::new().route("/slow", get(slow)),
+            Duration::from_millis(50),
+        );
+        let res = app
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -569,3 +569,61 @@ fn hostile_input() {
     println!("RSS {rss_before} KiB before, {rss_after} KiB after");
     assert!(rss_after < 200 * 1024, "RSS grew to {rss_after} KiB");
 }
+
+/// Three servers started at the same moment on one empty PostgreSQL database: the
+/// migrations and the first-start setup happen once, and all three serve.
+#[test]
+fn replicas_start_together_postgres() {
+    let db = postgres_db();
+    let key = "together-key";
+    let starters: Vec<_> = (0..3)
+        .map(|_| {
+            let url = db.url.clone();
+            let storage = db.dir.0.join("storage");
+            std::thread::spawn(move || {
+                let port = support::free_port();
+                let child = support::bin()
+                    .args([
+                        "serve",
+                        "--database-url",
+                        &url,
+                        "--listen",
+                        &format!("127.0.0.1:{port}"),
+                    ])
+                    .arg("--storage-dir")
+                    .arg(storage)
+                    .env("HOSTPLANE_BOOTSTRAP_API_KEY", key)
+                    .env("HOSTPLANE_SECRET_KEY", "test-secret-key")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                support::wait_ready(port);
+                (child, port)
+            })
+        })
+        .collect();
+    let mut servers: Vec<_> = starters.into_iter().map(|s| s.join().unwrap()).collect();
+    for (_, port) in &servers {
+        let (status, _) =
+            try_http(*port, "GET", "/v2/listeners", &[("X-Api-Key", key)], "").unwrap();
+        assert_eq!(status, 200);
+    }
+    let out = support::bin()
+        .args(["admin", "--database-url", &db.url, "org", "list", "--json"])
+        .output()
+        .unwrap();
+    let orgs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        orgs.as_array().unwrap().len(),
+        1,
+        "first-start setup ran more than once: {orgs}"
+    );
+    println!("replicas: three servers started together on an empty database; one organization, all serve");
+    for (child, _) in &mut servers {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
