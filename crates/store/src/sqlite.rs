@@ -16,6 +16,100 @@ use uuid::Uuid;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Listener creates go through one writer that commits them in batches.
+    creates: tokio::sync::mpsc::Sender<CreateJob>,
+}
+
+type CreateJob = (NewListener, tokio::sync::oneshot::Sender<Result<Listener>>);
+
+/// Largest number of creates committed together.
+const GROUP_COMMIT_MAX: usize = 128;
+
+/// Group commit: every create waiting when the writer is free goes into one
+/// transaction, so one `fsync` acknowledges them all; each insert has its own
+/// savepoint, so a conflict fails only its own request. Answers are sent only after
+/// the commit is durable.
+async fn create_writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<CreateJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (news, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let outcome = immediate(&pool, move |conn| {
+            Box::pin(async move {
+                let mut results = Vec::with_capacity(news.len());
+                for new in &news {
+                    sqlx::query("SAVEPOINT one")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                    let result = insert_listener(conn, new).await;
+                    let undo = if result.is_err() {
+                        "ROLLBACK TO one"
+                    } else {
+                        "RELEASE one"
+                    };
+                    sqlx::query(undo)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                    if result.is_err() {
+                        sqlx::query("RELEASE one")
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                    }
+                    results.push(result);
+                }
+                Ok(results)
+            })
+        })
+        .await;
+        match outcome {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for reply in replies {
+                    let err = match &e {
+                        StoreError::Unavailable(_) => StoreError::Unavailable(text.clone()),
+                        _ => StoreError::Other(text.clone()),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// One statement, so the timestamp is taken under the write lock: creation times grow in
+/// commit order and a page, once read, never gains an older row.
+async fn insert_listener(conn: &mut sqlx::SqliteConnection, new: &NewListener) -> Result<Listener> {
+    let sql = format!(
+        "INSERT INTO listeners ({LISTENER_COLUMNS}) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, t, t FROM \
+           (SELECT MAX(?7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = ?2), 0) + 1) AS t) \
+         RETURNING {LISTENER_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(Uuid::new_v4().to_string())
+        .bind(new.workspace_id.to_string())
+        .bind(&new.compute_type)
+        .bind(&new.compute_id)
+        .bind(&new.version)
+        .bind(namespaces_to_text(&new.k8s_namespaces))
+        .bind(now_micros())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    listener(&row)
 }
 
 impl SqliteStore {
@@ -37,7 +131,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
-        Ok(SqliteStore { pool })
+        let (creates, jobs) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(create_writer(pool.clone(), jobs));
+        Ok(SqliteStore { pool, creates })
     }
 
     async fn insert_key(
@@ -255,26 +351,10 @@ impl Store for SqliteStore {
     }
 
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
-        // One statement, so the timestamp is taken under the write lock: creation times
-        // grow in commit order and a page, once read, never gains an older row.
-        let sql = format!(
-            "INSERT INTO listeners ({LISTENER_COLUMNS}) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, t, t FROM \
-               (SELECT MAX(?7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = ?2), 0) + 1) AS t) \
-             RETURNING {LISTENER_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(Uuid::new_v4().to_string())
-            .bind(new.workspace_id.to_string())
-            .bind(&new.compute_type)
-            .bind(&new.compute_id)
-            .bind(&new.version)
-            .bind(namespaces_to_text(&new.k8s_namespaces))
-            .bind(now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        listener(&row)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Unavailable("the SQLite writer has stopped".into());
+        self.creates.send((new, reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn list_listeners(
