@@ -4,8 +4,8 @@
 use crate::error::ApiError;
 use axum::http::Uri;
 
-/// Every route template of the compatible API, relative to the root or `/api-host`.
-pub const COMPATIBLE_ROUTES: &[&str] = &[
+/// Every route template (for the trailing-slash redirect), relative to the root or `/api-host`.
+pub const ROUTE_TEMPLATES: &[&str] = &[
     "/v2/listeners",
     "/v2/listeners/{listener_id}",
     "/v2/deployments",
@@ -40,7 +40,7 @@ fn is_route(path: &str) -> bool {
         .filter(|p| p.starts_with('/'))
         .unwrap_or(path);
     ["/ok", "/openapi.json", "/metrics"].contains(&path)
-        || COMPATIBLE_ROUTES.iter().any(|t| template_matches(t, path))
+        || ROUTE_TEMPLATES.iter().any(|t| template_matches(t, path))
 }
 
 /// No route matched: a redirect when the path without its trailing slash is a route
