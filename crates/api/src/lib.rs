@@ -62,6 +62,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// A request still running after this long is answered with 503.
     pub request_timeout: Duration,
+    /// The same for tarball uploads, which may be large and slow.
+    pub upload_timeout: Duration,
     /// Base URL clients reach this server at (upload URLs are built on it).
     pub public_url: String,
     /// Where uploaded source tarballs are kept.
@@ -78,6 +80,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(3600),
             public_url: "http://127.0.0.1:1985".into(),
             storage_dir: PathBuf::from("hostplane-data"),
             max_upload_bytes: 200 * 1024 * 1024,
@@ -163,7 +166,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole service: routes, fallbacks, request ids, tracing, panic and time limits.
 pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
-    let timeout = config.request_timeout;
+    let limits = (config.request_timeout, config.upload_timeout);
     telemetry::prometheus();
     let secrets = secrets::SecretBox::new(&config.secret_key);
     let state = AppState {
@@ -178,16 +181,21 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .route("/metrics", get(telemetry::serve_metrics))
         .fallback(routing::fallback)
         .with_state(state);
-    with_service_layers(app, timeout)
+    with_service_layers(app, limits)
 }
 
 /// What wraps every route: panics become a 500 answer, a time limit, telemetry and
 /// request ids.
-fn with_service_layers(app: Router, timeout: Duration) -> Router {
+fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Duration)) -> Router {
     app.layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(
-            move |req, next: axum::middleware::Next| async move {
-                match tokio::time::timeout(timeout, next.run(req)).await {
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let limit = if routing::is_upload(req.uri().path()) {
+                    upload_limit
+                } else {
+                    request_limit
+                };
+                match tokio::time::timeout(limit, next.run(req)).await {
                     Ok(res) => res,
                     Err(_) => error::ApiError::Unavailable(
                         "The request took too long and was stopped.".into(),
@@ -221,7 +229,7 @@ mod tests {
             Router::new()
                 .route("/boom", get(boom))
                 .route("/fine", get(fine)),
-            Duration::from_secs(5),
+            (Duration::from_secs(5), Duration::from_secs(5)),
         );
         let res = app
             .clone()
@@ -238,21 +246,23 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
     }
 
-    /// A request over the time limit answers 503 with a detail.
+    /// A request over the time limit answers 503; uploads have a longer limit.
     #[tokio::test]
     async fn slow_requests_get_503() {
         async fn slow() -> &'static str {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             "late"
         }
         let app = with_service_layers(
-            Router::new().route("/slow", get(slow)),
-            Duration::from_millis(50),
+            Router::new()
+                .route("/slow", get(slow))
+                .route("/uploads/{token}", get(slow)),
+            (Duration::from_millis(50), Duration::from_secs(10)),
         );
-        let res = app
-            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+        let res = app.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let res = app.oneshot(get("/uploads/t")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
     }
 }

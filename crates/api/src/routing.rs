@@ -43,6 +43,13 @@ fn is_route(path: &str) -> bool {
         || ROUTE_TEMPLATES.iter().any(|t| template_matches(t, path))
 }
 
+/// A tarball upload (`PUT /uploads/{token}`), which gets a longer time limit.
+pub fn is_upload(path: &str) -> bool {
+    path.strip_prefix(SELF_HOSTED_PREFIX)
+        .unwrap_or(path)
+        .starts_with("/uploads/")
+}
+
 /// No route matched: a redirect when the path without its trailing slash is a route
 /// (Location keeps the query), otherwise 404.
 pub async fn fallback(uri: Uri) -> ApiError {

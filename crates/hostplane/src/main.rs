@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Seconds a request may run before it is answered with 503.
     #[arg(long, env = "HOSTPLANE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
+    /// Seconds a tarball upload may take before it is answered with 503.
+    #[arg(long, env = "HOSTPLANE_UPLOAD_TIMEOUT_SECS", default_value_t = 3600)]
+    upload_timeout_secs: u64,
     /// Seconds a client has to send a request's headers before the connection is closed.
     #[arg(long, env = "HOSTPLANE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     header_timeout_secs: u64,
@@ -229,6 +232,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = api::ApiConfig {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        upload_timeout: Duration::from_secs(args.upload_timeout_secs),
         public_url: args
             .public_url
             .clone()
