@@ -485,7 +485,7 @@ async fn insert_revision(
     deployment_id: Uuid,
     rev: &NewRevision,
     now: i64,
-) -> Result<(Uuid, i64)> {
+) -> Result<()> {
     // Older revisions still waiting are superseded.
     sqlx::query(
         "UPDATE revisions SET status = 'SKIPPED', updated_at = MAX(?1, updated_at + 1) \
@@ -497,11 +497,10 @@ async fn insert_revision(
     .await
     .map_err(map_sqlx)?;
     let id = Uuid::new_v4();
-    let created: i64 = sqlx::query_scalar(
+    sqlx::query(
         "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at) \
          SELECT ?1, ?2, ?3, ?4, ?5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = ?2), t, t FROM \
-           (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = ?2), 0) + 1) AS t) \
-         RETURNING created_at",
+           (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = ?2), 0) + 1) AS t)",
     )
     .bind(id.to_string())
     .bind(deployment_id.to_string())
@@ -509,10 +508,17 @@ async fn insert_revision(
     .bind(json_text(&rev.source_revision_config))
     .bind(&rev.status)
     .bind(now)
-    .fetch_one(&mut *conn)
+    .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
-    Ok((id, created))
+    // The new revision is the latest.
+    sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
+        .bind(id.to_string())
+        .bind(deployment_id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -555,13 +561,7 @@ impl crate::DeploymentStore for SqliteStore {
                     .execute(&mut *conn)
                     .await
                     .map_err(map_sqlx)?;
-                let (rev_id, _) = insert_revision(conn, new.id, &first, now).await?;
-                sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
-                    .bind(rev_id.to_string())
-                    .bind(new.id.to_string())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                insert_revision(conn, new.id, &first, now).await?;
                 Self::deployment_by_id(conn, new.id).await
             })
         })
@@ -651,13 +651,7 @@ impl crate::DeploymentStore for SqliteStore {
                     return Err(StoreError::Stale);
                 }
                 if let Some(rev) = rev {
-                    let (rev_id, _) = insert_revision(conn, next.id, &rev, now).await?;
-                    sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
-                        .bind(rev_id.to_string())
-                        .bind(next.id.to_string())
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
+                    insert_revision(conn, next.id, &rev, now).await?;
                 }
                 Self::deployment_by_id(conn, next.id).await
             })
