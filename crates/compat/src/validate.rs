@@ -96,31 +96,6 @@ fn expected_list(allowed: &[&str]) -> String {
     }
 }
 
-/// `Enum` of strings: pydantic words it like a literal but calls it `enum`.
-pub fn enumeration(
-    v: &Value,
-    loc: Loc,
-    errs: &mut Errors,
-    allowed: &[&'static str],
-) -> Option<&'static str> {
-    if let Value::Str(s) = v {
-        if let Some(hit) = allowed.iter().find(|a| **a == s) {
-            return Some(hit);
-        }
-    }
-    let expected = expected_list(allowed);
-    errs.push(
-        ErrorItem::new(
-            "enum",
-            loc,
-            format!("Input should be {expected}"),
-            v.clone(),
-        )
-        .with_ctx(json!({ "expected": expected })),
-    );
-    None
-}
-
 /// `List[T]`: every item is validated, and every failing item reports its own error.
 pub fn list<T>(
     v: &Value,
