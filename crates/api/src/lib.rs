@@ -97,6 +97,14 @@ pub struct Page<T> {
     pub offset: i128,
 }
 
+impl<T: serde::Serialize> Page<T> {
+    /// The 200 answer for the page read at `offset` (the next page starts after it).
+    pub fn response(resources: Vec<T>, offset: i128) -> axum::response::Response {
+        let offset = offset + resources.len() as i128;
+        error::json_response(StatusCode::OK, &Page { resources, offset })
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,

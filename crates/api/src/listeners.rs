@@ -172,14 +172,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .list_listeners(call.tenant.workspace_id, limit, db_offset)
         .await?;
     let resources: Vec<_> = items.iter().map(to_json).collect();
-    let next = offset + resources.len() as i128;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::Page {
-            resources,
-            offset: next,
-        },
-    ))
+    Ok(crate::Page::response(resources, offset))
 }
 
 pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {

@@ -313,14 +313,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .iter()
         .map(|d| to_json(&app, d))
         .collect::<ApiResult<Vec<_>>>()?;
-    let next = offset + resources.len() as i128;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::Page {
-            resources,
-            offset: next,
-        },
-    ))
+    Ok(crate::Page::response(resources, offset))
 }
 
 /// The deployment named by the path of an operation that takes nothing else.
@@ -544,14 +537,7 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
         .await?
         .ok_or_else(|| not_found(id))?;
     let resources: Vec<_> = items.iter().map(revision_json).collect();
-    let next = offset + resources.len() as i128;
-    Ok(json_response(
-        StatusCode::OK,
-        &crate::Page {
-            resources,
-            offset: next,
-        },
-    ))
+    Ok(crate::Page::response(resources, offset))
 }
 
 async fn load_revision(app: &AppState, call: &Call) -> ApiResult<(Deployment, Revision)> {
