@@ -150,35 +150,33 @@ impl<const BODY: bool> Call<BODY> {
         self.query.get(name).map(str::to_owned)
     }
 
+    /// The body of an operation whose body is required: `missing` when there is none.
+    fn required_body(&self, errs: &mut Errors) -> Option<&compat::Value> {
+        match &self.body {
+            Body::Missing => {
+                errs.push(compat::ErrorItem::missing(
+                    Loc::new("body"),
+                    compat::Value::Null,
+                ));
+                None
+            }
+            Body::Present(v) => Some(v),
+        }
+    }
+
     /// The body validated as a required model (`missing` when absent).
     pub fn body_schema(
         &self,
         model: &compat::schema::Model,
         errs: &mut Errors,
     ) -> Option<compat::Value> {
-        match &self.body {
-            Body::Missing => {
-                errs.push(compat::ErrorItem::missing(
-                    Loc::new("body"),
-                    compat::Value::Null,
-                ));
-                None
-            }
-            Body::Present(v) => compat::schema::validate_model(model, v, Loc::new("body"), errs),
-        }
+        let v = self.required_body(errs)?;
+        compat::schema::validate_model(model, v, Loc::new("body"), errs)
     }
 
     /// The body as a required model: `missing` when absent.
     pub fn body_model<'a>(&'a self, errs: &'a mut Errors) -> Option<validate::Model<'a>> {
-        match &self.body {
-            Body::Missing => {
-                errs.push(compat::ErrorItem::missing(
-                    Loc::new("body"),
-                    compat::Value::Null,
-                ));
-                None
-            }
-            Body::Present(v) => validate::model(v, Loc::new("body"), errs),
-        }
+        let v = self.required_body(errs)?;
+        validate::model(v, Loc::new("body"), errs)
     }
 }
