@@ -2,14 +2,6 @@
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-/// A UTC datetime the way pydantic serializes it: six fraction digits when the
-/// microseconds are not zero, none otherwise, and `Z`.
-pub fn datetime(t: DateTime<Utc>) -> String {
-    let mut buf = [0u8; 27];
-    let n = write_datetime(t, &mut buf);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 /// Writes `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` into `buf` (years 0..=9999), returning the
 /// length; hand-rolled because listing hundreds of resources formats thousands of these.
 fn write_datetime(t: DateTime<Utc>, buf: &mut [u8; 27]) -> usize {
@@ -43,7 +35,8 @@ fn write_datetime(t: DateTime<Utc>, buf: &mut [u8; 27]) -> usize {
     }
 }
 
-/// A datetime that serializes in pydantic's form without an intermediate `String`.
+/// A UTC datetime that serializes the way pydantic does: six fraction digits when the
+/// microseconds are not zero, none otherwise, and `Z`.
 #[derive(Debug, Clone, Copy)]
 pub struct Timestamp(pub DateTime<Utc>);
 
@@ -99,9 +92,10 @@ mod tests {
     #[test]
     fn datetimes() {
         let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 15, 30).unwrap();
-        assert_eq!(datetime(t), "2026-11-22T10:15:30Z");
+        let json = |t| serde_json::to_string(&Timestamp(t)).unwrap();
+        assert_eq!(json(t), r#""2026-11-22T10:15:30Z""#);
         let t = t + chrono::Duration::microseconds(123_456);
-        assert_eq!(datetime(t), "2026-11-22T10:15:30.123456Z");
+        assert_eq!(json(t), r#""2026-11-22T10:15:30.123456Z""#);
     }
 
     #[test]
