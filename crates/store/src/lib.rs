@@ -190,6 +190,18 @@ pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Runs a write on a task of its own, so it reaches its commit or its rollback even when
+/// the caller stops waiting (a client that disconnects, a request that times out). A
+/// dropped request can lose its answer, never leave a transaction open on a pooled
+/// connection or half a write behind; an answer is only ever given after the commit.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Other(format!("write task failed: {e}")))?
+}
+
 /// Current time in whole microseconds, the resolution every timestamp is stored in.
 pub(crate) fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()

@@ -36,6 +36,30 @@ impl PgStore {
     }
 }
 
+/// Runs `f` in a transaction on a task of its own (see [`crate::detached`]): committed
+/// when `f` succeeds, rolled back otherwise, whatever happens to the caller.
+async fn in_tx<T, F>(pool: &PgPool, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> crate::BoxFut<'c, Result<T>> + Send + 'static,
+{
+    let pool = pool.clone();
+    crate::detached(async move {
+        let mut tx = pool.begin().await.map_err(map_sqlx)?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await.map_err(map_sqlx)?;
+                Ok(value)
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(map_sqlx)?;
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
 async fn insert_key(
     conn: &mut sqlx::PgConnection,
     scope: KeyScope,
@@ -66,14 +90,15 @@ async fn insert_key(
 #[async_trait]
 impl Store for PgStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        let key = key.map(str::to_owned);
+        in_tx(&self.pool, move |conn| Box::pin(async move {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(BOOTSTRAP_LOCK)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(map_sqlx)?;
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await
             .map_err(map_sqlx)?;
         if count > 0 {
@@ -85,7 +110,7 @@ impl Store for PgStore {
         sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, 'default', 'enterprise', $2)")
             .bind(org_id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(map_sqlx)?;
         sqlx::query(
@@ -94,20 +119,18 @@ impl Store for PgStore {
         .bind(ws_id)
         .bind(org_id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;
         let generated = key.is_none().then(crate::generate_key);
         let value = key
-            .map(str::to_owned)
             .or_else(|| generated.clone())
             .unwrap_or_default();
         let scope = KeyScope::Workspace {
             org_id,
             workspace_id: ws_id,
         };
-        let k = insert_key(&mut tx, scope, &crate::hash_key(&value)).await?;
-        tx.commit().await.map_err(map_sqlx)?;
+        let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
         let created_at = micros_to_time(now);
         Ok(Some(Bootstrapped {
             org: Org {
@@ -125,6 +148,7 @@ impl Store for PgStore {
             key_id: k.id,
             generated_key: generated,
         }))
+    })).await
     }
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
@@ -259,10 +283,10 @@ impl Store for PgStore {
         // Creates in one workspace take turns (a transaction-scoped advisory lock), so
         // creation times grow in commit order and a page, once read, never gains an
         // older row, across every replica.
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        in_tx(&self.pool, move |conn| Box::pin(async move {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
             .bind(new.workspace_id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(map_sqlx)?;
         let sql = format!(
@@ -279,11 +303,11 @@ impl Store for PgStore {
             .bind(&new.version)
             .bind(namespaces_to_text(&new.k8s_namespaces))
             .bind(now_micros())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await
             .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
         listener(&row)
+    })).await
     }
 
     async fn list_listeners(
@@ -411,11 +435,11 @@ async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Dep
 #[async_trait]
 impl crate::DeploymentStore for PgStore {
     async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        in_tx(&self.pool, move |conn| Box::pin(async move {
         // Creates in a workspace take turns so creation times follow commit order.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
             .bind(new.workspace_id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(map_sqlx)?;
         let now = now_micros();
@@ -438,13 +462,13 @@ impl crate::DeploymentStore for PgStore {
             .bind(new.listener_id)
             .bind(&new.status)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(map_sqlx)?;
-        insert_revision(&mut tx, new.id, &first, now).await?;
-        let out = deployment_by_id(&mut tx, new.id).await?;
-        tx.commit().await.map_err(map_sqlx)?;
+        insert_revision(conn, new.id, &first, now).await?;
+        let out = deployment_by_id(conn, new.id).await?;
         Ok(out)
+    })).await
     }
 
     async fn list_deployments(
@@ -501,7 +525,7 @@ impl crate::DeploymentStore for PgStore {
         expected: chrono::DateTime<chrono::Utc>,
         rev: Option<NewRevision>,
     ) -> Result<Deployment> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        in_tx(&self.pool, move |conn| Box::pin(async move {
         let now = now_micros();
         let done = sqlx::query(
             "UPDATE deployments SET source_config = $1, source_revision_config = $2, secrets = $3, \
@@ -518,18 +542,18 @@ impl crate::DeploymentStore for PgStore {
         .bind(next.id)
         .bind(next.workspace_id)
         .bind(expected.timestamp_micros())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(map_sqlx)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Stale);
         }
         if let Some(rev) = rev {
-            insert_revision(&mut tx, next.id, &rev, now).await?;
+            insert_revision(conn, next.id, &rev, now).await?;
         }
-        let out = deployment_by_id(&mut tx, next.id).await?;
-        tx.commit().await.map_err(map_sqlx)?;
+        let out = deployment_by_id(conn, next.id).await?;
         Ok(out)
+    })).await
     }
 
     async fn delete_deployment(
@@ -538,13 +562,13 @@ impl crate::DeploymentStore for PgStore {
         id: Uuid,
         force: bool,
     ) -> Result<DeleteOutcome> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        in_tx(&self.pool, move |conn| Box::pin(async move {
         let status: Option<String> = sqlx::query_scalar(
             "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
         )
         .bind(id)
         .bind(workspace)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(map_sqlx)?;
         let Some(status) = status else {
@@ -553,7 +577,7 @@ impl crate::DeploymentStore for PgStore {
         let statuses: Vec<String> =
             sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
                 .bind(id)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
         let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
@@ -561,7 +585,7 @@ impl crate::DeploymentStore for PgStore {
             DeleteOutcome::Removed => {
                 sqlx::query("DELETE FROM deployments WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(map_sqlx)?;
             }
@@ -569,14 +593,14 @@ impl crate::DeploymentStore for PgStore {
                 sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
                     .bind(now_micros())
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(map_sqlx)?;
             }
             DeleteOutcome::NotFound => {}
         }
-        tx.commit().await.map_err(map_sqlx)?;
         Ok(outcome)
+    })).await
     }
 
     async fn list_revisions(

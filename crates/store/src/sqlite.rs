@@ -135,87 +135,78 @@ impl SqliteStore {
         tokio::spawn(create_writer(pool.clone(), jobs));
         Ok(SqliteStore { pool, creates })
     }
+}
 
-    async fn insert_key(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        scope: KeyScope,
-        key_hash: &str,
-    ) -> Result<ApiKey> {
-        let (org_id, ws) = match scope {
-            KeyScope::Workspace {
-                org_id,
-                workspace_id,
-            } => (org_id, Some(workspace_id)),
-            KeyScope::Org { org_id } => (org_id, None),
-        };
-        let row = sqlx::query(
-            "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, ?, ?) \
-             RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(key_hash)
-        .bind(org_id.to_string())
-        .bind(ws.map(|w| w.to_string()))
-        .bind(now_micros())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-        api_key(&row)
-    }
+async fn insert_key(
+    conn: &mut sqlx::SqliteConnection,
+    scope: KeyScope,
+    key_hash: &str,
+) -> Result<ApiKey> {
+    let (org_id, ws) = match scope {
+        KeyScope::Workspace {
+            org_id,
+            workspace_id,
+        } => (org_id, Some(workspace_id)),
+        KeyScope::Org { org_id } => (org_id, None),
+    };
+    let row = sqlx::query(
+        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, ?, ?) \
+         RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(key_hash)
+    .bind(org_id.to_string())
+    .bind(ws.map(|w| w.to_string()))
+    .bind(now_micros())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    api_key(&row)
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        let result = async {
-            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-            if count > 0 {
-                return Ok(None);
-            }
-            let now = now_micros();
-            let org_id = Uuid::new_v4();
-            let ws_id = Uuid::new_v4();
-            sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, 'default', 'enterprise', ?)")
-                .bind(org_id.to_string())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-            sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, 'default', ?)")
-                .bind(ws_id.to_string())
-                .bind(org_id.to_string())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-            let generated = key.is_none().then(crate::generate_key);
-            let value = key.map(str::to_owned).or_else(|| generated.clone()).unwrap_or_default();
-            let scope = KeyScope::Workspace { org_id, workspace_id: ws_id };
-            let k = self.insert_key(&mut conn, scope, &crate::hash_key(&value)).await?;
-            let created_at = micros_to_time(now);
-            Ok(Some(Bootstrapped {
-                org: Org { id: org_id, name: "default".into(), plan: Plan::Enterprise, created_at },
-                workspace: Workspace { id: ws_id, org_id, name: "default".into(), created_at },
-                key_id: k.id,
-                generated_key: generated,
-            }))
-        }
-        .await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        sqlx::query(end)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        result
+        let key = key.map(str::to_owned);
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                if count > 0 {
+                    return Ok(None);
+                }
+                let now = now_micros();
+                let org_id = Uuid::new_v4();
+                let ws_id = Uuid::new_v4();
+                sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, 'default', 'enterprise', ?)")
+                    .bind(org_id.to_string())
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, 'default', ?)")
+                    .bind(ws_id.to_string())
+                    .bind(org_id.to_string())
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let generated = key.is_none().then(crate::generate_key);
+                let value = key.or_else(|| generated.clone()).unwrap_or_default();
+                let scope = KeyScope::Workspace { org_id, workspace_id: ws_id };
+                let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
+                let created_at = micros_to_time(now);
+                Ok(Some(Bootstrapped {
+                    org: Org { id: org_id, name: "default".into(), plan: Plan::Enterprise, created_at },
+                    workspace: Workspace { id: ws_id, org_id, name: "default".into(), created_at },
+                    key_id: k.id,
+                    generated_key: generated,
+                }))
+            })
+        })
+        .await
     }
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
@@ -275,7 +266,7 @@ impl Store for SqliteStore {
             }
         }
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        self.insert_key(&mut conn, scope, key_hash).await
+        insert_key(&mut conn, scope, key_hash).await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
@@ -461,23 +452,31 @@ impl Store for SqliteStore {
     }
 }
 
-/// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT` (rolled back on error): the write lock
-/// is taken first, so the transaction cannot fail half-way on a lock upgrade.
+/// Runs `f` inside `BEGIN IMMEDIATE ... COMMIT` (rolled back on error) on a task of its
+/// own (see [`crate::detached`]): the write lock is taken first, so the transaction
+/// cannot fail half-way on a lock upgrade, and it ends whatever happens to the caller.
 async fn immediate<T, F>(pool: &SqlitePool, f: F) -> Result<T>
 where
-    F: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> crate::BoxFut<'c, Result<T>>,
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> crate::BoxFut<'c, Result<T>>
+        + Send
+        + 'static,
 {
-    let mut conn = pool.acquire().await.map_err(map_sqlx)?;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-    let result = f(&mut conn).await;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    let ended = sqlx::query(end).execute(&mut *conn).await.map_err(map_sqlx);
-    let value = result?;
-    ended?;
-    Ok(value)
+    let pool = pool.clone();
+    crate::detached(async move {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)?;
+        match f(&mut tx).await {
+            Ok(value) => {
+                tx.commit().await.map_err(map_sqlx)?;
+                Ok(value)
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(map_sqlx)?;
+                Err(e)
+            }
+        }
+    })
+    .await
 }
 
 async fn insert_revision(

@@ -1,0 +1,258 @@
+//! Cancel safety: clients that reset their connection at random moments while writing
+//! must neither wedge the database for everyone else nor lose a write they saw
+//! acknowledged. Runs the real binary on both backends.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use socket2::SockRef;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::{postgres_db, sqlite_db, Db, Server};
+
+const WRITERS: usize = 16;
+const STORM: Duration = Duration::from_millis(1500);
+
+fn random_below(n: u64) -> u64 {
+    (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u64
+}
+
+/// Sends one request and waits at most `patience` for the answer; when it has not come
+/// by then, resets the connection (RST, not FIN) and returns `None`.
+fn send_or_reset(
+    port: u16,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    patience: Duration,
+) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Api-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let deadline = Instant::now() + patience;
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => {
+                let text = String::from_utf8_lossy(&resp).into_owned();
+                let status = text.get(9..12)?.parse().ok()?;
+                let body = text.split_once("\r\n\r\n").map(|(_, b)| b)?;
+                return Some((status, serde_json::from_str(body).unwrap_or(Value::Null)));
+            }
+            Ok(n) => resp.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    None
+}
+
+fn storm(db: Db) {
+    let server = Server::start(&db);
+    let (status, l) = server.call(
+        "POST",
+        "/v2/listeners",
+        Some(json!({"compute_type": "k8s", "compute_id": "storm", "compute_config": {"k8s_namespaces": ["a"]}})),
+    );
+    assert_eq!(status, 201, "{l}");
+    // Each writer owns one listener and one deployment and writes increasing numbers to
+    // them, so the last number it saw acknowledged is a floor for what must be stored.
+    let mut owned = Vec::new();
+    for t in 0..WRITERS {
+        let (s1, lis) = server.call(
+            "POST",
+            "/v2/listeners",
+            Some(json!({"compute_type": "k8s", "compute_id": format!("w{t}"), "compute_config": {"k8s_namespaces": ["a"]}})),
+        );
+        assert_eq!(s1, 201, "{lis}");
+        let (s2, dep) = server.call(
+            "POST",
+            "/v2/deployments",
+            Some(json!({"name": format!("d{t}"), "source": "external_docker",
+                        "source_config": {"listener_id": l["id"]},
+                        "source_revision_config": {"image_uri": "docker.io/acme/agent:0"}, "secrets": []})),
+        );
+        assert_eq!(s2, 201, "{dep}");
+        owned.push((
+            lis["id"].as_str().unwrap().to_owned(),
+            dep["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+
+    // The storm: every writer alternates listener PATCHes, deployment PATCHes (a
+    // transaction adding a revision) and listener creates, and gives each request a
+    // random 0-20 ms before resetting it. Every write it saw acknowledged is recorded:
+    // created listeners and the revisions acknowledged PATCHes added.
+    let started = Instant::now();
+    let writers: Vec<_> = owned
+        .iter()
+        .cloned()
+        .map(|(lis, dep)| {
+            let (port, key) = (server.port, server.key.clone());
+            std::thread::spawn(move || {
+                let (mut resets, mut acked) = (0u64, Vec::new());
+                let mut n = 0;
+                while started.elapsed() < STORM {
+                    n += 1;
+                    // Most requests are cut off; some wait for their answer.
+                    let patience = match random_below(4) {
+                        0 => Duration::from_secs(5),
+                        _ => Duration::from_millis(random_below(21)),
+                    };
+                    let (method, path, body) = match n % 3 {
+                        0 => ("PATCH", format!("/v2/listeners/{lis}"), json!({"version": format!("v{n}")})),
+                        1 => ("PATCH", format!("/v2/deployments/{dep}"),
+                              json!({"source_revision_config": {"image_uri": format!("docker.io/acme/agent:{n}")}})),
+                        _ => ("POST", "/v2/listeners".to_owned(),
+                              json!({"compute_type": "k8s", "compute_id": format!("c-{lis}-{n}"), "compute_config": {"k8s_namespaces": ["a"]}})),
+                    };
+                    match send_or_reset(port, &key, method, &path, &body.to_string(), patience) {
+                        None => resets += 1,
+                        Some((200, _)) if n % 3 == 0 => {}
+                        Some((200, d)) => acked.push((
+                            format!("/v2/deployments/{dep}/revisions/{}", d["latest_revision_id"].as_str().unwrap()),
+                            body["source_revision_config"].clone(),
+                        )),
+                        Some((201, l)) => acked.push((format!("/v2/listeners/{}", l["id"].as_str().unwrap()), l)),
+                        Some((status, v)) => panic!("{method} {path} answered {status}: {v}"),
+                    }
+                }
+                (resets, acked)
+            })
+        })
+        .collect();
+    let (mut resets, mut acked) = (0, Vec::new());
+    for w in writers {
+        let (r, a) = w.join().unwrap();
+        resets += r;
+        acked.extend(a);
+    }
+    println!(
+        "storm: {resets} requests reset, {} writes acknowledged",
+        acked.len()
+    );
+    assert!(resets > 100, "the storm reset only {resets} requests");
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged during the storm"
+    );
+    // Writes cut off by a reset finish (or roll back) on their own; let them.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Writes work at once, in every workspace; each writer's listener takes a last
+    // version that must stick.
+    let begun = Instant::now();
+    let (_, other_ws_key) = other_workspace(&db);
+    for (t, (lis, dep)) in owned.iter().enumerate() {
+        let (status, body) = server.call(
+            "PATCH",
+            &format!("/v2/listeners/{lis}"),
+            Some(json!({"version": format!("final-{t}")})),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = server.call(
+            "PATCH",
+            &format!("/v2/deployments/{dep}"),
+            Some(json!({"source_revision_config": {"image_uri": "docker.io/acme/agent:final"}})),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = support::http(
+            server.port,
+            "POST",
+            "/v2/listeners",
+            &[("X-Api-Key", &other_ws_key), ("Content-Type", "application/json")],
+            &json!({"compute_type": "k8s", "compute_id": format!("other-{t}"), "compute_config": {"k8s_namespaces": ["a"]}}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let took = begun.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "writes after the storm took {took:?}"
+    );
+
+    // Every acknowledged write is stored, before and after a restart (nothing lived
+    // only inside a transaction left open on one pooled connection).
+    let key = server.key.clone();
+    let check = |server: &Server| {
+        for (path, expected) in &acked {
+            let (status, got) = server.call("GET", path, None);
+            assert_eq!(status, 200, "{path}: {got}");
+            if path.contains("/revisions/") {
+                assert_eq!(
+                    got["source_revision_config"]["image_uri"], expected["image_uri"],
+                    "{path}"
+                );
+            } else {
+                assert_eq!(&got, expected, "{path}");
+            }
+        }
+        for (t, (lis, _)) in owned.iter().enumerate() {
+            let (_, got) = server.call("GET", &format!("/v2/listeners/{lis}"), None);
+            assert_eq!(got["version"], json!(format!("final-{t}")), "{lis}");
+        }
+    };
+    check(&server);
+    drop(server);
+    check(&Server::start_with(&db, &[], &key));
+}
+
+/// A second organization with one workspace, made with `hostplane admin`; its key.
+fn other_workspace(db: &Db) -> (String, String) {
+    let admin = |args: &[&str]| -> Value {
+        let out = support::bin()
+            .args(["admin", "--database-url", &db.url, "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let org = admin(&["org", "create", "--name", "other"]);
+    let ws = admin(&[
+        "workspace",
+        "create",
+        "--org",
+        org["id"].as_str().unwrap(),
+        "--name",
+        "other",
+    ]);
+    let key = admin(&[
+        "api-key",
+        "create",
+        "--workspace",
+        ws["id"].as_str().unwrap(),
+    ]);
+    (
+        ws["id"].as_str().unwrap().to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn disconnect_storm_sqlite() {
+    storm(sqlite_db());
+}
+
+#[test]
+fn disconnect_storm_postgres() {
+    storm(postgres_db());
+}
