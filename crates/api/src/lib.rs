@@ -186,7 +186,6 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let app = Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
-        .route("/metrics", get(telemetry::serve_metrics))
         .fallback(routing::fallback)
         .with_state(state);
     with_service_layers(app, limits)
@@ -215,6 +214,7 @@ fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Du
         .layer(axum::middleware::from_fn(telemetry::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(telemetry::drop_unsafe_request_id))
 }
 
 #[cfg(test)]

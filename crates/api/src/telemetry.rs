@@ -1,14 +1,20 @@
-//! Operator telemetry: Prometheus metrics at `/metrics` and one structured log line per
-//! request (request id, method, route template, status, duration). Never keys or secrets.
+//! Operator telemetry: Prometheus metrics at `/metrics` (served on an address of its own,
+//! see [`metrics_router`]) and one structured log line per request (request id, method,
+//! route template, status, duration). Never keys or secrets.
+//!
+//! Every label comes from a fixed set: methods outside the standard ones are `other`,
+//! routes are the router's templates or `unmatched`, so no request can add series.
 
-use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use store::{ResourceCounts, Store};
 
 /// The route template a response was produced by, handed from the router to the outer
 /// middleware.
@@ -54,10 +60,51 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
     res
 }
 
+/// The method as a label: made-up methods all count as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Longest caller-supplied request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A caller's `X-Request-Id` is logged and echoed, so it is kept only when it is one
+/// short value of letters, digits and `-_.:`; anything else is replaced by a generated
+/// id (it could otherwise forge fields in text logs).
+pub async fn drop_unsafe_request_id(mut req: Request, next: Next) -> Response {
+    let ids = req.headers().get_all("x-request-id");
+    let mut values = ids.iter();
+    let safe = match (values.next(), values.next()) {
+        (Some(v), None) => is_safe_request_id(v.as_bytes()),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !safe {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
 /// Around everything: counts, times and logs each request.
 pub async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -73,7 +120,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let status = res.status().as_u16();
     let elapsed = start.elapsed();
     let labels = [
-        ("method", method.clone()),
+        ("method", method.to_owned()),
         ("route", route.clone()),
         ("status", status.to_string()),
     ];
@@ -91,14 +138,50 @@ pub async fn observe(req: Request, next: Next) -> Response {
     res
 }
 
+/// How long resource counts are reused between scrapes: counting whole tables on every
+/// scrape would let a scraper (or anyone who can reach it) load the database.
+const COUNTS_TTL: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct MetricsState {
+    store: Arc<dyn Store>,
+    counts: Arc<tokio::sync::Mutex<Option<(Instant, ResourceCounts)>>>,
+}
+
+/// The metrics endpoint, on a router of its own so that it can listen on an address of
+/// its own (off the public network) instead of beside the API.
+pub fn metrics_router(store: Arc<dyn Store>) -> Router {
+    prometheus();
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .with_state(MetricsState {
+            store,
+            counts: Arc::default(),
+        })
+}
+
+/// The resource counts, read at most once per [`COUNTS_TTL`]; concurrent scrapes wait
+/// for one query instead of each running their own.
+async fn resource_counts(state: &MetricsState) -> store::Result<ResourceCounts> {
+    let mut cached = state.counts.lock().await;
+    if let Some((at, counts)) = *cached {
+        if at.elapsed() < COUNTS_TTL {
+            return Ok(counts);
+        }
+    }
+    let counts = state.store.resource_counts().await?;
+    *cached = Some((Instant::now(), counts));
+    Ok(counts)
+}
+
 /// `GET /metrics`: Prometheus text format, with database pool and resource gauges
-/// refreshed at scrape time.
-pub async fn serve_metrics(State(app): State<AppState>) -> Response {
-    let pool = app.store.pool_stats();
+/// refreshed at scrape time (the counts at most every [`COUNTS_TTL`]).
+async fn serve_metrics(State(state): State<MetricsState>) -> Response {
+    let pool = state.store.pool_stats();
     metrics::gauge!("db_pool_connections").set(f64::from(pool.size));
     metrics::gauge!("db_pool_idle_connections").set(pool.idle as f64);
     metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
-    match app.store.resource_counts().await {
+    match resource_counts(&state).await {
         Ok(counts) => {
             for (kind, n) in [
                 ("organizations", counts.organizations),

@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "HOSTPLANE_LISTEN", default_value = "127.0.0.1:1985")]
     listen: SocketAddr,
+    /// Address serving Prometheus metrics at `/metrics` (not served unless set; keep it
+    /// off the public network, e.g. 127.0.0.1:9185).
+    #[arg(long, env = "HOSTPLANE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// API key for the default workspace created on first start (else one is generated).
     #[arg(long, env = "HOSTPLANE_BOOTSTRAP_API_KEY", hide_env_values = true)]
     bootstrap_api_key: Option<String>,
@@ -247,6 +251,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registry: args.registry()?,
         secret_key: args.secret_key()?,
     };
+    if let Some(addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(address = %metrics.local_addr()?, "metrics listening");
+        let router = api::telemetry::metrics_router(store.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
     let app = api::router(store, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -21,6 +21,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub router: Router,
+    /// The metrics endpoint, served apart from the API.
+    pub metrics: Router,
     pub store: Arc<dyn Store>,
     /// Key of the bootstrap workspace.
     pub key: String,
@@ -117,8 +119,10 @@ impl TestApp {
             .expect("fresh database bootstraps");
         let key = boot.generated_key.clone().unwrap();
         let router = hostplane_api::router(store.clone(), config);
+        let metrics = hostplane_api::telemetry::metrics_router(store.clone());
         TestApp {
             router,
+            metrics,
             store,
             key,
             workspace: boot.workspace.id,
@@ -197,6 +201,17 @@ impl TestApp {
             headers,
             body,
         }
+    }
+
+    /// One `GET /metrics` on the metrics router: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let req = Request::get("/metrics").body(Body::empty()).unwrap();
+        let res = self.metrics.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
     }
 
     /// A JSON request with the bootstrap key.
