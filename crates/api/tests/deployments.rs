@@ -531,7 +531,46 @@ async fn list_filters(backend: Backend) {
     );
 }
 
+/// A body nested as deep as the parser accepts (256 levels) is stored and read back
+/// whole, not turned into `null` by a shallower reader.
+async fn deep_json_is_kept(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    // The body, source_config, resource_spec, init_containers, the container and its
+    // securityContext take 5 levels, the nesting inside securityContext 251: 256 in all.
+    let mut inner = json!({"leaf": true});
+    for _ in 0..250 {
+        inner = json!({ "a": inner });
+    }
+    let mut body = image_body("deep");
+    body["source_config"] =
+        json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": inner}]}});
+    let created = create(&app, &app.key, body.clone()).await;
+    let id = created["id"].as_str().unwrap();
+    let res = app
+        .call("GET", &format!("/v2/deployments/{id}"), None)
+        .await;
+    assert_eq!(res.status, 200);
+    let got = res.json();
+    assert_eq!(
+        got["source_config"]["resource_spec"]["init_containers"][0]["securityContext"],
+        inner
+    );
+    assert_eq!(got, created);
+    // One level more is refused at the door.
+    let mut deeper = image_body("deeper");
+    deeper["source_config"] = json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": {"x": inner}}]}});
+    let res = app.call("POST", "/v2/deployments", Some(deeper)).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            400,
+            json!({"detail": "There was an error parsing the body"})
+        )
+    );
+}
+
 on_both_backends!(
+    deep_json_is_kept,
     other_workspaces_see_nothing,
     secrets_are_sealed_at_rest,
     revisions_follow_patches,

@@ -203,8 +203,16 @@ pub(crate) fn json_text(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-pub(crate) fn json_from_text(t: &str) -> serde_json::Value {
-    serde_json::from_str(t).unwrap_or(serde_json::Value::Null)
+/// Reads back a JSON column. The API accepts bodies nested up to 256 levels (Python's
+/// limit, see compat), past serde_json's default of 128, so the limit is lifted here for
+/// what we stored ourselves; text that does not parse is a corrupt row, an error.
+pub(crate) fn json_from_text(t: &str) -> crate::Result<serde_json::Value> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_str(t);
+    de.disable_recursion_limit();
+    serde_json::Value::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| crate::StoreError::Other(format!("a stored JSON value cannot be read: {e}")))
 }
 
 /// Connection pool occupancy.

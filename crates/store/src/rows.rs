@@ -36,11 +36,14 @@ pub(crate) trait Columns {
     }
 
     fn json(&self, col: &str) -> Result<serde_json::Value> {
-        Ok(json_from_text(&self.text(col)?))
+        json_from_text(&self.text(col)?)
     }
 
     fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
-        Ok(self.opt_text(col)?.as_deref().map(json_from_text))
+        self.opt_text(col)?
+            .as_deref()
+            .map(json_from_text)
+            .transpose()
     }
 }
 

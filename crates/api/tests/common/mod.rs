@@ -48,8 +48,12 @@ pub struct Response {
 }
 
 impl Response {
+    /// The body as JSON, however deep (the server accepts 256 levels).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
+        use serde::Deserialize;
+        let mut de = serde_json::Deserializer::from_slice(&self.body);
+        de.disable_recursion_limit();
+        serde_json::Value::deserialize(&mut de)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
