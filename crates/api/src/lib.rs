@@ -71,8 +71,8 @@ pub struct ApiConfig {
     /// Largest source tarball accepted.
     pub max_upload_bytes: u64,
     pub registry: Option<Registry>,
-    /// Key material that seals deployment secrets at rest.
-    pub secret_key: String,
+    /// Seals deployment secrets at rest.
+    pub secrets: secrets::SecretBox,
 }
 
 impl Default for ApiConfig {
@@ -85,7 +85,7 @@ impl Default for ApiConfig {
             storage_dir: PathBuf::from("hostplane-data"),
             max_upload_bytes: 200 * 1024 * 1024,
             registry: None,
-            secret_key: secrets::SecretBox::generate_key(),
+            secrets: secrets::SecretBox::generate(),
         }
     }
 }
@@ -176,7 +176,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let limits = (config.request_timeout, config.upload_timeout);
     telemetry::prometheus();
-    let secrets = secrets::SecretBox::new(&config.secret_key);
+    let secrets = config.secrets.clone();
     let state = AppState {
         store,
         config: Arc::new(config),

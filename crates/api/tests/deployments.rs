@@ -542,8 +542,7 @@ async fn deep_json_is_kept(backend: Backend) {
         inner = json!({ "a": inner });
     }
     let mut body = image_body("deep");
-    body["source_config"] =
-        json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": inner}]}});
+    body["source_config"] = json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": inner}]}});
     let created = create(&app, &app.key, body.clone()).await;
     let id = created["id"].as_str().unwrap();
     let res = app

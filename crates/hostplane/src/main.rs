@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Key that encrypts deployment secrets at rest; the same on every replica.
     #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// A key used before the current one: secrets it sealed stay readable (key rotation,
+    /// or a key shorter than 32 characters from an older version).
+    #[arg(long, env = "HOSTPLANE_PREVIOUS_SECRET_KEY", hide_env_values = true)]
+    previous_secret_key: Option<String>,
     /// Where a generated secret key is kept when HOSTPLANE_SECRET_KEY is not set
     /// (default: STORAGE_DIR/secret.key).
     #[arg(long, env = "HOSTPLANE_SECRET_KEY_FILE")]
@@ -153,6 +157,17 @@ impl ServeArgs {
         }))
     }
 
+    /// The box sealing deployment secrets, keyed by [`Self::secret_key`].
+    fn secret_box(&self) -> anyhow::Result<api::secrets::SecretBox> {
+        let key = self.secret_key()?;
+        api::secrets::SecretBox::new(&key, self.previous_secret_key.as_deref()).map_err(|e| {
+            anyhow::anyhow!(
+                "HOSTPLANE_SECRET_KEY (or the key file): {e}; to keep reading secrets sealed \
+                 with an older key, set that one as HOSTPLANE_PREVIOUS_SECRET_KEY"
+            )
+        })
+    }
+
     /// The configured key, or the one kept in the key file (generated on first start).
     fn secret_key(&self) -> anyhow::Result<String> {
         if let Some(key) = &self.secret_key {
@@ -166,7 +181,7 @@ impl ServeArgs {
             return Ok(key.trim().to_owned());
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            owner_only_dir(dir)?;
         }
         let key = api::secrets::SecretBox::generate_key();
         let mut file = std::fs::OpenOptions::new()
@@ -184,6 +199,16 @@ impl ServeArgs {
         );
         Ok(key)
     }
+}
+
+/// Creates `dir` and its missing parents readable by the owner only.
+fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -238,6 +263,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => println!("hostplane: API key for it: the value of HOSTPLANE_BOOTSTRAP_API_KEY"),
         }
     }
+    owner_only_dir(&args.storage_dir)?;
     let config = api::ApiConfig {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
@@ -249,7 +275,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         storage_dir: args.storage_dir.clone(),
         max_upload_bytes: args.max_upload_bytes,
         registry: args.registry()?,
-        secret_key: args.secret_key()?,
+        secrets: args.secret_box()?,
     };
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)

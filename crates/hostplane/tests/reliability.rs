@@ -593,7 +593,10 @@ fn replicas_start_together_postgres() {
                     .arg("--storage-dir")
                     .arg(storage)
                     .env("HOSTPLANE_BOOTSTRAP_API_KEY", key)
-                    .env("HOSTPLANE_SECRET_KEY", "test-secret-key")
+                    .env(
+                        "HOSTPLANE_SECRET_KEY",
+                        "test-secret-key-for-hostplane-tests",
+                    )
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()

@@ -115,7 +115,9 @@ async fn insert_listener(conn: &mut sqlx::SqliteConnection, new: &NewListener) -
 impl SqliteStore {
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
         let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Other(format!("bad SQLite URL: {e}")))?
+            .map_err(|e| StoreError::Other(format!("bad SQLite URL: {e}")))?;
+        create_owner_only(connect.get_filename())?;
+        let connect = connect
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -449,6 +451,35 @@ impl Store for SqliteStore {
                 other => other,
             })?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Creates the database file readable by its owner only, before SQLite creates it with
+/// the process umask; SQLite gives the `-wal` and `-shm` files the database file's mode.
+fn create_owner_only(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), "the database file is readable by other users; consider chmod 600");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Other(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 

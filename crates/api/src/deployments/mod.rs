@@ -53,7 +53,7 @@ struct DeploymentOut<'a> {
 fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>> {
     let secrets = app
         .secrets
-        .open(&d.secrets)
+        .open(&d.secrets, d.id)
         .and_then(|plain| String::from_utf8(plain).ok())
         .and_then(|text| RawValue::from_string(text).ok())
         .ok_or_else(|| {
@@ -234,8 +234,9 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
 
     let config = revision_config(revision);
     let first = new_revision(&source, &config);
+    let id = Uuid::new_v4();
     let deployment = Deployment {
-        id: Uuid::new_v4(),
+        id,
         workspace_id: workspace,
         name: name.clone(),
         source: source.clone(),
@@ -245,7 +246,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
             .map(str::to_owned),
         source_config: Value::Object(source_config),
         source_revision_config: config,
-        secrets: app.secrets.seal(req["secrets"].to_string().as_bytes()),
+        secrets: app.secrets.seal(req["secrets"].to_string().as_bytes(), id),
         secret_references: (!secret_references.is_null()).then_some(secret_references),
         tracked_packages: tracked_packages(&call),
         listener_id,
@@ -380,7 +381,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
         merge_fields(&mut next.source_config, patch_config);
         merge_fields(&mut next.source_revision_config, patch_revision);
         if !req["secrets"].is_null() {
-            next.secrets = app.secrets.seal(req["secrets"].to_string().as_bytes());
+            next.secrets = app.secrets.seal(req["secrets"].to_string().as_bytes(), id);
         }
         if !req["secret_references"].is_null() {
             next.secret_references = Some(req["secret_references"].clone());

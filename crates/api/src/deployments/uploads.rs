@@ -69,7 +69,7 @@ pub async fn put_upload(
     let limit = app.config.max_upload_bytes;
     let final_path = app.config.storage_dir.join(&object_path);
     let dir = final_path.parent().ok_or(ApiError::Internal)?.to_owned();
-    tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
+    owner_only_dir(&dir).await.map_err(io_error)?;
     let partial = dir.join(format!(".{}.partial", Uuid::new_v4()));
     let written = stream_to_file(body, &partial, limit).await;
     let size = match written {
@@ -98,13 +98,28 @@ pub async fn put_upload(
     Ok(StatusCode::OK.into_response())
 }
 
+/// Creates `dir` and its missing parents readable by the owner only.
+pub async fn owner_only_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
+}
+
 fn io_error(e: std::io::Error) -> ApiError {
     tracing::error!(error = %e, "upload storage error");
     ApiError::Internal
 }
 
 async fn stream_to_file(body: Body, path: &std::path::Path, limit: u64) -> ApiResult<u64> {
-    let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io_error)?;
     let mut body = body;
     let mut size: u64 = 0;
     let mut head: Vec<u8> = Vec::with_capacity(2);

@@ -115,7 +115,10 @@ impl Server {
             .arg(db.dir.0.join("storage"))
             .args(extra)
             .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
-            .env("HOSTPLANE_SECRET_KEY", "test-secret-key")
+            .env(
+                "HOSTPLANE_SECRET_KEY",
+                "test-secret-key-for-hostplane-tests",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -209,6 +212,17 @@ pub fn try_http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    try_http_bytes(port, method, path, headers, body.as_bytes())
+}
+
+/// [`try_http`] with a body of any bytes.
+pub fn try_http_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
@@ -219,8 +233,9 @@ pub fn try_http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp

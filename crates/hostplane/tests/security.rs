@@ -1,0 +1,175 @@
+//! Security settings of the real binary: the secret key, file modes, where metrics
+//! are served.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{bin, free_port, http, sqlite_db, wait_ready, Db, Server};
+
+/// `hostplane serve` on `db` with extra arguments, expected to refuse to start: its exit
+/// code and what it printed.
+fn refused(db: &Db, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = bin();
+    cmd.args(["serve", "--database-url", &db.url, "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--storage-dir")
+        .arg(db.dir.0.join("storage"))
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with {extra:?} {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn empty_or_short_secret_keys_are_refused() {
+    let db = sqlite_db();
+    for key in ["", "   ", "too-short-a-key"] {
+        let (code, err) = refused(&db, &[], &[("HOSTPLANE_SECRET_KEY", key)]);
+        assert_eq!(code, Some(1), "{key:?}: {err}");
+        assert!(err.contains("at least 32 characters"), "{key:?}: {err}");
+    }
+    let (code, err) = refused(&db, &["--secret-key", ""], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    // An empty key file is no better.
+    let file = db.dir.0.join("empty.key");
+    std::fs::write(&file, "\n").unwrap();
+    let (code, err) = refused(&db, &["--secret-key-file", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("at least 32 characters"), "{err}");
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The database, its WAL files, the storage folder, uploaded tarballs and a generated
+/// secret key are readable by their owner only, whatever the umask.
+#[test]
+fn files_are_owner_only() {
+    let db = sqlite_db();
+    let port = free_port();
+    let storage = db.dir.0.join("storage");
+    let mut child = bin()
+        .args(["serve", "--database-url", &db.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--storage-dir")
+        .arg(&storage)
+        .env("HOSTPLANE_BOOTSTRAP_API_KEY", "files-key")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+    let headers = [
+        ("X-Api-Key", "files-key"),
+        ("Content-Type", "application/json"),
+    ];
+    let body = json!({"name": "src", "source": "internal_source", "source_config": {},
+                      "source_revision_config": {"langgraph_config_path": "langgraph.json"}, "secrets": []});
+    let (status, text) = http(port, "POST", "/v2/deployments", &headers, &body.to_string());
+    assert_eq!(status, 201, "{text}");
+    let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, text) = http(
+        port,
+        "POST",
+        &format!("/v2/deployments/{id}/upload-url"),
+        &headers,
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    let upload: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let url = upload["upload_url"].as_str().unwrap();
+    let path = &url[url.find("/uploads/").unwrap()..];
+    let (status, text) = support::try_http_bytes(
+        port,
+        "PUT",
+        path,
+        &[("Content-Type", "application/gzip")],
+        b"\x1f\x8brest",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let db_file = db.dir.0.join("hp.db");
+    let tarball = storage.join(upload["object_path"].as_str().unwrap());
+    let mut checked = vec![
+        db_file.clone(),
+        db_file.with_extension("db-wal"),
+        db_file.with_extension("db-shm"),
+        storage.clone(),
+        storage.join("secret.key"),
+        tarball.clone(),
+    ];
+    checked.extend(
+        tarball
+            .ancestors()
+            .skip(1)
+            .take_while(|d| d.starts_with(&storage))
+            .map(|d| d.to_owned()),
+    );
+    for path in &checked {
+        assert_eq!(
+            mode(path) & 0o077,
+            0,
+            "{} has mode {:o}",
+            path.display(),
+            mode(path)
+        );
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+/// `/metrics` is served only on the address given for it, not on the API's.
+#[test]
+fn metrics_live_on_their_own_address() {
+    let db = sqlite_db();
+    let metrics_port = free_port();
+    let server = Server::start_with(
+        &db,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+        "metrics-key",
+    );
+    let (status, body) = http(server.port, "GET", "/metrics", &[], "");
+    assert_eq!((status, body.as_str()), (404, r#"{"detail":"Not Found"}"#));
+    wait_ready(metrics_port);
+    let (status, body) = http(metrics_port, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#),
+        "{body}"
+    );
+    // Without the setting, nothing listens for metrics.
+    drop(server);
+    let server = Server::start_with(&db, &[], "metrics-key");
+    assert_eq!(http(server.port, "GET", "/metrics", &[], "").0, 404);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err());
+}
