@@ -405,6 +405,119 @@ async fn uploads_are_checked(backend: Backend) {
     );
 }
 
+/// An uploaded tarball belongs to its deployment: another workspace (or another
+/// deployment) cannot point at it, on create or on PATCH, nor through a disguised path.
+async fn tarball_paths_are_owned(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let src = |name: &str| {
+        json!({"name": name, "source": "internal_source", "source_config": {},
+               "source_revision_config": {}, "secrets": []})
+    };
+    let a = create(&app, &app.key, src("a")).await;
+    let a_id = a["id"].as_str().unwrap();
+    let u = app
+        .call("POST", &format!("/v2/deployments/{a_id}/upload-url"), None)
+        .await
+        .json();
+    let path = u["object_path"].as_str().unwrap().to_owned();
+    let token = u["upload_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/uploads/")
+        .unwrap()
+        .1
+        .to_owned();
+    let gz = vec![
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let res = app
+        .send(
+            "PUT",
+            &format!("/uploads/{token}"),
+            &[("content-type", "application/gzip")],
+            Some(gz),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+
+    let (_, other) = app.other_workspace(store::Plan::Enterprise).await;
+    let b = create(&app, &other, src("b")).await;
+    let b_id = b["id"].as_str().unwrap();
+    let field = "'source_revision_config.source_tarball_path'";
+    let not_ours = |p: &str| json!({"detail": format!("Source configuration error: {field} '{p}' was not uploaded for this deployment.")});
+    let not_plain = |p: &str| json!({"detail": format!("Source configuration error: {field} '{p}' is not a plain relative object path.")});
+    let disguised = [
+        format!("./{path}"),
+        format!("x/../{path}"),
+        format!("/{path}"),
+        path.replace('/', "//"),
+        format!("{path}/."),
+        path.replace('/', "\\"),
+    ];
+    let mut cases = vec![(path.clone(), not_ours(&path))];
+    cases.extend(disguised.iter().map(|p| (p.clone(), not_plain(p))));
+    for (p, detail) in &cases {
+        let revision = json!({"source_tarball_path": p, "langgraph_config_path": "langgraph.json"});
+        // On create, in another workspace.
+        let mut body = src("c");
+        body["source_revision_config"] = revision.clone();
+        let res = app
+            .call_as(&other, "POST", "/v2/deployments", Some(body))
+            .await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (400, detail.clone()),
+            "create {p}"
+        );
+        // On PATCH, of another workspace's deployment.
+        let patch =
+            json!({"revision_source": "internal_source", "source_revision_config": revision});
+        let res = app
+            .call_as(
+                &other,
+                "PATCH",
+                &format!("/v2/deployments/{b_id}"),
+                Some(patch),
+            )
+            .await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (400, detail.clone()),
+            "patch {p}"
+        );
+    }
+    // Nothing was created or changed.
+    let list = app
+        .call_as(&other, "GET", "/v2/deployments", None)
+        .await
+        .json();
+    assert_eq!(list["resources"].as_array().unwrap().len(), 1);
+    let revs = app
+        .call_as(
+            &other,
+            "GET",
+            &format!("/v2/deployments/{b_id}/revisions"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(revs["resources"].as_array().unwrap().len(), 1);
+    // Its own deployment may use it; a path outside hostplane's namespace is left alone.
+    for p in [path.as_str(), "uploads/a.tgz"] {
+        let patch = json!({"revision_source": "internal_source",
+                           "source_revision_config": {"source_tarball_path": p, "langgraph_config_path": "langgraph.json"}});
+        let res = app
+            .call("PATCH", &format!("/v2/deployments/{a_id}"), Some(patch))
+            .await;
+        assert_eq!(
+            res.status,
+            200,
+            "{p}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+    }
+}
+
 async fn push_tokens(backend: Backend) {
     let config = hostplane_api::ApiConfig {
         registry: Some(hostplane_api::Registry {
@@ -577,6 +690,7 @@ on_both_backends!(
     bulk_delete_reports_each,
     concurrent_creates_one_name,
     uploads_are_checked,
+    tarball_paths_are_owned,
     push_tokens,
     list_filters,
 );

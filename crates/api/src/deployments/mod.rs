@@ -225,6 +225,10 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
         &revision,
         !secret_references.is_null(),
     )?;
+    let id = Uuid::new_v4();
+    if let Some(path) = revision.get("source_tarball_path").and_then(Value::as_str) {
+        uploads::check_tarball_path(&app, id, path).await?;
+    }
     let workspace = call.tenant.workspace_id;
     let listener_id = if source == "external_docker" {
         place_on_listener(&app, workspace, &mut source_config).await?
@@ -234,7 +238,6 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
 
     let config = revision_config(revision);
     let first = new_revision(&source, &config);
-    let id = Uuid::new_v4();
     let deployment = Deployment {
         id,
         workspace_id: workspace,

@@ -164,19 +164,26 @@ pub async fn remove_files(app: &AppState, deployment: Uuid) {
     }
 }
 
-/// A `source_tarball_path` in hostplane's own namespace must name an upload issued for
-/// this deployment and completed; other paths refer to storage hostplane does not manage.
+/// A `source_tarball_path` must be a plain relative path (no `.` or `..` segments, no
+/// empty segments, no leading `/` or backslashes), so that it cannot name hostplane's own
+/// storage in a disguise; one in hostplane's namespace must name an upload issued for
+/// this deployment and completed. Other paths refer to storage hostplane does not manage.
 pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) -> ApiResult<()> {
-    if !path.starts_with(OBJECT_PREFIX) {
+    let field = "'source_revision_config.source_tarball_path'";
+    let plain = !path.is_empty()
+        && !path.contains(['\\', '\0'])
+        && path.split('/').all(|s| !matches!(s, "" | "." | ".."));
+    if !plain {
+        return Err(ApiError::BadRequest(format!(
+            "Source configuration error: {field} '{path}' is not a plain relative object path."
+        )));
+    }
+    if !path.starts_with(OBJECT_PREFIX) || app.store.upload_completed(deployment, path).await? {
         return Ok(());
     }
-    if app.store.upload_completed(deployment, path).await? {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "Source configuration error: 'source_revision_config.source_tarball_path' '{path}' was not uploaded for this deployment."
-        )))
-    }
+    Err(ApiError::BadRequest(format!(
+        "Source configuration error: {field} '{path}' was not uploaded for this deployment."
+    )))
 }
 
 /// `POST /v2/deployments/{id}/push-token`: credentials for the operator's registry.
