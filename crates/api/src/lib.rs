@@ -70,6 +70,8 @@ pub struct ApiConfig {
     pub storage_dir: PathBuf,
     /// Largest source tarball accepted.
     pub max_upload_bytes: u64,
+    /// Most bytes of uploaded tarballs kept per workspace.
+    pub upload_quota_bytes: u64,
     pub registry: Option<Registry>,
     /// Seals deployment secrets at rest.
     pub secrets: secrets::SecretBox,
@@ -84,6 +86,7 @@ impl Default for ApiConfig {
             public_url: "http://127.0.0.1:1985".into(),
             storage_dir: PathBuf::from("hostplane-data"),
             max_upload_bytes: 200 * 1024 * 1024,
+            upload_quota_bytes: 2 * 1024 * 1024 * 1024,
             registry: None,
             secrets: secrets::SecretBox::generate(),
         }

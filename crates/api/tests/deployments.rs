@@ -518,6 +518,190 @@ async fn tarball_paths_are_owned(backend: Backend) {
     }
 }
 
+/// A fresh internal_source deployment and a gzip upload of `size` bytes to it: the
+/// deployment id, the object path and the PUT's answer.
+async fn upload(
+    app: &TestApp,
+    key: &str,
+    name: &str,
+    size: usize,
+) -> (String, String, common::Response) {
+    let body = json!({"name": name, "source": "internal_source", "source_config": {},
+                      "source_revision_config": {}, "secrets": []});
+    let d = create(app, key, body).await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let u = app
+        .call_as(
+            key,
+            "POST",
+            &format!("/v2/deployments/{id}/upload-url"),
+            None,
+        )
+        .await
+        .json();
+    let token = u["upload_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/uploads/")
+        .unwrap()
+        .1
+        .to_owned();
+    let mut gz = vec![0x1f, 0x8b];
+    gz.resize(size, 0);
+    let res = app
+        .send(
+            "PUT",
+            &format!("/uploads/{token}"),
+            &[("content-type", "application/gzip")],
+            Some(gz),
+        )
+        .await;
+    (id, u["object_path"].as_str().unwrap().to_owned(), res)
+}
+
+/// Every file under the storage folder, relative to it.
+fn stored_files(app: &TestApp) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), root, out);
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&app.storage_dir(), &app.storage_dir(), &mut out);
+    out.retain(|f| f.starts_with("hostplane-uploads/"));
+    out.sort();
+    out
+}
+
+/// Uploads count against a per-workspace quota; a refused or abandoned upload leaves no
+/// partial file; unused and orphaned files are collected.
+async fn upload_quota_and_cleanup(backend: Backend) {
+    let config = hostplane_api::ApiConfig {
+        max_upload_bytes: 1000,
+        upload_quota_bytes: 1500,
+        ..Default::default()
+    };
+    let app = TestApp::with_config(backend, config).await;
+    let (_, _, res) = upload(&app, &app.key, "b", 1001).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (413, json!({"detail": "Uploads are limited to 1000 bytes."}))
+    );
+    let (a, a_path, res) = upload(&app, &app.key, "a", 1000).await;
+    assert_eq!(res.status, 200);
+    let (_, _, res) = upload(&app, &app.key, "c", 600).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            413,
+            json!({"detail": "This workspace's uploads are limited to 1500 bytes in all; 1000 are in use."})
+        )
+    );
+    // Another workspace has a quota of its own.
+    let (_, other) = app.other_workspace(store::Plan::Enterprise).await;
+    let (_, _, res) = upload(&app, &other, "d", 1000).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(stored_files(&app).len(), 2, "{:?}", stored_files(&app));
+
+    // A client that goes away mid-upload leaves nothing behind.
+    let d = create(
+        &app,
+        &app.key,
+        json!({"name": "e", "source": "internal_source", "source_config": {},
+                                           "source_revision_config": {}, "secrets": []}),
+    )
+    .await;
+    let u = app
+        .call(
+            "POST",
+            &format!("/v2/deployments/{}/upload-url", d["id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .json();
+    let token = u["upload_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/uploads/")
+        .unwrap()
+        .1
+        .to_owned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(vec![0x1f, 0x8b, 0, 0])).await.unwrap();
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let req = axum::http::Request::put(format!("/uploads/{token}"))
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap();
+    let call = tokio::spawn(tower::ServiceExt::oneshot(app.router.clone(), req));
+    let partial = || {
+        stored_files(&app)
+            .into_iter()
+            .filter(|f| f.ends_with(".partial"))
+            .count()
+    };
+    for _ in 0..100 {
+        if partial() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(partial(), 1, "the upload never started");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    drop(tx);
+    assert_eq!(stored_files(&app).len(), 2, "{:?}", stored_files(&app));
+
+    // Garbage: a stale partial file, a file no upload knows of, an upload no revision
+    // uses. The upload a revision names stays.
+    let dir = app.storage_dir().join(&a_path);
+    let dir = dir.parent().unwrap();
+    std::fs::write(dir.join(".x.partial"), b"x").unwrap();
+    std::fs::write(dir.join("stray.tar.gz"), b"x").unwrap();
+    let stray_dir = app.storage_dir().join("hostplane-uploads/not-a-deployment");
+    std::fs::create_dir_all(&stray_dir).unwrap();
+    std::fs::write(stray_dir.join("y.tar.gz"), b"y").unwrap();
+    let patch = json!({"revision_source": "internal_source",
+                       "source_revision_config": {"source_tarball_path": a_path, "langgraph_config_path": "langgraph.json"}});
+    assert_eq!(
+        app.call("PATCH", &format!("/v2/deployments/{a}"), Some(patch))
+            .await
+            .status,
+        200
+    );
+    let zero = std::time::Duration::ZERO;
+    let removed = hostplane_api::deployments::uploads::collect_garbage(
+        &*app.store,
+        &app.storage_dir(),
+        zero,
+        zero,
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 4);
+    assert_eq!(stored_files(&app), vec![a_path.clone()]);
+    assert!(!stray_dir.exists());
+    // The other workspace's unused upload was collected: its quota is free again.
+    let (_, _, res) = upload(&app, &other, "f", 1000).await;
+    assert_eq!(res.status, 200);
+    // A young unused upload survives a collection with a grace period.
+    let hour = std::time::Duration::from_secs(3600);
+    let removed = hostplane_api::deployments::uploads::collect_garbage(
+        &*app.store,
+        &app.storage_dir(),
+        hour,
+        hour,
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, 0);
+    assert_eq!(stored_files(&app).len(), 2);
+}
+
 async fn push_tokens(backend: Backend) {
     let config = hostplane_api::ApiConfig {
         registry: Some(hostplane_api::Registry {
@@ -691,6 +875,7 @@ on_both_backends!(
     concurrent_creates_one_name,
     uploads_are_checked,
     tarball_paths_are_owned,
+    upload_quota_and_cleanup,
     push_tokens,
     list_filters,
 );

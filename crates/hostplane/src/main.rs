@@ -110,6 +110,9 @@ struct ServeArgs {
     /// Largest source tarball accepted, in bytes.
     #[arg(long, env = "HOSTPLANE_MAX_UPLOAD_BYTES", default_value_t = 200 * 1024 * 1024)]
     max_upload_bytes: u64,
+    /// Most bytes of uploaded source tarballs kept per workspace.
+    #[arg(long, env = "HOSTPLANE_UPLOAD_QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    upload_quota_bytes: u64,
     /// Key that encrypts deployment secrets at rest; the same on every replica.
     #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
@@ -274,6 +277,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://{}", args.listen)),
         storage_dir: args.storage_dir.clone(),
         max_upload_bytes: args.max_upload_bytes,
+        upload_quota_bytes: args.upload_quota_bytes,
         registry: args.registry()?,
         secrets: args.secret_box()?,
     };
@@ -289,6 +293,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    api::deployments::uploads::spawn_janitor(
+        store.clone(),
+        args.storage_dir.clone(),
+        config.upload_timeout,
+    );
     let app = api::router(store, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

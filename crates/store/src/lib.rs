@@ -156,6 +156,17 @@ pub trait DeploymentStore: Send + Sync {
     async fn complete_upload(&self, token_hash: &str, size_bytes: i64) -> Result<()>;
     /// True when `object_path` was issued for this deployment and uploaded completely.
     async fn upload_completed(&self, deployment: Uuid, object_path: &str) -> Result<bool>;
+    /// Bytes of completed uploads kept for the workspace that owns `deployment`.
+    async fn workspace_upload_bytes(&self, deployment: Uuid) -> Result<i64>;
+    /// Garbage collection of one stored tarball: forgets the upload of `object_path`
+    /// when it is expired and never completed, or completed before `unused_since` and
+    /// named by no revision of its deployment. True when no upload of that path is left,
+    /// so its file can go.
+    async fn collect_upload(
+        &self,
+        object_path: &str,
+        unused_since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool>;
 }
 
 /// Options for opening a store.

@@ -836,4 +836,49 @@ impl crate::DeploymentStore for SqliteStore {
         .map_err(map_sqlx)?;
         Ok(n > 0)
     }
+
+    async fn workspace_upload_bytes(&self, dep: Uuid) -> Result<i64> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(u.size_bytes) FROM uploads u JOIN deployments d ON d.id = u.deployment_id \
+             WHERE u.completed_at IS NOT NULL \
+               AND d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = ?)",
+        )
+        .bind(dep.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn collect_upload(
+        &self,
+        object_path: &str,
+        unused_since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let (path, cutoff) = (object_path.to_owned(), unused_since.timestamp_micros());
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "DELETE FROM uploads WHERE object_path = ?1 AND ( \
+                       (completed_at IS NULL AND expires_at < ?2) OR \
+                       (completed_at < ?3 AND NOT EXISTS (SELECT 1 FROM revisions r \
+                          WHERE r.deployment_id = uploads.deployment_id \
+                            AND json_extract(r.source_revision_config, '$.source_tarball_path') = uploads.object_path)))",
+                )
+                .bind(&path)
+                .bind(now_micros())
+                .bind(cutoff)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+                let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE object_path = ?")
+                    .bind(&path)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(left == 0)
+            })
+        })
+        .await
+    }
 }

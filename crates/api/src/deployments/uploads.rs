@@ -56,46 +56,70 @@ pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Re
 }
 
 /// `PUT /uploads/{token}`: streams the tarball to the storage folder (never whole in
-/// memory), refusing anything that is not gzip or is over the size limit.
+/// memory), refusing anything that is not gzip, over the size limit or over the
+/// workspace's quota. The partial file is removed whatever ends the request.
 pub async fn put_upload(
     State(app): State<AppState>,
     Path(token): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
     let hash = token_hash(&token);
-    let (_, object_path) = app.store.find_upload(&hash).await?.ok_or_else(|| {
+    let (deployment, object_path) = app.store.find_upload(&hash).await?.ok_or_else(|| {
         ApiError::Forbidden("This upload URL is unknown, expired or already used.".into())
     })?;
-    let limit = app.config.max_upload_bytes;
+    let quota = app.config.upload_quota_bytes;
+    let used = u64::try_from(app.store.workspace_upload_bytes(deployment).await?).unwrap_or(0);
+    let over_quota = || {
+        ApiError::PayloadTooLarge(format!(
+            "This workspace's uploads are limited to {quota} bytes in all; {used} are in use."
+        ))
+    };
+    let left = quota
+        .checked_sub(used)
+        .filter(|&n| n > 0)
+        .ok_or_else(over_quota)?;
+    let max = app.config.max_upload_bytes;
+    let too_large = || {
+        if left < max {
+            over_quota()
+        } else {
+            ApiError::PayloadTooLarge(format!("Uploads are limited to {max} bytes."))
+        }
+    };
     let final_path = app.config.storage_dir.join(&object_path);
     let dir = final_path.parent().ok_or(ApiError::Internal)?.to_owned();
     owner_only_dir(&dir).await.map_err(io_error)?;
-    let partial = dir.join(format!(".{}.partial", Uuid::new_v4()));
-    let written = stream_to_file(body, &partial, limit).await;
-    let size = match written {
-        Ok(size) => size,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
-    };
+    let partial = PartialFile(dir.join(format!(".{}{PARTIAL_SUFFIX}", Uuid::new_v4())));
+    let size = stream_to_file(body, &partial.0, left.min(max), too_large).await?;
     match app.store.complete_upload(&hash, size as i64).await {
         Ok(()) => {}
         Err(StoreError::Conflict) => {
-            let _ = tokio::fs::remove_file(&partial).await;
             return Err(ApiError::Forbidden(
                 "This upload URL is unknown, expired or already used.".into(),
-            ));
+            ))
         }
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     }
-    tokio::fs::rename(&partial, &final_path)
+    tokio::fs::rename(&partial.0, &final_path)
         .await
         .map_err(io_error)?;
     Ok(StatusCode::OK.into_response())
+}
+
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// An upload being written: removed when dropped, which is on every path (an error, a
+/// client that goes away, the time limit), and a no-op once it was renamed into place.
+struct PartialFile(std::path::PathBuf);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, path = %self.0.display(), "could not remove a partial upload");
+            }
+        }
+    }
 }
 
 /// Creates `dir` and its missing parents readable by the owner only.
@@ -112,7 +136,12 @@ fn io_error(e: std::io::Error) -> ApiError {
     ApiError::Internal
 }
 
-async fn stream_to_file(body: Body, path: &std::path::Path, limit: u64) -> ApiResult<u64> {
+async fn stream_to_file(
+    body: Body,
+    path: &std::path::Path,
+    limit: u64,
+    too_large: impl Fn() -> ApiError,
+) -> ApiResult<u64> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -132,9 +161,7 @@ async fn stream_to_file(body: Body, path: &std::path::Path, limit: u64) -> ApiRe
             chunk.map_err(|_| ApiError::BadRequest("The upload was interrupted.".into()))?;
         size += chunk.len() as u64;
         if size > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "Uploads are limited to {limit} bytes."
-            )));
+            return Err(too_large());
         }
         if head.len() < 2 {
             head.extend(chunk.iter().take(2 - head.len()));
@@ -162,6 +189,90 @@ pub async fn remove_files(app: &AppState, deployment: Uuid) {
             tracing::warn!(error = %e, dir = %dir.display(), "could not remove uploaded tarballs");
         }
     }
+}
+
+/// Removes what no upload needs any more from `storage_dir`: partial files not written
+/// to for `stale_partial` (a replica sharing the folder may be writing fresher ones),
+/// files of uploads that expired unused or were completed before `unused_grace` ago and
+/// are named by no revision, and files no upload knows of. Returns the files removed.
+pub async fn collect_garbage(
+    store: &dyn store::Store,
+    storage_dir: &std::path::Path,
+    stale_partial: std::time::Duration,
+    unused_grace: std::time::Duration,
+) -> std::io::Result<usize> {
+    let root = storage_dir.join(OBJECT_PREFIX);
+    let unused_since = chrono::Utc::now()
+        - chrono::Duration::from_std(unused_grace).unwrap_or(chrono::Duration::MAX);
+    let mut removed = 0;
+    let mut dirs = match tokio::fs::read_dir(&root).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    while let Some(dir) = dirs.next_entry().await? {
+        let mut files = match tokio::fs::read_dir(dir.path()).await {
+            Ok(f) => f,
+            Err(_) => continue, // not a folder, or gone meanwhile
+        };
+        let mut left = 0;
+        while let Some(file) = files.next_entry().await? {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let garbage = if name.ends_with(PARTIAL_SUFFIX) {
+                let age = file
+                    .metadata()
+                    .await?
+                    .modified()?
+                    .elapsed()
+                    .unwrap_or_default();
+                age >= stale_partial
+            } else {
+                let object_path = format!(
+                    "{OBJECT_PREFIX}{}/{name}",
+                    dir.file_name().to_string_lossy()
+                );
+                match store.collect_upload(&object_path, unused_since).await {
+                    Ok(gone) => gone,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upload garbage collection stopped");
+                        return Ok(removed);
+                    }
+                }
+            };
+            if garbage && tokio::fs::remove_file(file.path()).await.is_ok() {
+                removed += 1;
+            } else {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            // Fails harmlessly when an upload started in it meanwhile.
+            let _ = tokio::fs::remove_dir(dir.path()).await;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs [`collect_garbage`] at start and then every ten minutes, for the life of the
+/// process: partial files are stale after the upload time limit, unused uploads after a
+/// day.
+pub fn spawn_janitor(
+    app_store: std::sync::Arc<dyn store::Store>,
+    storage_dir: std::path::PathBuf,
+    upload_timeout: std::time::Duration,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+    const UNUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    tokio::spawn(async move {
+        loop {
+            match collect_garbage(&*app_store, &storage_dir, upload_timeout, UNUSED_GRACE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed unused upload files"),
+                Err(e) => tracing::warn!(error = %e, "upload garbage collection failed"),
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
 }
 
 /// A `source_tarball_path` must be a plain relative path (no `.` or `..` segments, no
