@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod error;
 pub mod listeners;
 pub mod openapi;
+pub mod registry;
 pub mod request;
 pub mod routing;
 pub mod secrets;
@@ -21,39 +22,6 @@ use std::time::Duration;
 use store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-
-/// The container registry whose credentials `push-token` hands out.
-#[derive(Debug, Clone)]
-pub struct Registry {
-    pub url: String,
-    pub username: Option<String>,
-    pub secret: RegistrySecret,
-}
-
-#[derive(Clone)]
-pub enum RegistrySecret {
-    Password(String),
-    /// Read at every request, so a rotated token is picked up.
-    TokenFile(PathBuf),
-}
-
-impl std::fmt::Debug for RegistrySecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RegistrySecret::Password(_) => f.write_str("Password(..)"),
-            RegistrySecret::TokenFile(p) => write!(f, "TokenFile({p:?})"),
-        }
-    }
-}
-
-impl Registry {
-    pub fn password(&self) -> std::io::Result<String> {
-        match &self.secret {
-            RegistrySecret::Password(p) => Ok(p.clone()),
-            RegistrySecret::TokenFile(path) => Ok(std::fs::read_to_string(path)?.trim().to_owned()),
-        }
-    }
-}
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -72,7 +40,8 @@ pub struct ApiConfig {
     pub max_upload_bytes: u64,
     /// Most bytes of uploaded tarballs kept per workspace.
     pub upload_quota_bytes: u64,
-    pub registry: Option<Registry>,
+    /// The registry `push-token` issues credentials for (none: not set up).
+    pub registry: Option<registry::Registry>,
     /// Seals deployment secrets at rest.
     pub secrets: secrets::SecretBox,
 }
@@ -189,6 +158,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let app = Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
+        .route("/registry/token", get(registry::token))
         .fallback(routing::fallback)
         .with_state(state);
     with_service_layers(app, limits)

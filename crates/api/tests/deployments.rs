@@ -702,23 +702,35 @@ async fn upload_quota_and_cleanup(backend: Backend) {
     assert_eq!(stored_files(&app).len(), 2);
 }
 
+/// The claims of a JWT, unverified (the registry verifies them in tests/registry.rs).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// `push-token` hands out a login for the deployment's workspace only; the token
+/// endpoint grants pull and push under that workspace's prefix and nothing else.
 async fn push_tokens(backend: Backend) {
+    let keys = std::env::temp_dir().join(format!("hostplane-reg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let registry = hostplane_api::registry::Registry::load_or_create(
+        "registry.example.internal:5000/agents".into(),
+        "test-registry".into(),
+        &keys.join("signing.pem"),
+    )
+    .unwrap();
     let config = hostplane_api::ApiConfig {
-        registry: Some(hostplane_api::Registry {
-            url: "registry.example.internal/agents".into(),
-            username: Some("robot".into()),
-            secret: hostplane_api::RegistrySecret::Password("pw".into()),
-        }),
+        registry: Some(registry),
         ..Default::default()
     };
     let app = TestApp::with_config(backend, config).await;
-    let d = create(
-        &app,
-        &app.key,
-        json!({"name": "dock", "source": "internal_docker", "source_config": {},
-                                          "source_revision_config": {}, "secrets": []}),
-    )
-    .await;
+    let docker = json!({"name": "dock", "source": "internal_docker", "source_config": {},
+                        "source_revision_config": {}, "secrets": []});
+    let d = create(&app, &app.key, docker.clone()).await;
     let res = app
         .call(
             "POST",
@@ -726,13 +738,114 @@ async fn push_tokens(backend: Backend) {
             Some(json!({"supports_registry_username": true})),
         )
         .await;
+    assert_eq!(res.status, 200);
+    let pushed = res.json();
+    let ws = app.workspace;
+    assert_eq!(
+        (&pushed["registry_url"], &pushed["username"]),
+        (
+            &json!(format!("registry.example.internal:5000/agents/{ws}")),
+            &json!("hostplane")
+        )
+    );
+    let login = pushed["token"].as_str().unwrap().to_owned();
+
+    // Another workspace gets its own prefix.
+    let (other_ws, other) = app.other_workspace(store::Plan::Enterprise).await;
+    let od = create(&app, &other, docker).await;
+    let other_login = app
+        .call_as(
+            &other,
+            "POST",
+            &format!("/v2/deployments/{}/push-token", od["id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let ask = |login: String, query: String| {
+        let app = &app;
+        async move {
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("anyone:{login}"));
+            app.send(
+                "GET",
+                &format!("/registry/token?{query}"),
+                &[("authorization", &format!("Basic {basic}"))],
+                None,
+            )
+            .await
+        }
+    };
+    let mine = format!("agents/{ws}/app");
+    let theirs = format!("agents/{other_ws}/app");
+    let query = format!(
+        "service=test-registry&scope=repository:{mine}:pull,push&scope=repository:{theirs}:pull,push&scope=repository:agents/app:push"
+    );
+    let res = ask(login.clone(), query.clone()).await;
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    let body = res.json();
+    assert_eq!(body["token"], body["access_token"]);
+    assert_eq!(body["expires_in"], 300);
+    let claims = jwt_claims(body["token"].as_str().unwrap());
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": mine, "actions": ["pull", "push"]}])
+    );
+    assert_eq!(
+        (&claims["iss"], &claims["aud"]),
+        (&json!("hostplane"), &json!("test-registry"))
+    );
+    let res = ask(other_login, query).await;
+    let claims = jwt_claims(res.json()["token"].as_str().unwrap());
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": theirs, "actions": ["pull", "push"]}])
+    );
+    // Only pull when only pull is asked; unknown actions are not granted.
+    let res = ask(
+        login.clone(),
+        format!("scope=repository:{mine}:pull,delete"),
+    )
+    .await;
+    let claims = jwt_claims(res.json()["token"].as_str().unwrap());
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": mine, "actions": ["pull"]}])
+    );
+
+    // A forged, altered or missing login is refused; so is another service.
+    let unauthorized =
+        json!({"detail": "The registry login is invalid or expired: ask for a new push token."});
+    let mut altered = login.clone();
+    altered.insert(altered.len() - 5, 'x');
+    let forged_claims = login.split('.').take(2).collect::<Vec<_>>().join(".") + ".c2lnbmF0dXJl";
+    for bad in [
+        altered,
+        forged_claims,
+        "not-a-token".into(),
+        pushed["token"].as_str().unwrap().replace('.', ""),
+    ] {
+        let res = ask(bad, format!("scope=repository:{mine}:push")).await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (401, unauthorized.clone())
+        );
+    }
+    let res = app.send("GET", "/registry/token", &[], None).await;
+    assert_eq!((res.status.as_u16(), res.json()), (401, unauthorized));
+    let res = ask(login, "service=elsewhere".into()).await;
     assert_eq!(
         (res.status.as_u16(), res.json()),
         (
-            200,
-            json!({"token": "pw", "registry_url": "registry.example.internal/agents", "username": "robot"})
+            400,
+            json!({"detail": "This token service serves 'test-registry', not 'elsewhere'."})
         )
     );
+
     let img = create(&app, &app.key, image_body("img")).await;
     let res = app
         .call(
@@ -749,12 +862,13 @@ async fn push_tokens(backend: Backend) {
         )
     );
 
+    // Without a registry: push-token says so, and there is no token endpoint.
     let bare = TestApp::new(backend).await;
     let d = create(
         &bare,
         &bare.key,
         json!({"name": "dock", "source": "internal_docker", "source_config": {},
-                                            "source_revision_config": {}, "secrets": []}),
+               "source_revision_config": {}, "secrets": []}),
     )
     .await;
     let res = bare
@@ -764,7 +878,18 @@ async fn push_tokens(backend: Backend) {
             None,
         )
         .await;
-    assert_eq!(res.status, 400);
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            400,
+            json!({"detail": "push token is unavailable: this control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)"})
+        )
+    );
+    assert_eq!(
+        bare.send("GET", "/registry/token", &[], None).await.status,
+        404
+    );
+    let _ = std::fs::remove_dir_all(keys);
 }
 
 async fn list_filters(backend: Backend) {

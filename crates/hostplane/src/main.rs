@@ -124,40 +124,55 @@ struct ServeArgs {
     /// (default: STORAGE_DIR/secret.key).
     #[arg(long, env = "HOSTPLANE_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
-    /// Container registry handed out by `push-token`.
+    /// Container registry `push-token` issues credentials for: host[:port][/path]. The
+    /// registry must use token authentication with this server as its token service.
     #[arg(long, env = "HOSTPLANE_REGISTRY_URL")]
     registry_url: Option<String>,
-    #[arg(long, env = "HOSTPLANE_REGISTRY_USERNAME")]
-    registry_username: Option<String>,
+    /// The registry's `auth.token.service` name.
     #[arg(
         long,
-        env = "HOSTPLANE_REGISTRY_PASSWORD",
-        hide_env_values = true,
-        conflicts_with = "registry_token_file"
+        env = "HOSTPLANE_REGISTRY_SERVICE",
+        default_value = "hostplane-registry"
     )]
-    registry_password: Option<String>,
-    /// File holding the registry token, read at every push-token request.
-    #[arg(long, env = "HOSTPLANE_REGISTRY_TOKEN_FILE")]
-    registry_token_file: Option<PathBuf>,
+    registry_service: String,
+    /// Key that signs registry tokens (PKCS#8 PEM), its certificate beside it with the
+    /// extension `.crt`; both created on first start (default:
+    /// STORAGE_DIR/registry-signing-key.pem).
+    #[arg(long, env = "HOSTPLANE_REGISTRY_SIGNING_KEY_FILE")]
+    registry_signing_key_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
-    fn registry(&self) -> anyhow::Result<Option<api::Registry>> {
+    fn registry(&self) -> anyhow::Result<Option<api::registry::Registry>> {
+        for gone in [
+            "HOSTPLANE_REGISTRY_PASSWORD",
+            "HOSTPLANE_REGISTRY_TOKEN_FILE",
+            "HOSTPLANE_REGISTRY_USERNAME",
+        ] {
+            if std::env::var_os(gone).is_some() {
+                anyhow::bail!(
+                    "{gone} is no longer supported: one registry password handed to every workspace is unsafe; \
+                     hostplane now issues per-workspace registry tokens (see docs/security.md)"
+                );
+            }
+        }
         let Some(url) = &self.registry_url else {
             return Ok(None);
         };
-        let secret = match (&self.registry_password, &self.registry_token_file) {
-            (Some(p), _) => api::RegistrySecret::Password(p.clone()),
-            (None, Some(f)) => api::RegistrySecret::TokenFile(f.clone()),
-            (None, None) => anyhow::bail!(
-                "HOSTPLANE_REGISTRY_URL needs HOSTPLANE_REGISTRY_PASSWORD or HOSTPLANE_REGISTRY_TOKEN_FILE"
-            ),
-        };
-        Ok(Some(api::Registry {
-            url: url.clone(),
-            username: self.registry_username.clone(),
-            secret,
-        }))
+        let key_file = self
+            .registry_signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.storage_dir.join("registry-signing-key.pem"));
+        if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            owner_only_dir(dir)?;
+        }
+        api::registry::Registry::load_or_create(
+            url.clone(),
+            self.registry_service.clone(),
+            &key_file,
+        )
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("registry signing key: {e}"))
     }
 
     /// The box sealing deployment secrets, keyed by [`Self::secret_key`].

@@ -1,5 +1,5 @@
 //! Source tarball uploads (`upload-url`, then a `PUT` to hostplane itself) and registry
-//! push tokens (`push-token`): the routes the official CLI calls for builds.
+//! push tokens (`push-token`, see `crate::registry`): the routes the official CLI calls for builds.
 
 use super::load_deployment;
 use crate::error::{json_response, ApiError, ApiResult};
@@ -297,7 +297,8 @@ pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) ->
     )))
 }
 
-/// `POST /v2/deployments/{id}/push-token`: credentials for the operator's registry.
+/// `POST /v2/deployments/{id}/push-token`: a registry login for the deployment's
+/// workspace (see [`crate::registry`]).
 pub async fn push_token(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let d = load_deployment(&app, &call).await?;
     if d.source != "internal_docker" {
@@ -305,18 +306,5 @@ pub async fn push_token(State(app): State<AppState>, call: Call) -> ApiResult<Re
             "push token is only available for 'internal_docker' source deployments".into(),
         ));
     }
-    let registry = app.config.registry.as_ref().ok_or_else(|| {
-        ApiError::BadRequest(
-            "push token is unavailable: this control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)".into(),
-        )
-    })?;
-    let password = registry.password().map_err(|e| {
-        tracing::error!(error = %e, "cannot read the registry token file");
-        ApiError::Unavailable("The registry credentials cannot be read right now.".into())
-    })?;
-    let mut out = json!({ "token": password, "registry_url": registry.url });
-    if let Some(user) = &registry.username {
-        out["username"] = json!(user);
-    }
-    Ok(json_response(StatusCode::OK, &out))
+    crate::registry::push_token(&app, d.workspace_id)
 }
