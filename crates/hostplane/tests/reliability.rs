@@ -373,23 +373,110 @@ fn database_outage_postgres() {
     println!("outage: PostgreSQL back; the same server answers 200 again without a restart");
 }
 
-#[test]
-fn shutdown_under_load() {
-    let db = sqlite_db();
+/// A create whose request is in flight: the connection was accepted (one request
+/// already answered on it) and the next request's headers and half of its body are
+/// sent. `finish` sends the rest and reads the answer.
+struct InFlight {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl InFlight {
+    fn start(port: u16, key: &str, compute_id: &str) -> InFlight {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let request = |body: &str| {
+            format!(
+                "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        // A first request on the connection, answered: the server has accepted it.
+        stream
+            .write_all(request(&listener_body(&format!("{compute_id}-first"))).as_bytes())
+            .unwrap();
+        let first = read_response(&mut stream);
+        assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+        let whole = request(&listener_body(compute_id)).into_bytes();
+        let half = whole.len() - 20;
+        stream.write_all(&whole[..half]).unwrap();
+        InFlight {
+            stream,
+            rest: whole[half..].to_vec(),
+        }
+    }
+
+    /// Sends the rest of the request; the answer's status and body.
+    fn finish(mut self) -> (u16, Value) {
+        self.stream.write_all(&self.rest).unwrap();
+        let text = read_response(&mut self.stream);
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+/// Reads one response with a Content-Length body from a kept-alive connection.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return String::from_utf8_lossy(&buf).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// `signal` under a create load: requests in flight when it arrives are answered and
+/// stored, the server exits 0, and every create acknowledged before is stored.
+fn shutdown_under_load(db: Db, signal: &str) {
     let key = "shutdown-key";
     let mut server = Server::start_with(&db, &[], key);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = create_load(server.port, key.into(), "s".into(), 8, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
-    let code = server.stop();
+    let in_flight: Vec<InFlight> = (0..8)
+        .map(|i| InFlight::start(server.port, key, &format!("held-{i}")))
+        .collect();
+    Command::new("kill")
+        .args([&format!("-{signal}"), &server.pid().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let finished: Vec<(u16, Value)> = in_flight.into_iter().map(InFlight::finish).collect();
+    let code = server.child.wait().unwrap().code();
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<Value> = workers
+    let mut acked: Vec<Value> = workers
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    assert_eq!(code, Some(0), "SIGTERM must exit 0");
+    assert_eq!(code, Some(0), "{signal} must exit 0");
+    for (status, body) in finished {
+        assert_eq!(
+            status, 201,
+            "a request in flight at {signal} was not answered: {body}"
+        );
+        acked.push(body);
+    }
+    assert!(acked.len() > 8, "only the held requests were answered");
     println!(
-        "shutdown: SIGTERM under load -> exit 0; {} creates answered 201",
+        "shutdown: {signal} under load -> exit 0; {} creates answered 201",
         acked.len()
     );
     let server = Server::start_with(&db, &[], key);
@@ -402,6 +489,26 @@ fn shutdown_under_load() {
         assert_eq!((status, &got), (200, body));
     }
     println!("shutdown: every acknowledged create is stored");
+}
+
+#[test]
+fn shutdown_sigterm_sqlite() {
+    shutdown_under_load(sqlite_db(), "TERM");
+}
+
+#[test]
+fn shutdown_sigint_sqlite() {
+    shutdown_under_load(sqlite_db(), "INT");
+}
+
+#[test]
+fn shutdown_sigterm_postgres() {
+    shutdown_under_load(postgres_db(), "TERM");
+}
+
+#[test]
+fn shutdown_sigint_postgres() {
+    shutdown_under_load(postgres_db(), "INT");
 }
 
 /// Sends raw bytes and returns the status line, or `None` when the server closed the

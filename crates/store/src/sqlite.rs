@@ -137,6 +137,34 @@ impl SqliteStore {
         tokio::spawn(create_writer(pool.clone(), jobs));
         Ok(SqliteStore { pool, creates })
     }
+
+    /// How every connection of the pool is really set up, read back from SQLite rather
+    /// than from our options: `(journal_mode, synchronous, foreign_keys)` for each, all
+    /// of them held at once so that each is a different connection.
+    pub async fn connection_settings(&self) -> Result<Vec<(String, i64, i64)>> {
+        let max = self.pool.options().get_max_connections();
+        let mut held = Vec::new();
+        for _ in 0..max {
+            held.push(self.pool.acquire().await.map_err(map_sqlx)?);
+        }
+        let mut out = Vec::new();
+        for conn in &mut held {
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **conn)
+                .await
+                .map_err(map_sqlx)?;
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **conn)
+                .await
+                .map_err(map_sqlx)?;
+            let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut **conn)
+                .await
+                .map_err(map_sqlx)?;
+            out.push((journal, synchronous, foreign_keys));
+        }
+        Ok(out)
+    }
 }
 
 async fn insert_key(

@@ -86,6 +86,8 @@ pub struct Server {
     pub child: Child,
     pub port: u16,
     pub key: String,
+    /// Where the server's stderr (its log) goes.
+    pub log: std::path::PathBuf,
 }
 
 impl Server {
@@ -103,6 +105,7 @@ impl Server {
     pub fn start_with(db: &Db, extra: &[&str], key: &str) -> Server {
         let port = free_port();
         let key = key.to_owned();
+        let log = db.dir.0.join(format!("server-{port}.log"));
         let child = bin()
             .args([
                 "serve",
@@ -120,11 +123,16 @@ impl Server {
                 "test-secret-key-for-hostplane-tests",
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         wait_ready(port);
-        Server { child, port, key }
+        Server {
+            child,
+            port,
+            key,
+            log,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -145,6 +153,11 @@ impl Server {
             &body,
         );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
