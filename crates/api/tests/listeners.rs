@@ -80,7 +80,9 @@ async fn crud_exact_bodies(backend: Backend) {
         json!({"k8s_namespaces": ["agents", "tools"]})
     );
     assert_eq!(p["created_at"], created["created_at"]);
-    assert!(p["updated_at"].as_str().unwrap() > created["updated_at"].as_str().unwrap());
+    let time =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(time(&p["updated_at"]) > time(&created["updated_at"]));
 
     // compute_config replaces the stored one whole; `{}` clears the namespaces.
     let p = app
@@ -379,19 +381,80 @@ async fn concurrent_creates_one_wins(backend: Backend) {
     );
 }
 
+/// Group commit puts concurrent creates in one transaction: a conflict fails only its
+/// own request. Half the racing creates reuse taken compute ids, half are fresh.
+async fn conflicts_fail_alone_in_a_batch(backend: Backend) {
+    let app = std::sync::Arc::new(TestApp::new(backend).await);
+    let body = |id: String| json!({"compute_type": "k8s", "compute_id": id, "compute_config": {}});
+    for i in 0..25 {
+        let res = app
+            .call("POST", "/v2/listeners", Some(body(format!("taken-{i}"))))
+            .await;
+        assert_eq!(res.status, 201);
+    }
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let app = app.clone();
+            let id = if i % 2 == 0 {
+                format!("taken-{}", i / 4)
+            } else {
+                format!("fresh-{i}")
+            };
+            tokio::spawn(async move {
+                let res = app
+                    .call("POST", "/v2/listeners", Some(body(id.clone())))
+                    .await;
+                (id, res.status.as_u16(), res.json())
+            })
+        })
+        .collect();
+    let mut fresh = HashSet::new();
+    for t in tasks {
+        let (id, status, answer) = t.await.unwrap();
+        if id.starts_with("taken") {
+            let conflict = format!(
+                "Listener for LangSmith workspace ID '{}' and compute ID '{id}' already exists.",
+                app.workspace
+            );
+            assert_eq!((status, answer), (409, json!({ "detail": conflict })));
+        } else {
+            assert_eq!((status, &answer["compute_id"]), (201, &json!(id)));
+            fresh.insert(id);
+        }
+    }
+    assert_eq!(fresh.len(), 50);
+    let mut stored = HashSet::new();
+    for offset in [0, 100] {
+        let page = app
+            .call(
+                "GET",
+                &format!("/v2/listeners?limit=100&offset={offset}"),
+                None,
+            )
+            .await
+            .json();
+        for l in page["resources"].as_array().unwrap() {
+            assert!(stored.insert(l["compute_id"].as_str().unwrap().to_owned()));
+        }
+    }
+    let expected: HashSet<String> = (0..25).map(|i| format!("taken-{i}")).chain(fresh).collect();
+    assert_eq!(stored, expected);
+}
+
 async fn paging_returns_each_once(backend: Backend) {
     let app = std::sync::Arc::new(TestApp::new(backend).await);
-    let mut ids = HashSet::new();
+    let mut order = Vec::new();
     for i in 0..250 {
         let body =
             json!({"compute_type": "k8s", "compute_id": format!("c-{i:03}"), "compute_config": {}});
-        ids.insert(
+        order.push(
             app.call("POST", "/v2/listeners", Some(body)).await.json()["id"]
                 .as_str()
                 .unwrap()
                 .to_owned(),
         );
     }
+    let ids: HashSet<String> = order.iter().cloned().collect();
     // Others keep creating while we page.
     let writer = {
         let app = app.clone();
@@ -431,14 +494,32 @@ async fn paging_returns_each_once(backend: Backend) {
         ids.is_subset(&unique),
         "a listener created before paging was missed"
     );
-    // Oldest first: the first 250 are the ones created first, in order.
-    let first: Vec<_> = seen.iter().take(250).cloned().collect();
-    let all = app
-        .call("GET", "/v2/listeners?limit=100", None)
-        .await
-        .json();
-    assert_eq!(all["resources"][0]["compute_id"], "c-000");
-    assert_eq!(first.len(), 250);
+    // Oldest first: the first 250 are the ones created first, in creation order, and
+    // the late ones follow.
+    assert_eq!(seen[..250], order[..]);
+    let mut all = Vec::new();
+    for offset in [0, 100, 200, 300] {
+        let page = app
+            .call(
+                "GET",
+                &format!("/v2/listeners?limit=100&offset={offset}"),
+                None,
+            )
+            .await
+            .json();
+        all.extend(
+            page["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["compute_id"].as_str().unwrap().to_owned()),
+        );
+    }
+    let expected: Vec<String> = (0..250)
+        .map(|i| format!("c-{i:03}"))
+        .chain((0..60).map(|i| format!("late-{i}")))
+        .collect();
+    assert_eq!(all, expected);
 }
 
 async fn http_edges(backend: Backend) {
@@ -531,6 +612,7 @@ on_both_backends!(
     tenancy_matrix,
     standard_plan_is_refused,
     concurrent_creates_one_wins,
+    conflicts_fail_alone_in_a_batch,
     paging_returns_each_once,
     http_edges
 );
