@@ -170,15 +170,16 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// Resident memory of the server process, in KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+    /// The highest resident memory the server process has had, in KiB (`VmHWM`: the
+    /// peak, not a sample after the fact). Fails when `/proc` cannot be read.
+    pub fn peak_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no VmHWM in {path}"))
     }
 
     pub fn stop(&mut self) -> Option<i32> {
