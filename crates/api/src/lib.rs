@@ -243,6 +243,11 @@ mod tests {
         let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
         let res = app.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"detail":"The request took too long and was stopped."}"#
+        );
         let res = app.oneshot(get("/uploads/t")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }

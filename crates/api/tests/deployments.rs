@@ -284,7 +284,22 @@ async fn bulk_delete_reports_each(backend: Backend) {
             None,
         )
         .await;
-    assert_eq!(res.status, 404);
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            404,
+            json!({"detail": format!("Deployment ID {ghost} not found.")})
+        )
+    );
+    // Both are gone; nothing else was touched.
+    for id in [&a, &b] {
+        let res = app
+            .call("GET", &format!("/v2/deployments/{id}"), None)
+            .await;
+        assert_eq!(res.status, 404);
+    }
+    let list = app.call("GET", "/v2/deployments", None).await.json();
+    assert_eq!(list, json!({"resources": [], "offset": 0}));
 }
 
 async fn concurrent_creates_one_name(backend: Backend) {
@@ -293,19 +308,35 @@ async fn concurrent_creates_one_name(backend: Backend) {
         .map(|_| {
             let app = app.clone();
             tokio::spawn(async move {
-                app.call("POST", "/v2/deployments", Some(image_body("race")))
-                    .await
-                    .status
-                    .as_u16()
+                let res = app
+                    .call("POST", "/v2/deployments", Some(image_body("race")))
+                    .await;
+                (res.status.as_u16(), res.json())
             })
         })
         .collect();
-    let mut codes = Vec::new();
+    let taken = json!({"detail": format!(
+        "Deployment name 'race' already exists in LangSmith workspace ID '{}'.",
+        app.workspace
+    )});
+    let mut winners = Vec::new();
     for t in tasks {
-        codes.push(t.await.unwrap());
+        match t.await.unwrap() {
+            (201, d) => winners.push(d),
+            (409, body) => assert_eq!(body, taken),
+            other => panic!("{other:?}"),
+        }
     }
-    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
-    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 19, "{codes:?}");
+    assert_eq!(winners.len(), 1);
+    // The winner is the only deployment, with its one revision.
+    let list = app.call("GET", "/v2/deployments", None).await.json();
+    assert_eq!(list["resources"], json!([winners[0].clone()]));
+    let id = winners[0]["id"].as_str().unwrap();
+    let revs = app
+        .call("GET", &format!("/v2/deployments/{id}/revisions"), None)
+        .await
+        .json();
+    assert_eq!(revs["resources"].as_array().unwrap().len(), 1);
 }
 
 async fn uploads_are_checked(backend: Backend) {
