@@ -1,23 +1,23 @@
 # Sourced by scripts/test and bench/run: a throwaway PostgreSQL server.
 # `pg_start` sets PG_BIN, PG_DIR, PG_PORT, PG_URL, PG_RUN_AS and registers cleanup.
 
+# The PostgreSQL major version hostplane is tested with (HOSTPLANE_PG_VERSION to try another).
+PG_VERSION=${HOSTPLANE_PG_VERSION:-15}
+
 find_pg_bin() {
-    local d
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-        [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && { echo "$d"; return 0; }
-    done
-    command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
+    local d=/usr/lib/postgresql/$PG_VERSION/bin
+    [[ -x "$d/initdb" && -x "$d/pg_ctl" && -x "$d/psql" ]] && { echo "$d"; return 0; }
     return 1
 }
 
 pg_start() {
     if ! PG_BIN=$(find_pg_bin); then
         if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-            echo "PostgreSQL server binaries not found; installing them with apt-get" >&2
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-            PG_BIN=$(find_pg_bin) || { echo "PostgreSQL install failed" >&2; return 1; }
+            echo "PostgreSQL $PG_VERSION not found; installing postgresql-$PG_VERSION with apt-get" >&2
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$PG_VERSION" >/dev/null
+            PG_BIN=$(find_pg_bin) || { echo "PostgreSQL $PG_VERSION install failed" >&2; return 1; }
         else
-            echo "PostgreSQL server binaries (initdb, pg_ctl) are required; install PostgreSQL 15+" >&2
+            echo "PostgreSQL $PG_VERSION server binaries are required (/usr/lib/postgresql/$PG_VERSION/bin)" >&2
             return 1
         fi
     fi

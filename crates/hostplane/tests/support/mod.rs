@@ -57,7 +57,10 @@ pub fn postgres_db() -> Db {
         "HOSTPLANE_TEST_POSTGRES_URL is not set: run `scripts/test`, which starts PostgreSQL",
     );
     let name = format!("hp_bin_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql")
+    // The psql of the PostgreSQL under test (scripts/test sets its folder).
+    let psql =
+        std::env::var("HOSTPLANE_TEST_PG_BIN").map_or("psql".into(), |b| format!("{b}/psql"));
+    let out = Command::new(psql)
         .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
         .output()
         .unwrap();
