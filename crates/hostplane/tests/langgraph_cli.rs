@@ -306,8 +306,26 @@ fn official_cli(db: Db) {
         .as_str()
         .unwrap();
     assert!(path.starts_with("hostplane-uploads/"), "{path}");
-    let stored = std::fs::read(db.dir.0.join("storage").join(path)).unwrap();
-    assert_eq!(&stored[..2], &[0x1f, 0x8b], "the stored upload is gzip");
+    // The stored tarball is the CLI's: it unpacks to the project's own files.
+    let unpacked = TempDir::new("hostplane-cli-unpacked");
+    let tar = Command::new("tar")
+        .arg("-xzf")
+        .arg(db.dir.0.join("storage").join(path))
+        .arg("-C")
+        .arg(&unpacked.0)
+        .output()
+        .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    for file in ["langgraph.json", "agent.py"] {
+        let sent = std::fs::read(cli.project.0.join(file)).unwrap();
+        let found =
+            walk_find(&unpacked.0, file).unwrap_or_else(|| panic!("{file} not in the upload"));
+        assert_eq!(std::fs::read(found).unwrap(), sent, "{file}");
+    }
 
     println!("delete --force removes the deployment");
     let run = cli.run(&["deploy", "delete", &a, "--force"]);
@@ -316,6 +334,21 @@ fn official_cli(db: Db) {
         server.call("GET", &format!("/v2/deployments/{a}"), None).0,
         404
     );
+}
+
+/// The first file named `name` under `dir`.
+fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = walk_find(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
 }
 
 #[test]
