@@ -51,6 +51,9 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict("The resource changed concurrently; retry the request.".into())
             }
             StoreError::NotFound => ApiError::route_not_found(),
+            StoreError::Unrepresentable(_) => ApiError::BadRequest(
+                "Text values cannot contain the NUL character (\\u0000).".into(),
+            ),
             StoreError::Other(reason) => {
                 tracing::error!(%reason, "database error");
                 ApiError::Internal

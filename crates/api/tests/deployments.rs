@@ -745,6 +745,39 @@ fn jwt_claims(token: &str) -> Value {
 
 /// `push-token` hands out a login for the deployment's workspace only; the token
 /// endpoint grants pull and push under that workspace's prefix and nothing else.
+/// Text with a NUL character is a client's mistake, never a 500: PostgreSQL cannot hold
+/// or compare it (400 with a detail); SQLite stores it like any other character.
+async fn nul_text_is_a_client_error(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let nul = json!({"detail": "Text values cannot contain the NUL character (\\u0000)."});
+    let res = app
+        .call(
+            "GET",
+            "/v2/deployments?image_version=a%00b&name_contains=%00",
+            None,
+        )
+        .await;
+    let listed = (res.status.as_u16(), res.json());
+    let body = json!({"compute_type": "k8s", "compute_id": "a\u{0}b", "compute_config": {}});
+    let res = app.call("POST", "/v2/listeners", Some(body)).await;
+    let created = (res.status.as_u16(), res.json());
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(listed, (400, nul.clone()));
+            assert_eq!(created, (400, nul));
+            let all = app.call("GET", "/v2/listeners", None).await.json();
+            assert_eq!(all["resources"], json!([]));
+        }
+        Backend::Sqlite => {
+            assert_eq!(listed, (200, json!({"resources": [], "offset": 0})));
+            assert_eq!(
+                (created.0, &created.1["compute_id"]),
+                (201, &json!("a\u{0}b"))
+            );
+        }
+    }
+}
+
 async fn push_tokens(backend: Backend) {
     let keys = std::env::temp_dir().join(format!("hostplane-reg-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&keys).unwrap();
@@ -1032,6 +1065,7 @@ on_both_backends!(
     uploads_are_checked,
     tarball_paths_are_owned,
     upload_quota_and_cleanup,
+    nul_text_is_a_client_error,
     push_tokens,
     list_filters,
 );

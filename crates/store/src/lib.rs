@@ -30,6 +30,10 @@ pub enum StoreError {
     /// The row changed since it was read (optimistic concurrency); read again and retry.
     #[error("changed concurrently")]
     Stale,
+    /// A value the database cannot hold or compare: PostgreSQL text cannot contain the
+    /// NUL character.
+    #[error("unrepresentable text: {0}")]
+    Unrepresentable(String),
     /// The database cannot be reached right now (pool timeout, connection refused).
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -232,6 +236,10 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        // 22021: a byte sequence invalid in the encoding (NUL, for PostgreSQL text).
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("22021") => {
+            StoreError::Unrepresentable(db.message().to_owned())
+        }
         sqlx::Error::Database(db) if is_unavailable_code(db.code().as_deref()) => {
             StoreError::Unavailable(e.to_string())
         }
