@@ -156,7 +156,7 @@ fn storm(db: Db) {
     // Writes work at once, in every workspace; each writer's listener takes a last
     // version that must stick.
     let begun = Instant::now();
-    let (_, other_ws_key) = other_workspace(&db);
+    let (_, other_ws_key) = support::other_workspace(&db);
     for (t, (lis, dep)) in owned.iter().enumerate() {
         let (status, body) = server.call(
             "PATCH",
@@ -209,42 +209,6 @@ fn storm(db: Db) {
     check(&server);
     drop(server);
     check(&Server::start_with(&db, &[], &key));
-}
-
-/// A second organization with one workspace, made with `hostplane admin`; its key.
-fn other_workspace(db: &Db) -> (String, String) {
-    let admin = |args: &[&str]| -> Value {
-        let out = support::bin()
-            .args(["admin", "--database-url", &db.url, "--json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let org = admin(&["org", "create", "--name", "other"]);
-    let ws = admin(&[
-        "workspace",
-        "create",
-        "--org",
-        org["id"].as_str().unwrap(),
-        "--name",
-        "other",
-    ]);
-    let key = admin(&[
-        "api-key",
-        "create",
-        "--workspace",
-        ws["id"].as_str().unwrap(),
-    ]);
-    (
-        ws["id"].as_str().unwrap().to_owned(),
-        key["key"].as_str().unwrap().to_owned(),
-    )
 }
 
 #[test]

@@ -6,21 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{bin, http, postgres_db, sqlite_db, Db, Server};
-
-fn admin(db: &Db, args: &[&str]) -> Value {
-    let out = bin()
-        .args(["admin", "--database-url", &db.url, "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use support::{admin, http, postgres_db, sqlite_db, Db, Server};
 
 fn get(server: &Server, key: &str, path: &str) -> (u16, Value) {
     let (status, body) = http(server.port, "GET", path, &[("X-Api-Key", key)], "");

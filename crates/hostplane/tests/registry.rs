@@ -203,35 +203,8 @@ fn push_tokens_against_a_real_registry() {
     let login = mine["token"].as_str().unwrap();
 
     // A second organization's workspace.
-    let admin = |args: &[&str]| -> Value {
-        let out = support::bin()
-            .args(["admin", "--database-url", &db.url, "--json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let org = admin(&["org", "create", "--name", "other"]);
-    let ws = admin(&[
-        "workspace",
-        "create",
-        "--org",
-        org["id"].as_str().unwrap(),
-        "--name",
-        "other",
-    ]);
-    let other_key = admin(&[
-        "api-key",
-        "create",
-        "--workspace",
-        ws["id"].as_str().unwrap(),
-    ]);
-    let theirs = push_token(other_key["key"].as_str().unwrap());
+    let (_, other_key) = support::other_workspace(&db);
+    let theirs = push_token(&other_key);
     let their_prefix = theirs["registry_url"]
         .as_str()
         .unwrap()

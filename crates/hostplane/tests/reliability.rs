@@ -188,19 +188,10 @@ fn replicas_postgres() {
         .map(|(_, b)| serde_json::from_str(b).unwrap())
         .collect();
     assert_eq!(winners.len(), 1);
-    let out = support::bin()
-        .args([
-            "admin",
-            "--database-url",
-            &db.url,
-            "--json",
-            "workspace",
-            "list",
-        ])
-        .output()
-        .unwrap();
-    let workspaces: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ws = workspaces[0]["id"].as_str().unwrap().to_owned();
+    let ws = support::admin(&db, &["workspace", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let conflict = format!(
         r#"{{"detail":"Listener for LangSmith workspace ID '{ws}' and compute ID 'shared' already exists."}}"#
     );

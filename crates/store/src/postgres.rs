@@ -91,64 +91,67 @@ async fn insert_key(
 impl Store for PgStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
         let key = key.map(str::to_owned);
-        in_tx(&self.pool, move |conn| Box::pin(async move {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(BOOTSTRAP_LOCK)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        if count > 0 {
-            return Ok(None);
-        }
-        let now = now_micros();
-        let org_id = Uuid::new_v4();
-        let ws_id = Uuid::new_v4();
-        sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, 'default', 'enterprise', $2)")
-            .bind(org_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        sqlx::query(
-            "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3)",
-        )
-        .bind(ws_id)
-        .bind(org_id)
-        .bind(now)
-        .execute(&mut *conn)
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(BOOTSTRAP_LOCK)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                if count > 0 {
+                    return Ok(None);
+                }
+                let now = now_micros();
+                let org_id = Uuid::new_v4();
+                let ws_id = Uuid::new_v4();
+                sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, 'default', 'enterprise', $2)")
+                    .bind(org_id)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3)",
+                )
+                .bind(ws_id)
+                .bind(org_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+                let generated = key.is_none().then(crate::generate_key);
+                let value = key
+                    .or_else(|| generated.clone())
+                    .unwrap_or_default();
+                let scope = KeyScope::Workspace {
+                    org_id,
+                    workspace_id: ws_id,
+                };
+                let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
+                let created_at = micros_to_time(now);
+                Ok(Some(Bootstrapped {
+                    org: Org {
+                        id: org_id,
+                        name: "default".into(),
+                        plan: Plan::Enterprise,
+                        created_at,
+                    },
+                    workspace: Workspace {
+                        id: ws_id,
+                        org_id,
+                        name: "default".into(),
+                        created_at,
+                    },
+                    key_id: k.id,
+                    generated_key: generated,
+                }))
+            })
+        })
         .await
-        .map_err(map_sqlx)?;
-        let generated = key.is_none().then(crate::generate_key);
-        let value = key
-            .or_else(|| generated.clone())
-            .unwrap_or_default();
-        let scope = KeyScope::Workspace {
-            org_id,
-            workspace_id: ws_id,
-        };
-        let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
-        let created_at = micros_to_time(now);
-        Ok(Some(Bootstrapped {
-            org: Org {
-                id: org_id,
-                name: "default".into(),
-                plan: Plan::Enterprise,
-                created_at,
-            },
-            workspace: Workspace {
-                id: ws_id,
-                org_id,
-                name: "default".into(),
-                created_at,
-            },
-            key_id: k.id,
-            generated_key: generated,
-        }))
-    })).await
     }
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
@@ -283,31 +286,34 @@ impl Store for PgStore {
         // Creates in one workspace take turns (a transaction-scoped advisory lock), so
         // creation times grow in commit order and a page, once read, never gains an
         // older row, across every replica.
-        in_tx(&self.pool, move |conn| Box::pin(async move {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-            .bind(new.workspace_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        let sql = format!(
-            "INSERT INTO listeners ({LISTENER_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, t, t FROM \
-               (SELECT GREATEST($7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = $2), 0) + 1) AS t) s \
-             RETURNING {LISTENER_COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(Uuid::new_v4())
-            .bind(new.workspace_id)
-            .bind(&new.compute_type)
-            .bind(&new.compute_id)
-            .bind(&new.version)
-            .bind(namespaces_to_text(&new.k8s_namespaces))
-            .bind(now_micros())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        listener(&row)
-    })).await
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+                    .bind(new.workspace_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let sql = format!(
+                    "INSERT INTO listeners ({LISTENER_COLUMNS}) \
+                     SELECT $1, $2, $3, $4, $5, $6, t, t FROM \
+                       (SELECT GREATEST($7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = $2), 0) + 1) AS t) s \
+                     RETURNING {LISTENER_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(Uuid::new_v4())
+                    .bind(new.workspace_id)
+                    .bind(&new.compute_type)
+                    .bind(&new.compute_id)
+                    .bind(&new.version)
+                    .bind(namespaces_to_text(&new.k8s_namespaces))
+                    .bind(now_micros())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                listener(&row)
+            })
+        })
+        .await
     }
 
     async fn list_listeners(
@@ -435,40 +441,42 @@ async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Dep
 #[async_trait]
 impl crate::DeploymentStore for PgStore {
     async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
-        in_tx(&self.pool, move |conn| Box::pin(async move {
-        // Creates in a workspace take turns so creation times follow commit order.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
-            .bind(new.workspace_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        let now = now_micros();
-        let sql = format!(
-            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, $11::uuid IS NOT NULL, t, t FROM \
-               (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = $2), 0) + 1) AS t) s"
-        );
-        sqlx::query(&sql)
-            .bind(new.id)
-            .bind(new.workspace_id)
-            .bind(&new.name)
-            .bind(&new.source)
-            .bind(json_text(&new.source_config))
-            .bind(json_text(&new.source_revision_config))
-            .bind(&new.secrets)
-            .bind(new.secret_references.as_ref().map(json_text))
-            .bind(new.tracked_packages.as_ref().map(json_text))
-            .bind(&new.deployment_type)
-            .bind(new.listener_id)
-            .bind(&new.status)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
-        insert_revision(conn, new.id, &first, now).await?;
-        let out = deployment_by_id(conn, new.id).await?;
-        Ok(out)
-    })).await
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                // Creates in a workspace take turns so creation times follow commit order.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
+                    .bind(new.workspace_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                let now = now_micros();
+                let sql = format!(
+                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, $11::uuid IS NOT NULL, t, t FROM \
+                       (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = $2), 0) + 1) AS t) s"
+                );
+                sqlx::query(&sql)
+                    .bind(new.id)
+                    .bind(new.workspace_id)
+                    .bind(&new.name)
+                    .bind(&new.source)
+                    .bind(json_text(&new.source_config))
+                    .bind(json_text(&new.source_revision_config))
+                    .bind(&new.secrets)
+                    .bind(new.secret_references.as_ref().map(json_text))
+                    .bind(new.tracked_packages.as_ref().map(json_text))
+                    .bind(&new.deployment_type)
+                    .bind(new.listener_id)
+                    .bind(&new.status)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_sqlx)?;
+                insert_revision(conn, new.id, &first, now).await?;
+                deployment_by_id(conn, new.id).await
+            })
+        })
+        .await
     }
 
     async fn list_deployments(
@@ -525,35 +533,37 @@ impl crate::DeploymentStore for PgStore {
         expected: chrono::DateTime<chrono::Utc>,
         rev: Option<NewRevision>,
     ) -> Result<Deployment> {
-        in_tx(&self.pool, move |conn| Box::pin(async move {
-        let now = now_micros();
-        let done = sqlx::query(
-            "UPDATE deployments SET source_config = $1, source_revision_config = $2, secrets = $3, \
-               secret_references = $4, tracked_packages = $5, status = $6, updated_at = GREATEST($7, updated_at + 1) \
-             WHERE id = $8 AND workspace_id = $9 AND updated_at = $10",
-        )
-        .bind(json_text(&next.source_config))
-        .bind(json_text(&next.source_revision_config))
-        .bind(&next.secrets)
-        .bind(next.secret_references.as_ref().map(json_text))
-        .bind(next.tracked_packages.as_ref().map(json_text))
-        .bind(&next.status)
-        .bind(now)
-        .bind(next.id)
-        .bind(next.workspace_id)
-        .bind(expected.timestamp_micros())
-        .execute(&mut *conn)
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let done = sqlx::query(
+                    "UPDATE deployments SET source_config = $1, source_revision_config = $2, secrets = $3, \
+                       secret_references = $4, tracked_packages = $5, status = $6, updated_at = GREATEST($7, updated_at + 1) \
+                     WHERE id = $8 AND workspace_id = $9 AND updated_at = $10",
+                )
+                .bind(json_text(&next.source_config))
+                .bind(json_text(&next.source_revision_config))
+                .bind(&next.secrets)
+                .bind(next.secret_references.as_ref().map(json_text))
+                .bind(next.tracked_packages.as_ref().map(json_text))
+                .bind(&next.status)
+                .bind(now)
+                .bind(next.id)
+                .bind(next.workspace_id)
+                .bind(expected.timestamp_micros())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Stale);
+                }
+                if let Some(rev) = rev {
+                    insert_revision(conn, next.id, &rev, now).await?;
+                }
+                deployment_by_id(conn, next.id).await
+            })
+        })
         .await
-        .map_err(map_sqlx)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Stale);
-        }
-        if let Some(rev) = rev {
-            insert_revision(conn, next.id, &rev, now).await?;
-        }
-        let out = deployment_by_id(conn, next.id).await?;
-        Ok(out)
-    })).await
     }
 
     async fn delete_deployment(
@@ -562,45 +572,48 @@ impl crate::DeploymentStore for PgStore {
         id: Uuid,
         force: bool,
     ) -> Result<DeleteOutcome> {
-        in_tx(&self.pool, move |conn| Box::pin(async move {
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
-        )
-        .bind(id)
-        .bind(workspace)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-        let Some(status) = status else {
-            return Ok(DeleteOutcome::NotFound);
-        };
-        let statuses: Vec<String> =
-            sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                let status: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+                )
                 .bind(id)
-                .fetch_all(&mut *conn)
+                .bind(workspace)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
-        let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
-        match outcome {
-            DeleteOutcome::Removed => {
-                sqlx::query("DELETE FROM deployments WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
-            }
-            DeleteOutcome::MarkedForDeletion => {
-                sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
-                    .bind(now_micros())
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
-            }
-            DeleteOutcome::NotFound => {}
-        }
-        Ok(outcome)
-    })).await
+                let Some(status) = status else {
+                    return Ok(DeleteOutcome::NotFound);
+                };
+                let statuses: Vec<String> =
+                    sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
+                        .bind(id)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(map_sqlx)?;
+                let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
+                match outcome {
+                    DeleteOutcome::Removed => {
+                        sqlx::query("DELETE FROM deployments WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                    }
+                    DeleteOutcome::MarkedForDeletion => {
+                        sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
+                            .bind(now_micros())
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(map_sqlx)?;
+                    }
+                    DeleteOutcome::NotFound => {}
+                }
+                Ok(outcome)
+            })
+        })
+        .await
     }
 
     async fn list_revisions(

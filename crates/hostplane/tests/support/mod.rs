@@ -76,6 +76,35 @@ pub fn postgres_db() -> Db {
     }
 }
 
+/// `hostplane admin ... --json` on `db`: its JSON output (the command must succeed).
+pub fn admin(db: &Db, args: &[&str]) -> Value {
+    let out = bin()
+        .args(["admin", "--database-url", &db.url, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A second organization with one workspace, made with `hostplane admin`: the
+/// workspace id and a key for it.
+pub fn other_workspace(db: &Db) -> (String, String) {
+    let org = admin(db, &["org", "create", "--name", "other"]);
+    let org_id = org["id"].as_str().unwrap();
+    let ws = admin(
+        db,
+        &["workspace", "create", "--org", org_id, "--name", "other"],
+    );
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    let key = admin(db, &["api-key", "create", "--workspace", &ws_id]);
+    (ws_id, key["key"].as_str().unwrap().to_owned())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
