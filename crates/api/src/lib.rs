@@ -14,7 +14,7 @@ pub mod telemetry;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,54 +84,72 @@ pub struct AppState {
     pub secrets: secrets::SecretBox,
 }
 
-/// The compatible API, mounted at the root and under `/api-host`.
-fn compatible_api() -> Router<AppState> {
-    Router::new()
-        .route(
+/// Every route of the compatible API with its handlers. The router and the
+/// trailing-slash redirect ([`routing`]) are both built from this one list.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    use deployments::uploads;
+    vec![
+        (
             "/v2/listeners",
             get(listeners::list).post(listeners::create),
-        )
-        .route(
+        ),
+        (
             "/v2/listeners/{listener_id}",
             get(listeners::get)
                 .patch(listeners::patch)
                 .delete(listeners::delete),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments",
             get(deployments::list)
                 .post(deployments::create)
                 .delete(deployments::delete_many),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments/{deployment_id}",
             get(deployments::get)
                 .patch(deployments::patch)
                 .delete(deployments::delete),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments/{deployment_id}/revisions",
             get(deployments::list_revisions),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments/{deployment_id}/revisions/{revision_id}",
             get(deployments::get_revision),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments/{deployment_id}/revisions/{revision_id}/redeploy",
             post(deployments::redeploy),
-        )
-        .route(
+        ),
+        (
             "/v2/deployments/{deployment_id}/push-token",
-            post(deployments::uploads::push_token),
-        )
-        .route(
+            post(uploads::push_token),
+        ),
+        (
             "/v2/deployments/{deployment_id}/upload-url",
-            post(deployments::uploads::upload_url),
-        )
-        .route("/uploads/{token}", put(deployments::uploads::put_upload))
-        .route("/openapi.json", get(openapi::serve))
-        .route("/ok", get(ok))
+            post(uploads::upload_url),
+        ),
+        ("/uploads/{token}", put(uploads::put_upload)),
+        ("/openapi.json", get(openapi::serve)),
+        ("/ok", get(ok)),
+    ]
+}
+
+/// The templates of [`routes`].
+pub fn route_templates() -> &'static [&'static str] {
+    static TEMPLATES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(|| routes().into_iter().map(|(t, _)| t).collect())
+}
+
+/// The compatible API, mounted at the root and under `/api-host`.
+fn compatible_api() -> Router<AppState> {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (template, handlers)| {
+            router.route(template, handlers)
+        })
         .method_not_allowed_fallback(routing::method_not_allowed)
         .route_layer(axum::middleware::from_fn(telemetry::tag_route))
 }

@@ -15,7 +15,6 @@ use store::{Listener, ListenerPatch, NewListener, Plan, StoreError};
 use uuid::Uuid;
 
 /// The listener's JSON, fields in the reference's order.
-/// The listener's JSON, fields in the reference's order.
 #[derive(Serialize)]
 struct ListenerOut<'a> {
     version: &'a Option<String>,

@@ -4,20 +4,6 @@
 use crate::error::ApiError;
 use axum::http::Uri;
 
-/// Every route template (for the trailing-slash redirect), relative to the root or `/api-host`.
-pub const ROUTE_TEMPLATES: &[&str] = &[
-    "/v2/listeners",
-    "/v2/listeners/{listener_id}",
-    "/v2/deployments",
-    "/v2/deployments/{deployment_id}",
-    "/v2/deployments/{deployment_id}/revisions",
-    "/v2/deployments/{deployment_id}/revisions/{revision_id}",
-    "/v2/deployments/{deployment_id}/revisions/{revision_id}/redeploy",
-    "/v2/deployments/{deployment_id}/push-token",
-    "/v2/deployments/{deployment_id}/upload-url",
-    "/uploads/{token}",
-];
-
 /// The prefix self-hosted installs serve the API under.
 pub const SELF_HOSTED_PREFIX: &str = "/api-host";
 
@@ -39,8 +25,9 @@ fn is_route(path: &str) -> bool {
         .strip_prefix(SELF_HOSTED_PREFIX)
         .filter(|p| p.starts_with('/'))
         .unwrap_or(path);
-    ["/ok", "/openapi.json", "/metrics"].contains(&path)
-        || ROUTE_TEMPLATES.iter().any(|t| template_matches(t, path))
+    crate::route_templates()
+        .iter()
+        .any(|t| template_matches(t, path))
 }
 
 /// A tarball upload (`PUT /uploads/{token}`), which gets a longer time limit.

@@ -1,4 +1,4 @@
-//! How FastAPI turns a request body into the value it validates (CHOICES.md).
+//! How FastAPI turns a request body into the value it validates (docs/compatibility.md).
 
 use crate::error::{ErrorItem, Loc};
 use crate::json::{self, JsonError};

@@ -7,7 +7,7 @@
 use crate::value::Value;
 use indexmap::IndexMap;
 
-/// Nesting deeper than this is refused as unparseable (CHOICES.md: 256 levels are fine).
+/// Nesting deeper than this is refused as unparseable (docs/compatibility.md: 256 levels are fine).
 pub const MAX_DEPTH: usize = 256;
 /// CPython refuses to turn longer digit strings into an `int` (`sys.int_info`).
 const MAX_INT_DIGITS: usize = 4300;
@@ -225,7 +225,7 @@ impl Parser<'_> {
                     i += 6;
                 }
             }
-            // A lone surrogate cannot live in a Rust string; CHOICES.md echoes it as U+FFFD.
+            // A lone surrogate cannot live in a Rust string; docs/compatibility.md echoes it as U+FFFD.
             out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
         }
     }
@@ -290,7 +290,7 @@ impl Parser<'_> {
 }
 
 /// Decodes request bytes the way `json.loads(bytes)` would before parsing, under the
-/// rules of CHOICES.md: a UTF-8 byte-order mark is skipped, UTF-8-encoded surrogates
+/// rules of docs/compatibility.md: a UTF-8 byte-order mark is skipped, UTF-8-encoded surrogates
 /// (which Python lets through) become U+FFFD, and anything else that is not UTF-8,
 /// including bodies Python would read as UTF-16 or UTF-32, is `None`.
 pub fn decode_utf8(bytes: &[u8]) -> Option<String> {

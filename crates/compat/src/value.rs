@@ -65,7 +65,7 @@ impl From<&str> for Value {
 }
 
 /// Serializes in the form FastAPI echoes an input: NaN and infinities become `null`
-/// (CHOICES.md), integers keep every digit.
+/// (docs/compatibility.md), integers keep every digit.
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {

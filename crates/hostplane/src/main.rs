@@ -40,15 +40,26 @@ pub struct DbArgs {
     /// `sqlite://PATH` (created if missing) or `postgres://USER:PASS@HOST/DB`.
     #[arg(
         long,
+        global = true,
         env = "HOSTPLANE_DATABASE_URL",
         default_value = "sqlite://hostplane.db"
     )]
     database_url: String,
     /// Connections in the PostgreSQL pool.
-    #[arg(long, env = "HOSTPLANE_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOSTPLANE_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
     db_pool_size: u32,
     /// Milliseconds a request waits for a database connection before it gets 503.
-    #[arg(long, env = "HOSTPLANE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOSTPLANE_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     db_acquire_timeout_ms: u64,
 }
 

@@ -35,6 +35,18 @@ fn admin_json(db: &Db, args: &[&str]) -> Value {
 fn admin_commands(db: Db) {
     let orgs = admin_json(&db, &["org", "list"]);
     assert_eq!(orgs, Value::Array(vec![]));
+    // The database options may also follow the subcommand, as people type them.
+    let out = bin()
+        .args(["admin", "org", "list", "--json", "--database-url", &db.url])
+        .args(["--db-acquire-timeout-ms", "2000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     let org = admin_json(
         &db,
         &["org", "create", "--name", "acme", "--plan", "standard"],
@@ -137,6 +149,8 @@ fn serve_bootstrap_and_shutdown(db: Db) {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .arg("--storage-dir")
+            .arg(db.dir.0.join("storage"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

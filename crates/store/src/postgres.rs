@@ -16,7 +16,8 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// Advisory lock keys (one namespace for hostplane): bootstrap, and per-workspace creates.
+/// The advisory lock that lets one replica at a time run the first-start setup (creates
+/// in a workspace lock on a hash of the workspace id instead).
 const BOOTSTRAP_LOCK: i64 = 0x686f_7374_0001;
 
 impl PgStore {

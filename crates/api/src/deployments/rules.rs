@@ -1,5 +1,5 @@
-//! The rules a deployment must satisfy beyond its schema (CHOICES.md has the texts and
-//! their order).
+//! The rules a deployment must satisfy beyond its schema (docs/compatibility.md records
+//! the texts and their order).
 
 use crate::error::{ApiError, ApiResult};
 use serde_json::{Map, Value};
@@ -106,7 +106,7 @@ pub fn check_create(
     )
 }
 
-/// Rules of a patch against the stored deployment, in CHOICES.md's order.
+/// Rules of a patch against the stored deployment, in the order docs/compatibility.md gives.
 pub fn check_patch(
     stored_source: &str,
     stored_config: &Value,
