@@ -54,7 +54,8 @@ fn require_enterprise(tenant: &Tenant) -> ApiResult<()> {
     match tenant.plan {
         Plan::Enterprise => Ok(()),
         Plan::Standard => Err(ApiError::Forbidden(format!(
-            "Listeners cannot be created for LangSmith workspace ID '{}'. Creating listeners is only allowed for LangSmith organizations with self-hosted enterprise plans.",
+            "Listeners cannot be created for LangSmith workspace ID '{}'. Creating listeners is \
+             only allowed for LangSmith organizations with self-hosted enterprise plans.",
             tenant.workspace_id
         ))),
     }
@@ -153,7 +154,8 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
     match app.store.create_listener(new).await {
         Ok(l) => Ok(json_response(StatusCode::CREATED, &to_json(&l))),
         Err(StoreError::Conflict) => Err(ApiError::Conflict(format!(
-            "Listener for LangSmith workspace ID '{workspace_id}' and compute ID '{}' already exists.",
+            "Listener for LangSmith workspace ID '{workspace_id}' and compute ID '{}' already \
+             exists.",
             req.compute_id
         ))),
         Err(e) => Err(e.into()),

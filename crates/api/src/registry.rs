@@ -146,7 +146,8 @@ fn create_key(key_file: &Path, cert_file: &Path) -> Result<String, String> {
     tracing::warn!(
         key = %key_file.display(),
         certificate = %cert_file.display(),
-        "created the key that signs registry tokens: point the registry's auth.token.rootcertbundle at the certificate, \
+        "created the key that signs registry tokens: point the registry's \
+         auth.token.rootcertbundle at the certificate, \
          and give every replica the same key file"
     );
     Ok(pem)
@@ -185,7 +186,9 @@ struct TokenClaims {
 pub fn push_token(app: &AppState, workspace: Uuid) -> ApiResult<Response> {
     let registry = app.config.registry.as_ref().ok_or_else(|| {
         ApiError::BadRequest(
-            "push token is unavailable: this control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)".into(),
+            "push token is unavailable: this control plane has no container registry configured \
+             (HOSTPLANE_REGISTRY_URL)"
+                .into(),
         )
     })?;
     let now = chrono::Utc::now().timestamp();

@@ -225,7 +225,8 @@ impl Parser<'_> {
                     i += 6;
                 }
             }
-            // A lone surrogate cannot live in a Rust string; docs/compatibility.md echoes it as U+FFFD.
+            // A lone surrogate cannot live in a Rust string; docs/compatibility.md echoes it
+            // as U+FFFD.
             out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
         }
     }

@@ -162,7 +162,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 .await?;
             print(
                 j,
-                json!({ "id": key.id, "key": value, "org_id": key.org_id, "workspace_id": key.workspace_id }),
+                json!({
+                    "id": key.id, "key": value,
+                    "org_id": key.org_id, "workspace_id": key.workspace_id,
+                }),
                 format!("id:  {}\nkey: {value}\n(the key is shown only now)", key.id),
             );
         }

@@ -162,7 +162,8 @@ impl ServeArgs {
         ] {
             if std::env::var_os(gone).is_some() {
                 anyhow::bail!(
-                    "{gone} is no longer supported: one registry password handed to every workspace is unsafe; \
+                    "{gone} is no longer supported: one registry password handed to every \
+                     workspace is unsafe; \
                      hostplane now issues per-workspace registry tokens (see docs/security.md)"
                 );
             }
@@ -223,7 +224,8 @@ impl ServeArgs {
         file.sync_all()?;
         tracing::warn!(
             path = %path.display(),
-            "HOSTPLANE_SECRET_KEY is not set: generated a key that encrypts deployment secrets and stored it in this file; \
+            "HOSTPLANE_SECRET_KEY is not set: generated a key that encrypts deployment secrets \
+             and stored it in this file; \
              back it up, and set HOSTPLANE_SECRET_KEY to the same value on every replica"
         );
         Ok(key)

@@ -62,7 +62,9 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections finished"),
-        () = tokio::time::sleep(limits.drain_timeout) => tracing::warn!("shutdown: some connections did not finish in time"),
+        () = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!("shutdown: some connections did not finish in time")
+        }
     }
     Ok(())
 }

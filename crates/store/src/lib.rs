@@ -222,7 +222,13 @@ pub(crate) fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        map_sqlx(e)
+    }
+}
+
+fn map_sqlx(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         // SQLite reports a RESTRICT violation with the trigger code (1811), not 787.
@@ -253,7 +259,8 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
 /// PostgreSQL states meaning the server is going away or not accepting work; SQLite's
 /// BUSY/LOCKED after the busy timeout.
 fn is_unavailable_code(code: Option<&str>) -> bool {
-    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "5" || c == "6")
+    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P")
+        || c == "53300" || c == "5" || c == "6")
 }
 
 /// One query for every resource count (the same SQL on both backends).

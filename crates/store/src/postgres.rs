@@ -6,7 +6,7 @@ use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
     REVISION_COLUMNS,
 };
-use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
+use crate::{now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -26,8 +26,7 @@ impl PgStore {
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
             .connect(url)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         // sqlx holds an advisory lock while migrating, so replicas may start together.
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
@@ -46,14 +45,14 @@ where
 {
     let pool = pool.clone();
     crate::detached(async move {
-        let mut tx = pool.begin().await.map_err(map_sqlx)?;
+        let mut tx = pool.begin().await?;
         match f(&mut tx).await {
             Ok(value) => {
-                tx.commit().await.map_err(map_sqlx)?;
+                tx.commit().await?;
                 Ok(value)
             }
             Err(e) => {
-                tx.rollback().await.map_err(map_sqlx)?;
+                tx.rollback().await?;
                 Err(e)
             }
         }
@@ -74,7 +73,8 @@ async fn insert_key(
         KeyScope::Org { org_id } => (org_id, None),
     };
     let row = sqlx::query(
-        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES ($1, $2, \
+         $3, $4, $5) \
          RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
     )
     .bind(Uuid::new_v4())
@@ -83,8 +83,7 @@ async fn insert_key(
     .bind(ws)
     .bind(now_micros())
     .fetch_one(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     api_key(&row)
 }
 
@@ -97,37 +96,35 @@ impl Store for PgStore {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(BOOTSTRAP_LOCK)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
                     .fetch_one(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 if count > 0 {
                     return Ok(None);
                 }
                 let now = now_micros();
                 let org_id = Uuid::new_v4();
                 let ws_id = Uuid::new_v4();
-                sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, 'default', 'enterprise', $2)")
-                    .bind(org_id)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
                 sqlx::query(
-                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, 'default', $3)",
+                    "INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, \
+                             'default', 'enterprise', $2)",
+                )
+                .bind(org_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, \
+                     'default', $3)",
                 )
                 .bind(ws_id)
                 .bind(org_id)
                 .bind(now)
                 .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
                 let generated = key.is_none().then(crate::generate_key);
-                let value = key
-                    .or_else(|| generated.clone())
-                    .unwrap_or_default();
+                let value = key.or_else(|| generated.clone()).unwrap_or_default();
                 let scope = KeyScope::Workspace {
                     org_id,
                     workspace_id: ws_id,
@@ -156,43 +153,48 @@ impl Store for PgStore {
     }
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
-        let row = sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, $2, $3, $4) RETURNING *")
-            .bind(Uuid::new_v4())
-            .bind(name)
-            .bind(plan.as_str())
-            .bind(now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(
+            "INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, \
+                               $2, $3, $4) RETURNING *",
+        )
+        .bind(Uuid::new_v4())
+        .bind(name)
+        .bind(plan.as_str())
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await?;
         org(&row)
     }
 
     async fn list_orgs(&self) -> Result<Vec<Org>> {
         let rows = sqlx::query("SELECT * FROM organizations ORDER BY created_at, id")
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(org).collect()
     }
 
     async fn create_workspace(&self, org_id: Uuid, name: &str) -> Result<Workspace> {
-        let row = sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, $2, $3, $4) RETURNING *")
-            .bind(Uuid::new_v4())
-            .bind(org_id)
-            .bind(name)
-            .bind(now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(
+            "INSERT INTO workspaces (id, org_id, name, created_at) VALUES ($1, \
+                               $2, $3, $4) RETURNING *",
+        )
+        .bind(Uuid::new_v4())
+        .bind(org_id)
+        .bind(name)
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await?;
         workspace(&row)
     }
 
     async fn list_workspaces(&self, org_id: Option<Uuid>) -> Result<Vec<Workspace>> {
-        let rows = sqlx::query("SELECT * FROM workspaces WHERE $1::uuid IS NULL OR org_id = $1 ORDER BY created_at, id")
-            .bind(org_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let rows = sqlx::query(
+            "SELECT * FROM workspaces WHERE $1::uuid IS NULL OR org_id = $1 \
+                                ORDER BY created_at, id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(workspace).collect()
     }
 
@@ -207,15 +209,14 @@ impl Store for PgStore {
                 _ => return Err(StoreError::NotFound),
             }
         }
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut conn = self.pool.acquire().await?;
         insert_key(&mut conn, scope, key_hash).await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
         let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(api_key).collect()
     }
 
@@ -225,8 +226,7 @@ impl Store for PgStore {
                 .bind(now_micros())
                 .bind(id)
                 .execute(&self.pool)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -249,19 +249,18 @@ impl Store for PgStore {
         .bind(key_hash)
         .bind(requested)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref().map(crate::rows::authenticated).transpose()
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
         let row = sqlx::query(
-            "SELECT w.*, o.plan FROM workspaces w JOIN organizations o ON o.id = w.org_id WHERE w.id = $1",
+            "SELECT w.*, o.plan FROM workspaces w JOIN organizations o ON o.id = w.org_id WHERE \
+             w.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref()
             .map(crate::rows::workspace_with_plan)
             .transpose()
@@ -276,10 +275,7 @@ impl Store for PgStore {
     }
 
     async fn resource_counts(&self) -> Result<ResourceCounts> {
-        let row = sqlx::query(crate::COUNTS_SQL)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(crate::COUNTS_SQL).fetch_one(&self.pool).await?;
         crate::rows::counts(&row)
     }
 
@@ -292,12 +288,12 @@ impl Store for PgStore {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
                     .bind(new.workspace_id)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 let sql = format!(
                     "INSERT INTO listeners ({LISTENER_COLUMNS}) \
                      SELECT $1, $2, $3, $4, $5, $6, t, t FROM \
-                       (SELECT GREATEST($7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = $2), 0) + 1) AS t) s \
+                       (SELECT GREATEST($7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE \
+                       workspace_id = $2), 0) + 1) AS t) s \
                      RETURNING {LISTENER_COLUMNS}"
                 );
                 let row = sqlx::query(&sql)
@@ -309,8 +305,7 @@ impl Store for PgStore {
                     .bind(namespaces_to_text(&new.k8s_namespaces))
                     .bind(now_micros())
                     .fetch_one(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 listener(&row)
             })
         })
@@ -332,8 +327,7 @@ impl Store for PgStore {
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(listener).collect()
     }
 
@@ -344,8 +338,7 @@ impl Store for PgStore {
             .bind(id)
             .bind(workspace)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(listener).transpose()
     }
 
@@ -370,8 +363,7 @@ impl Store for PgStore {
             .bind(id)
             .bind(workspace)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(listener).transpose()
     }
 
@@ -381,7 +373,7 @@ impl Store for PgStore {
             .bind(workspace)
             .execute(&self.pool)
             .await
-            .map_err(|e| match map_sqlx(e) {
+            .map_err(|e| match StoreError::from(e) {
                 // Deployments still point at it.
                 StoreError::NotFound => StoreError::InUse,
                 other => other,
@@ -403,13 +395,15 @@ async fn insert_revision(
     .bind(now)
     .bind(deployment_id)
     .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = $2), t, t FROM \
-           (SELECT GREATEST($6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = $2), 0) + 1) AS t) s",
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, \
+         remote_reconciled, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = \
+         $2), t, t FROM \
+           (SELECT GREATEST($6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE \
+           deployment_id = $2), 0) + 1) AS t) s",
     )
     .bind(id)
     .bind(deployment_id)
@@ -418,24 +412,18 @@ async fn insert_revision(
     .bind(&rev.status)
     .bind(now)
     .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     sqlx::query("UPDATE deployments SET latest_revision_id = $1 WHERE id = $2")
         .bind(id)
         .bind(deployment_id)
         .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
     Ok(id)
 }
 
 async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Deployment> {
     let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+    let row = sqlx::query(&sql).bind(id).fetch_one(&mut *conn).await?;
     deployment(&row)
 }
 
@@ -448,13 +436,14 @@ impl crate::DeploymentStore for PgStore {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
                     .bind(new.workspace_id)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 let now = now_micros();
                 let sql = format!(
                     "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, $11::uuid IS NOT NULL, t, t FROM \
-                       (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = $2), 0) + 1) AS t) s"
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, NULL, NULL, \
+                     $11::uuid IS NOT NULL, t, t FROM \
+                       (SELECT GREATEST($13, COALESCE((SELECT MAX(created_at) FROM deployments \
+                       WHERE workspace_id = $2), 0) + 1) AS t) s"
                 );
                 sqlx::query(&sql)
                     .bind(new.id)
@@ -471,8 +460,7 @@ impl crate::DeploymentStore for PgStore {
                     .bind(&new.status)
                     .bind(now)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 insert_revision(conn, new.id, &first, now).await?;
                 deployment_by_id(conn, new.id).await
             })
@@ -510,8 +498,7 @@ impl crate::DeploymentStore for PgStore {
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(deployment).collect()
     }
 
@@ -523,8 +510,7 @@ impl crate::DeploymentStore for PgStore {
             .bind(id)
             .bind(workspace)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(deployment).transpose()
     }
 
@@ -538,8 +524,10 @@ impl crate::DeploymentStore for PgStore {
             Box::pin(async move {
                 let now = now_micros();
                 let done = sqlx::query(
-                    "UPDATE deployments SET source_config = $1, source_revision_config = $2, secrets = $3, \
-                       secret_references = $4, tracked_packages = $5, status = $6, updated_at = GREATEST($7, updated_at + 1) \
+                    "UPDATE deployments SET source_config = $1, source_revision_config = $2, \
+                     secrets = $3, \
+                       secret_references = $4, tracked_packages = $5, status = $6, updated_at = \
+                       GREATEST($7, updated_at + 1) \
                      WHERE id = $8 AND workspace_id = $9 AND updated_at = $10",
                 )
                 .bind(json_text(&next.source_config))
@@ -553,8 +541,7 @@ impl crate::DeploymentStore for PgStore {
                 .bind(next.workspace_id)
                 .bind(expected.timestamp_micros())
                 .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::Stale);
                 }
@@ -581,8 +568,7 @@ impl crate::DeploymentStore for PgStore {
                 .bind(id)
                 .bind(workspace)
                 .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
                 let Some(status) = status else {
                     return Ok(DeleteOutcome::NotFound);
                 };
@@ -590,24 +576,24 @@ impl crate::DeploymentStore for PgStore {
                     sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
                         .bind(id)
                         .fetch_all(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
+                        .await?;
                 let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
                 match outcome {
                     DeleteOutcome::Removed => {
                         sqlx::query("DELETE FROM deployments WHERE id = $1")
                             .bind(id)
                             .execute(&mut *conn)
-                            .await
-                            .map_err(map_sqlx)?;
+                            .await?;
                     }
                     DeleteOutcome::MarkedForDeletion => {
-                        sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = GREATEST($1, updated_at + 1) WHERE id = $2")
-                            .bind(now_micros())
-                            .bind(id)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(map_sqlx)?;
+                        sqlx::query(
+                            "UPDATE deployments SET status = 'AWAITING_DELETE', \
+                                     updated_at = GREATEST($1, updated_at + 1) WHERE id = $2",
+                        )
+                        .bind(now_micros())
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     DeleteOutcome::NotFound => {}
                 }
@@ -641,8 +627,7 @@ impl crate::DeploymentStore for PgStore {
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter()
             .map(revision)
             .collect::<Result<Vec<_>>>()
@@ -651,16 +636,17 @@ impl crate::DeploymentStore for PgStore {
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
         let row = sqlx::query(
-            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, r.remote_reconciled, \
-               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
+            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, \
+             r.remote_reconciled, \
+               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = \
+               r.deployment_id \
              WHERE r.id = $1 AND r.deployment_id = $2 AND d.workspace_id = $3",
         )
         .bind(id)
         .bind(dep)
         .bind(workspace)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref().map(revision).transpose()
     }
 
@@ -671,37 +657,41 @@ impl crate::DeploymentStore for PgStore {
         object_path: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash)
-            .bind(dep)
-            .bind(object_path)
-            .bind(expires_at.timestamp_micros())
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        sqlx::query(
+            "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(dep)
+        .bind(object_path)
+        .bind(expires_at.timestamp_micros())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
         let row = sqlx::query(
-            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 AND completed_at IS NULL AND expires_at > $2",
+            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 AND \
+             completed_at IS NULL AND expires_at > $2",
         )
         .bind(token_hash)
         .bind(now_micros())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref().map(crate::rows::upload).transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE uploads SET completed_at = $1, size_bytes = $2 WHERE token_hash = $3 AND completed_at IS NULL")
-            .bind(now_micros())
-            .bind(size)
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let done = sqlx::query(
+            "UPDATE uploads SET completed_at = $1, size_bytes = $2 WHERE \
+                                token_hash = $3 AND completed_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(size)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict);
         }
@@ -710,26 +700,26 @@ impl crate::DeploymentStore for PgStore {
 
     async fn upload_completed(&self, dep: Uuid, object_path: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM uploads WHERE deployment_id = $1 AND object_path = $2 AND completed_at IS NOT NULL",
+            "SELECT COUNT(*) FROM uploads WHERE deployment_id = $1 AND object_path = $2 AND \
+             completed_at IS NOT NULL",
         )
         .bind(dep)
         .bind(object_path)
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         Ok(n > 0)
     }
 
     async fn workspace_upload_bytes(&self, dep: Uuid) -> Result<i64> {
         let n: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(u.size_bytes)::BIGINT FROM uploads u JOIN deployments d ON d.id = u.deployment_id \
+            "SELECT SUM(u.size_bytes)::BIGINT FROM uploads u JOIN deployments d ON d.id = \
+             u.deployment_id \
              WHERE u.completed_at IS NOT NULL \
                AND d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = $1)",
         )
         .bind(dep)
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         Ok(n.unwrap_or(0))
     }
 
@@ -746,19 +736,21 @@ impl crate::DeploymentStore for PgStore {
                        (completed_at IS NULL AND expires_at < $2) OR \
                        (completed_at < $3 AND NOT EXISTS (SELECT 1 FROM revisions r \
                           WHERE r.deployment_id = uploads.deployment_id \
-                            AND (r.source_revision_config::jsonb ->> 'source_tarball_path') = uploads.object_path)))",
+                            AND (r.source_revision_config::jsonb ->> 'source_tarball_path') = \
+                            uploads.object_path)))",
                 )
                 .bind(&path)
                 .bind(now_micros())
                 .bind(cutoff)
                 .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-                let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE object_path = $1")
-                    .bind(&path)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                .await?;
+                let left: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM uploads WHERE \
+                                                    object_path = $1",
+                )
+                .bind(&path)
+                .fetch_one(&mut *conn)
+                .await?;
                 Ok(left == 0)
             })
         })

@@ -3,19 +3,21 @@
 //! [`Columns`] implementations hide.
 
 use crate::records::*;
-use crate::{map_sqlx, Result, StoreError};
+use crate::{Result, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-pub(crate) const LISTENER_COLUMNS: &str =
-    "id, workspace_id, compute_type, compute_id, version, k8s_namespaces, created_at, updated_at";
-pub(crate) const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, source_revision_config, secrets, \
-     secret_references, tracked_packages, deployment_type, listener_id, status, latest_revision_id, \
-     active_revision_id, image_version, remote_reconciled, created_at, updated_at";
+pub(crate) const LISTENER_COLUMNS: &str = "id, workspace_id, compute_type, compute_id, version, \
+    k8s_namespaces, created_at, updated_at";
+pub(crate) const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, source_config, \
+    source_revision_config, secrets, secret_references, tracked_packages, deployment_type, \
+    listener_id, status, latest_revision_id, active_revision_id, image_version, remote_reconciled, \
+    created_at, updated_at";
 pub(crate) const REVISION_COLUMNS: &str =
-    "id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at";
+    "id, deployment_id, source, source_revision_config, status, \
+    remote_reconciled, created_at, updated_at";
 
 /// Typed column access on a row of either backend.
 pub(crate) trait Columns {
@@ -50,19 +52,19 @@ pub(crate) trait Columns {
 macro_rules! common_columns {
     () => {
         fn text(&self, col: &str) -> Result<String> {
-            self.try_get(col).map_err(map_sqlx)
+            self.try_get(col).map_err(StoreError::from)
         }
         fn opt_text(&self, col: &str) -> Result<Option<String>> {
-            self.try_get(col).map_err(map_sqlx)
+            self.try_get(col).map_err(StoreError::from)
         }
         fn int(&self, col: &str) -> Result<i64> {
-            self.try_get(col).map_err(map_sqlx)
+            self.try_get(col).map_err(StoreError::from)
         }
         fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-            self.try_get(col).map_err(map_sqlx)
+            self.try_get(col).map_err(StoreError::from)
         }
         fn flag(&self, col: &str) -> Result<bool> {
-            self.try_get(col).map_err(map_sqlx)
+            self.try_get(col).map_err(StoreError::from)
         }
     };
 }
@@ -84,7 +86,7 @@ impl Columns for PgRow {
     common_columns!();
 
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        self.try_get(col).map_err(map_sqlx)
+        self.try_get(col).map_err(StoreError::from)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
     REVISION_COLUMNS,
 };
-use crate::{map_sqlx, now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
+use crate::{now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -43,25 +43,16 @@ async fn create_writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<C
             Box::pin(async move {
                 let mut results = Vec::with_capacity(news.len());
                 for new in &news {
-                    sqlx::query("SAVEPOINT one")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
+                    sqlx::query("SAVEPOINT one").execute(&mut *conn).await?;
                     let result = insert_listener(conn, new).await;
                     let undo = if result.is_err() {
                         "ROLLBACK TO one"
                     } else {
                         "RELEASE one"
                     };
-                    sqlx::query(undo)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_sqlx)?;
+                    sqlx::query(undo).execute(&mut *conn).await?;
                     if result.is_err() {
-                        sqlx::query("RELEASE one")
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(map_sqlx)?;
+                        sqlx::query("RELEASE one").execute(&mut *conn).await?;
                     }
                     results.push(result);
                 }
@@ -95,7 +86,8 @@ async fn insert_listener(conn: &mut sqlx::SqliteConnection, new: &NewListener) -
     let sql = format!(
         "INSERT INTO listeners ({LISTENER_COLUMNS}) \
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, t, t FROM \
-           (SELECT MAX(?7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = ?2), 0) + 1) AS t) \
+           (SELECT MAX(?7, COALESCE((SELECT MAX(created_at) FROM listeners WHERE workspace_id = \
+           ?2), 0) + 1) AS t) \
          RETURNING {LISTENER_COLUMNS}"
     );
     let row = sqlx::query(&sql)
@@ -107,8 +99,7 @@ async fn insert_listener(conn: &mut sqlx::SqliteConnection, new: &NewListener) -
         .bind(namespaces_to_text(&new.k8s_namespaces))
         .bind(now_micros())
         .fetch_one(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
     listener(&row)
 }
 
@@ -127,8 +118,7 @@ impl SqliteStore {
             .max_connections(8)
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
@@ -145,22 +135,19 @@ impl SqliteStore {
         let max = self.pool.options().get_max_connections();
         let mut held = Vec::new();
         for _ in 0..max {
-            held.push(self.pool.acquire().await.map_err(map_sqlx)?);
+            held.push(self.pool.acquire().await?);
         }
         let mut out = Vec::new();
         for conn in &mut held {
             let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
                 .fetch_one(&mut **conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
             let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
                 .fetch_one(&mut **conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
             let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
                 .fetch_one(&mut **conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
             out.push((journal, synchronous, foreign_keys));
         }
         Ok(out)
@@ -180,7 +167,8 @@ async fn insert_key(
         KeyScope::Org { org_id } => (org_id, None),
     };
     let row = sqlx::query(
-        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, \
+         ?, ?) \
          RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
     )
     .bind(Uuid::new_v4().to_string())
@@ -189,8 +177,7 @@ async fn insert_key(
     .bind(ws.map(|w| w.to_string()))
     .bind(now_micros())
     .fetch_one(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     api_key(&row)
 }
 
@@ -202,35 +189,51 @@ impl Store for SqliteStore {
             Box::pin(async move {
                 let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
                     .fetch_one(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 if count > 0 {
                     return Ok(None);
                 }
                 let now = now_micros();
                 let org_id = Uuid::new_v4();
                 let ws_id = Uuid::new_v4();
-                sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, 'default', 'enterprise', ?)")
-                    .bind(org_id.to_string())
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
-                sqlx::query("INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, 'default', ?)")
-                    .bind(ws_id.to_string())
-                    .bind(org_id.to_string())
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO organizations (id, name, plan, created_at) VALUES (?, \
+                             'default', 'enterprise', ?)",
+                )
+                .bind(org_id.to_string())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, \
+                             'default', ?)",
+                )
+                .bind(ws_id.to_string())
+                .bind(org_id.to_string())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
                 let generated = key.is_none().then(crate::generate_key);
                 let value = key.or_else(|| generated.clone()).unwrap_or_default();
-                let scope = KeyScope::Workspace { org_id, workspace_id: ws_id };
+                let scope = KeyScope::Workspace {
+                    org_id,
+                    workspace_id: ws_id,
+                };
                 let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
                 let created_at = micros_to_time(now);
                 Ok(Some(Bootstrapped {
-                    org: Org { id: org_id, name: "default".into(), plan: Plan::Enterprise, created_at },
-                    workspace: Workspace { id: ws_id, org_id, name: "default".into(), created_at },
+                    org: Org {
+                        id: org_id,
+                        name: "default".into(),
+                        plan: Plan::Enterprise,
+                        created_at,
+                    },
+                    workspace: Workspace {
+                        id: ws_id,
+                        org_id,
+                        name: "default".into(),
+                        created_at,
+                    },
                     key_id: k.id,
                     generated_key: generated,
                 }))
@@ -240,22 +243,23 @@ impl Store for SqliteStore {
     }
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org> {
-        let row = sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES (?, ?, ?, ?) RETURNING *")
-            .bind(Uuid::new_v4().to_string())
-            .bind(name)
-            .bind(plan.as_str())
-            .bind(now_micros())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(
+            "INSERT INTO organizations (id, name, plan, created_at) VALUES (?, \
+                               ?, ?, ?) RETURNING *",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(name)
+        .bind(plan.as_str())
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await?;
         org(&row)
     }
 
     async fn list_orgs(&self) -> Result<Vec<Org>> {
         let rows = sqlx::query("SELECT * FROM organizations ORDER BY created_at, id")
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(org).collect()
     }
 
@@ -268,8 +272,7 @@ impl Store for SqliteStore {
         .bind(name)
         .bind(now_micros())
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         workspace(&row)
     }
 
@@ -279,8 +282,7 @@ impl Store for SqliteStore {
         )
         .bind(org_id.map(|o| o.to_string()))
         .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         rows.iter().map(workspace).collect()
     }
 
@@ -295,15 +297,14 @@ impl Store for SqliteStore {
                 _ => return Err(StoreError::NotFound),
             }
         }
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut conn = self.pool.acquire().await?;
         insert_key(&mut conn, scope, key_hash).await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
         let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(api_key).collect()
     }
 
@@ -313,8 +314,7 @@ impl Store for SqliteStore {
                 .bind(now_micros())
                 .bind(id.to_string())
                 .execute(&self.pool)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -337,19 +337,18 @@ impl Store for SqliteStore {
         .bind(key_hash)
         .bind(requested.map(|r| r.to_string()))
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref().map(crate::rows::authenticated).transpose()
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
         let row = sqlx::query(
-            "SELECT w.*, o.plan FROM workspaces w JOIN organizations o ON o.id = w.org_id WHERE w.id = ?",
+            "SELECT w.*, o.plan FROM workspaces w JOIN organizations o ON o.id = w.org_id WHERE \
+             w.id = ?",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref()
             .map(crate::rows::workspace_with_plan)
             .transpose()
@@ -364,10 +363,7 @@ impl Store for SqliteStore {
     }
 
     async fn resource_counts(&self) -> Result<ResourceCounts> {
-        let row = sqlx::query(crate::COUNTS_SQL)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let row = sqlx::query(crate::COUNTS_SQL).fetch_one(&self.pool).await?;
         crate::rows::counts(&row)
     }
 
@@ -387,16 +383,17 @@ impl Store for SqliteStore {
         // The page comes back as one JSON value: sqlx hands each row of a result from
         // SQLite's thread to ours separately, which cost more than the query itself.
         let page: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, workspace_id, compute_type, compute_id, version, \
+            "SELECT json_group_array(json_array(id, workspace_id, compute_type, compute_id, \
+             version, \
                k8s_namespaces, created_at, updated_at) ORDER BY created_at, id) FROM \
-             (SELECT * FROM listeners WHERE workspace_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?)",
+             (SELECT * FROM listeners WHERE workspace_id = ? ORDER BY created_at, id LIMIT ? \
+             OFFSET ?)",
         )
         .bind(workspace.to_string())
         .bind(limit)
         .bind(offset)
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         type Packed = (
             String,
             String,
@@ -436,8 +433,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .bind(workspace.to_string())
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(listener).transpose()
     }
 
@@ -462,8 +458,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .bind(workspace.to_string())
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(listener).transpose()
     }
 
@@ -473,7 +468,7 @@ impl Store for SqliteStore {
             .bind(workspace.to_string())
             .execute(&self.pool)
             .await
-            .map_err(|e| match map_sqlx(e) {
+            .map_err(|e| match StoreError::from(e) {
                 // Deployments still point at it.
                 StoreError::NotFound => StoreError::InUse,
                 other => other,
@@ -499,7 +494,8 @@ fn create_owner_only(path: &std::path::Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if let Ok(meta) = std::fs::metadata(path) {
                 if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "the database file is readable by other users; consider chmod 600");
+                    tracing::warn!(path = %path.display(), "the database file is readable by \
+                                                            other users; consider chmod 600");
                 }
             }
             Ok(())
@@ -523,14 +519,14 @@ where
 {
     let pool = pool.clone();
     crate::detached(async move {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         match f(&mut tx).await {
             Ok(value) => {
-                tx.commit().await.map_err(map_sqlx)?;
+                tx.commit().await?;
                 Ok(value)
             }
             Err(e) => {
-                tx.rollback().await.map_err(map_sqlx)?;
+                tx.rollback().await?;
                 Err(e)
             }
         }
@@ -552,13 +548,15 @@ async fn insert_revision(
     .bind(now)
     .bind(deployment_id.to_string())
     .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, remote_reconciled, created_at, updated_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = ?2), t, t FROM \
-           (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = ?2), 0) + 1) AS t)",
+        "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, \
+         remote_reconciled, created_at, updated_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, (SELECT listener_id IS NOT NULL FROM deployments WHERE id = \
+         ?2), t, t FROM \
+           (SELECT MAX(?6, COALESCE((SELECT MAX(created_at) FROM revisions WHERE deployment_id = \
+           ?2), 0) + 1) AS t)",
     )
     .bind(id.to_string())
     .bind(deployment_id.to_string())
@@ -567,15 +565,13 @@ async fn insert_revision(
     .bind(&rev.status)
     .bind(now)
     .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    .await?;
     // The new revision is the latest.
     sqlx::query("UPDATE deployments SET latest_revision_id = ? WHERE id = ?")
         .bind(id.to_string())
         .bind(deployment_id.to_string())
         .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
     Ok(())
 }
 
@@ -585,8 +581,7 @@ impl SqliteStore {
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_one(&mut *conn)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         deployment(&row)
     }
 }
@@ -599,8 +594,10 @@ impl crate::DeploymentStore for SqliteStore {
                 let now = now_micros();
                 let sql = format!(
                     "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?11 IS NOT NULL, t, t FROM \
-                       (SELECT MAX(?13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE workspace_id = ?2), 0) + 1) AS t)"
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, \
+                     ?11 IS NOT NULL, t, t FROM \
+                       (SELECT MAX(?13, COALESCE((SELECT MAX(created_at) FROM deployments WHERE \
+                       workspace_id = ?2), 0) + 1) AS t)"
                 );
                 sqlx::query(&sql)
                     .bind(new.id.to_string())
@@ -617,8 +614,7 @@ impl crate::DeploymentStore for SqliteStore {
                     .bind(&new.status)
                     .bind(now)
                     .execute(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                    .await?;
                 insert_revision(conn, new.id, &first, now).await?;
                 Self::deployment_by_id(conn, new.id).await
             })
@@ -660,8 +656,7 @@ impl crate::DeploymentStore for SqliteStore {
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter().map(deployment).collect()
     }
 
@@ -673,8 +668,7 @@ impl crate::DeploymentStore for SqliteStore {
             .bind(id.to_string())
             .bind(workspace.to_string())
             .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         row.as_ref().map(deployment).transpose()
     }
 
@@ -688,8 +682,10 @@ impl crate::DeploymentStore for SqliteStore {
             Box::pin(async move {
                 let now = now_micros();
                 let done = sqlx::query(
-                    "UPDATE deployments SET source_config = ?1, source_revision_config = ?2, secrets = ?3, \
-                       secret_references = ?4, tracked_packages = ?5, status = ?6, updated_at = MAX(?7, updated_at + 1) \
+                    "UPDATE deployments SET source_config = ?1, source_revision_config = ?2, \
+                     secrets = ?3, \
+                       secret_references = ?4, tracked_packages = ?5, status = ?6, updated_at = \
+                       MAX(?7, updated_at + 1) \
                      WHERE id = ?8 AND workspace_id = ?9 AND updated_at = ?10",
                 )
                 .bind(json_text(&next.source_config))
@@ -703,8 +699,7 @@ impl crate::DeploymentStore for SqliteStore {
                 .bind(next.workspace_id.to_string())
                 .bind(expected.timestamp_micros())
                 .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
+                .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::Stale);
                 }
@@ -725,30 +720,44 @@ impl crate::DeploymentStore for SqliteStore {
     ) -> Result<DeleteOutcome> {
         immediate(&self.pool, move |conn| {
             Box::pin(async move {
-                let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = ? AND workspace_id = ?")
-                    .bind(id.to_string())
-                    .bind(workspace.to_string())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
-                let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
-                let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = ?")
-                    .bind(id.to_string())
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                let status: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM deployments \
+                                                                 WHERE id = ? AND workspace_id = ?",
+                )
+                .bind(id.to_string())
+                .bind(workspace.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(status) = status else {
+                    return Ok(DeleteOutcome::NotFound);
+                };
+                let statuses: Vec<String> = sqlx::query_scalar(
+                    "SELECT status FROM revisions \
+                                                                WHERE deployment_id = ?",
+                )
+                .bind(id.to_string())
+                .fetch_all(&mut *conn)
+                .await?;
                 let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
                 match outcome {
                     DeleteOutcome::Removed => {
-                        sqlx::query("DELETE FROM deployments WHERE id = ?").bind(id.to_string()).execute(&mut *conn).await.map_err(map_sqlx)?;
+                        sqlx::query(
+                            "DELETE FROM deployments WHERE id = \
+                                     ?",
+                        )
+                        .bind(id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     DeleteOutcome::MarkedForDeletion => {
-                        sqlx::query("UPDATE deployments SET status = 'AWAITING_DELETE', updated_at = MAX(?, updated_at + 1) WHERE id = ?")
-                            .bind(now_micros())
-                            .bind(id.to_string())
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(map_sqlx)?;
+                        sqlx::query(
+                            "UPDATE deployments SET status = 'AWAITING_DELETE', \
+                                     updated_at = MAX(?, updated_at + 1) WHERE id = ?",
+                        )
+                        .bind(now_micros())
+                        .bind(id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
                     }
                     DeleteOutcome::NotFound => {}
                 }
@@ -786,8 +795,7 @@ impl crate::DeploymentStore for SqliteStore {
             .bind(limit)
             .bind(offset)
             .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+            .await?;
         rows.iter()
             .map(revision)
             .collect::<Result<Vec<_>>>()
@@ -796,16 +804,17 @@ impl crate::DeploymentStore for SqliteStore {
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
         let row = sqlx::query(
-            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, r.remote_reconciled, \
-               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
+            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, \
+             r.remote_reconciled, \
+               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = \
+               r.deployment_id \
              WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?",
         )
-            .bind(id.to_string())
-            .bind(dep.to_string())
-            .bind(workspace.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        .bind(id.to_string())
+        .bind(dep.to_string())
+        .bind(workspace.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(revision).transpose()
     }
 
@@ -816,37 +825,41 @@ impl crate::DeploymentStore for SqliteStore {
         object_path: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(token_hash)
-            .bind(dep.to_string())
-            .bind(object_path)
-            .bind(expires_at.timestamp_micros())
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        sqlx::query(
+            "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
+                     VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(dep.to_string())
+        .bind(object_path)
+        .bind(expires_at.timestamp_micros())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
         let row = sqlx::query(
-            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = ? AND completed_at IS NULL AND expires_at > ?",
+            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = ? AND completed_at \
+             IS NULL AND expires_at > ?",
         )
         .bind(token_hash)
         .bind(now_micros())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         row.as_ref().map(crate::rows::upload).transpose()
     }
 
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE uploads SET completed_at = ?, size_bytes = ? WHERE token_hash = ? AND completed_at IS NULL")
-            .bind(now_micros())
-            .bind(size)
-            .bind(token_hash)
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
+        let done = sqlx::query(
+            "UPDATE uploads SET completed_at = ?, size_bytes = ? WHERE \
+                                token_hash = ? AND completed_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(size)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict);
         }
@@ -855,13 +868,13 @@ impl crate::DeploymentStore for SqliteStore {
 
     async fn upload_completed(&self, dep: Uuid, object_path: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM uploads WHERE deployment_id = ? AND object_path = ? AND completed_at IS NOT NULL",
+            "SELECT COUNT(*) FROM uploads WHERE deployment_id = ? AND object_path = ? AND \
+             completed_at IS NOT NULL",
         )
         .bind(dep.to_string())
         .bind(object_path)
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         Ok(n > 0)
     }
 
@@ -873,8 +886,7 @@ impl crate::DeploymentStore for SqliteStore {
         )
         .bind(dep.to_string())
         .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        .await?;
         Ok(n.unwrap_or(0))
     }
 
@@ -891,19 +903,21 @@ impl crate::DeploymentStore for SqliteStore {
                        (completed_at IS NULL AND expires_at < ?2) OR \
                        (completed_at < ?3 AND NOT EXISTS (SELECT 1 FROM revisions r \
                           WHERE r.deployment_id = uploads.deployment_id \
-                            AND json_extract(r.source_revision_config, '$.source_tarball_path') = uploads.object_path)))",
+                            AND json_extract(r.source_revision_config, '$.source_tarball_path') = \
+                            uploads.object_path)))",
                 )
                 .bind(&path)
                 .bind(now_micros())
                 .bind(cutoff)
                 .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-                let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads WHERE object_path = ?")
-                    .bind(&path)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(map_sqlx)?;
+                .await?;
+                let left: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM uploads WHERE \
+                                                    object_path = ?",
+                )
+                .bind(&path)
+                .fetch_one(&mut *conn)
+                .await?;
                 Ok(left == 0)
             })
         })

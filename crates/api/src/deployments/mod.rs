@@ -57,7 +57,8 @@ fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>
         .and_then(|plain| String::from_utf8(plain).ok())
         .and_then(|text| RawValue::from_string(text).ok())
         .ok_or_else(|| {
-            tracing::error!(deployment = %d.id, "secrets cannot be opened: was HOSTPLANE_SECRET_KEY changed?");
+            let hint = "was HOSTPLANE_SECRET_KEY changed?";
+            tracing::error!(deployment = %d.id, hint, "secrets cannot be opened");
             ApiError::Internal
         })?;
     Ok(DeploymentOut {
@@ -186,14 +187,16 @@ async fn place_on_listener(
         Some(ns) if served.contains(&ns) => ns,
         Some(ns) => {
             return Err(rules::source_error(format!(
-                "namespace '{ns}' is not served by listener ID '{listener_id}'. Served namespaces: {}",
+                "namespace '{ns}' is not served by listener ID '{listener_id}'. Served \
+                 namespaces: {}",
                 py_list_repr(&served)
             )))
         }
         None if served.len() == 1 => served[0].clone(),
         None => {
             return Err(rules::source_error(format!(
-                "'source_config.listener_config.k8s_namespace' is required for listener ID '{listener_id}'. Served namespaces: {}",
+                "'source_config.listener_config.k8s_namespace' is required for listener ID \
+                 '{listener_id}'. Served namespaces: {}",
                 py_list_repr(&served)
             )))
         }

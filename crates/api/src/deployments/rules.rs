@@ -28,7 +28,8 @@ pub fn check_name(name: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
-            "Deployment name '{name}' is invalid: use at most 63 lower-case letters, digits and '-', starting with a letter."
+            "Deployment name '{name}' is invalid: use at most 63 lower-case letters, digits and \
+             '-', starting with a letter."
         )))
     }
 }
@@ -90,7 +91,8 @@ pub fn check_create(
 ) -> ApiResult<()> {
     if source == "github" {
         return Err(source_error(
-            "'github' source requires a GitHub integration, which this control plane does not provide.",
+            "'github' source requires a GitHub integration, which this control plane does not \
+             provide.",
         ));
     }
     if source == "external_docker" && !sent(Some(revision_config), "image_uri") {

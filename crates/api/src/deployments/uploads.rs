@@ -116,7 +116,8 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.0) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, path = %self.0.display(), "could not remove a partial upload");
+                let path = self.0.display();
+                tracing::warn!(error = %e, %path, "could not remove a partial upload");
             }
         }
     }
