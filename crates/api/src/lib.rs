@@ -185,7 +185,8 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
 /// What wraps every route: panics become a 500 answer, a time limit, telemetry and
 /// request ids.
 fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Duration)) -> Router {
-    app.layer(CatchPanicLayer::custom(panic_response))
+    let app = app
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 let limit = if routing::is_upload(req.uri().path()) {
@@ -201,7 +202,12 @@ fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Du
                     .into_response(),
                 }
             },
-        ))
+        ));
+    // The rest wraps the router as a whole (a layer on a router wraps each route after
+    // its method is chosen), so that HEAD can be refused before axum routes it to GET.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::from_fn(routing::no_head))
         .layer(axum::middleware::from_fn(telemetry::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -2,7 +2,11 @@
 //! trailing-slash redirect.
 
 use crate::error::ApiError;
-use axum::http::Uri;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
 
 /// The prefix self-hosted installs serve the API under.
 pub const SELF_HOSTED_PREFIX: &str = "/api-host";
@@ -57,4 +61,37 @@ pub async fn fallback(uri: Uri) -> ApiError {
 /// A route matched but not its method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// FastAPI routes no `HEAD` (axum answers `HEAD` on every `GET` route): around the whole
+/// router, `HEAD` is routed as a method no route serves, so a route answers it with its
+/// own 405 (and other paths with their 404 or 307); no `Allow` header lists `HEAD`.
+pub async fn no_head(mut req: Request, next: Next) -> Response {
+    let head = req.method() == Method::HEAD;
+    if head {
+        *req.method_mut() = Method::TRACE;
+    }
+    let mut res = next.run(req).await;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = res
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|m| *m != "HEAD")
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+        if let Some(allow) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            res.headers_mut().insert(header::ALLOW, allow);
+        }
+        if head {
+            // A HEAD answer has no body (the server would drop it on the wire anyway).
+            *res.body_mut() = Body::empty();
+            res.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+    }
+    res
 }

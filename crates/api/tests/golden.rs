@@ -235,8 +235,13 @@ async fn run_case(app: &TestApp, case: &Value) -> Option<String> {
 
 async fn golden_cases(backend: Backend) {
     let app = TestApp::new(backend).await;
-    let cases: Vec<Value> = include_str!("fixtures/golden-422.jsonl")
+    // The recorded cases, then cases of our own for rules found since (each with the
+    // rule in its notes).
+    let recorded = include_str!("fixtures/golden-422.jsonl");
+    let own = include_str!("fixtures/golden-own.jsonl");
+    let cases: Vec<Value> = recorded
         .lines()
+        .chain(own.lines())
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -53,8 +53,8 @@ pub fn decode(content_type: Option<&str>, bytes: &[u8]) -> Result<Body, BodyErro
             String::from_utf8_lossy(bytes).into_owned(),
         )));
     }
-    let text = json::decode_utf8(bytes).ok_or(BodyError::Unparseable)?;
-    match json::parse(&text) {
+    let (text, surrogates) = json::decode_utf8(bytes).ok_or(BodyError::Unparseable)?;
+    match json::parse_marked(&text, &surrogates) {
         Ok(value) => Ok(Body::Present(value)),
         Err(JsonError::Syntax { msg, pos }) => Err(BodyError::Invalid(Box::new(
             ErrorItem::new(
@@ -114,7 +114,19 @@ mod tests {
         );
         assert_eq!(
             decode(Some("application/json"), b"\"\xed\xa0\x80\""),
-            Ok(Body::Present(Value::Str("\u{FFFD}".into())))
+            Ok(Body::Present(Value::LoneSurrogates("\u{FFFD}".into())))
+        );
+        // A real U+FFFD (EF BF BD) is just text; an escaped lone surrogate is marked.
+        assert_eq!(
+            decode(
+                Some("application/json"),
+                b"[\"\xef\xbf\xbd\", \"\\udc00x\", \"\\ud83d\\ude00\"]"
+            ),
+            Ok(Body::Present(Value::List(vec![
+                Value::Str("\u{FFFD}".into()),
+                Value::LoneSurrogates("\u{FFFD}x".into()),
+                Value::Str("\u{1F600}".into()),
+            ])))
         );
     }
 }

@@ -23,9 +23,16 @@ pub enum JsonError {
 
 /// Parses a whole document the way `json.loads(str)` does.
 pub fn parse(text: &str) -> Result<Value, JsonError> {
+    parse_marked(text, &[])
+}
+
+/// [`parse`] of text from [`decode_utf8`]: `surrogates` are the byte offsets where the
+/// body held encoded surrogates (now U+FFFD), so that strings holding them are known.
+pub fn parse_marked(text: &str, surrogates: &[usize]) -> Result<Value, JsonError> {
     let mut p = Parser {
         s: text.as_bytes(),
         text,
+        surrogates,
         depth: 0,
     };
     let start = p.skip_ws(0);
@@ -46,6 +53,8 @@ enum Fail {
 struct Parser<'a> {
     s: &'a [u8],
     text: &'a str,
+    /// Sorted offsets of U+FFFD that stand for surrogates of the raw body.
+    surrogates: &'a [usize],
     depth: usize,
 }
 
@@ -83,8 +92,15 @@ impl Parser<'_> {
         match self.at(i) {
             None => Err(expecting),
             Some(b'"') => {
-                let (s, end) = self.string(i + 1)?;
-                Ok((Value::Str(s), end))
+                let ((s, lone), end) = self.string(i + 1)?;
+                Ok((
+                    if lone {
+                        Value::LoneSurrogates(s)
+                    } else {
+                        Value::Str(s)
+                    },
+                    end,
+                ))
             }
             Some(b'{') => self.nested(i, Self::object),
             Some(b'[') => self.nested(i, Self::array),
@@ -166,10 +182,12 @@ impl Parser<'_> {
         Some(Ok((Value::Int(canonical), i)))
     }
 
-    /// A string whose opening quote is at `begin - 1`.
-    fn string(&self, begin: usize) -> Step<String> {
+    /// A string whose opening quote is at `begin - 1`, and whether it held a lone
+    /// surrogate (a `\uD800`-style escape without its pair, or one from the raw body).
+    fn string(&self, begin: usize) -> Step<(String, bool)> {
         let unterminated = || Fail::Syntax("Unterminated string starting at", begin - 1);
         let mut out = String::new();
+        let mut lone = false;
         let mut i = begin;
         loop {
             let chunk_start = i;
@@ -180,9 +198,11 @@ impl Parser<'_> {
                 i += 1;
             }
             out.push_str(&self.text[chunk_start..i]);
+            let first = self.surrogates.partition_point(|&at| at < chunk_start);
+            lone |= self.surrogates.get(first).is_some_and(|&at| at < i);
             match self.at(i) {
                 None => return Err(unterminated()),
-                Some(b'"') => return Ok((out, i + 1)),
+                Some(b'"') => return Ok(((out, lone), i + 1)),
                 _ => {}
             }
             // A backslash at i.
@@ -227,7 +247,9 @@ impl Parser<'_> {
             }
             // A lone surrogate cannot live in a Rust string; docs/compatibility.md echoes it
             // as U+FFFD.
-            out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+            let c = char::from_u32(code);
+            lone |= c.is_none();
+            out.push(c.unwrap_or('\u{FFFD}'));
         }
     }
 
@@ -253,7 +275,8 @@ impl Parser<'_> {
                     i,
                 ));
             }
-            let (key, after_key) = self.string(i + 1)?;
+            // A key is a plain `str` to pydantic: a lone surrogate in it is no error.
+            let ((key, _), after_key) = self.string(i + 1)?;
             i = self.skip_ws(after_key);
             if self.at(i) != Some(b':') {
                 return Err(Fail::Syntax("Expecting ':' delimiter", i));
@@ -291,16 +314,17 @@ impl Parser<'_> {
 }
 
 /// Decodes request bytes the way `json.loads(bytes)` would before parsing, under the
-/// rules of docs/compatibility.md: a UTF-8 byte-order mark is skipped, UTF-8-encoded surrogates
-/// (which Python lets through) become U+FFFD, and anything else that is not UTF-8,
-/// including bodies Python would read as UTF-16 or UTF-32, is `None`.
-pub fn decode_utf8(bytes: &[u8]) -> Option<String> {
+/// rules of docs/compatibility.md: a UTF-8 byte-order mark is skipped, UTF-8-encoded
+/// surrogates (which Python lets through) become U+FFFD, and anything else that is not
+/// UTF-8, including bodies Python would read as UTF-16 or UTF-32, is `None`. Also
+/// returns the offsets of those U+FFFD, for [`parse_marked`].
+pub fn decode_utf8(bytes: &[u8]) -> Option<(String, Vec<usize>)> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if looks_utf16_or_32(bytes) {
         return None;
     }
     match std::str::from_utf8(bytes) {
-        Ok(s) => Some(s.to_owned()),
+        Ok(s) => Some((s.to_owned(), Vec::new())),
         Err(_) => decode_with_surrogates(bytes),
     }
 }
@@ -323,13 +347,14 @@ fn looks_utf16_or_32(b: &[u8]) -> bool {
     }
 }
 
-fn decode_with_surrogates(mut bytes: &[u8]) -> Option<String> {
+fn decode_with_surrogates(mut bytes: &[u8]) -> Option<(String, Vec<usize>)> {
     let mut out = String::with_capacity(bytes.len());
+    let mut at = Vec::new();
     loop {
         match std::str::from_utf8(bytes) {
             Ok(s) => {
                 out.push_str(s);
-                return Some(out);
+                return Some((out, at));
             }
             Err(e) => {
                 let (good, rest) = bytes.split_at(e.valid_up_to());
@@ -339,6 +364,7 @@ fn decode_with_surrogates(mut bytes: &[u8]) -> Option<String> {
                     [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF, ..]
                         if *b1 >= 0xA0 && *b2 >= 0x80 =>
                     {
+                        at.push(out.len());
                         out.push('\u{FFFD}');
                         bytes = &rest[3..];
                     }

@@ -172,6 +172,10 @@ fn int(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Value> {
                 "Input should be a valid integer, unable to parse string as an integer",
             ),
         },
+        Value::LoneSurrogates(_) => {
+            validate::string_unicode(v, loc, errs);
+            None
+        }
         _ => fail(errs, "int_type", "Input should be a valid integer"),
     }
 }
@@ -194,6 +198,10 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
         Value::Float(f) => *f,
         Value::Int(d) => d.parse::<f64>().unwrap_or(f64::INFINITY),
         Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::LoneSurrogates(_) => {
+            validate::string_unicode(v, loc, errs);
+            return None;
+        }
         Value::Str(s) => match str_as_float(s) {
             Some(f) => f,
             None => {
@@ -216,21 +224,8 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
             return None;
         }
     };
-    // NaN fails every bound, as in pydantic.
-    if let Some(ge) =
-        ge.filter(|g| !matches!(f.partial_cmp(g), Some(Ordering::Greater | Ordering::Equal)))
-    {
-        errs.push(
-            ErrorItem::new(
-                "greater_than_equal",
-                loc,
-                format!("Input should be greater than or equal to {ge}"),
-                v.clone(),
-            )
-            .with_ctx(json!({ "ge": ge })),
-        );
-        return None;
-    }
+    // NaN fails every bound; pydantic-core checks `le` before `ge`, so NaN reports the
+    // upper bound.
     if let Some(le) =
         le.filter(|l| !matches!(f.partial_cmp(l), Some(Ordering::Less | Ordering::Equal)))
     {
@@ -242,6 +237,20 @@ fn float(v: &Value, loc: Loc, errs: &mut Errors, ge: Option<f64>, le: Option<f64
                 v.clone(),
             )
             .with_ctx(json!({ "le": le })),
+        );
+        return None;
+    }
+    if let Some(ge) =
+        ge.filter(|g| !matches!(f.partial_cmp(g), Some(Ordering::Greater | Ordering::Equal)))
+    {
+        errs.push(
+            ErrorItem::new(
+                "greater_than_equal",
+                loc,
+                format!("Input should be greater than or equal to {ge}"),
+                v.clone(),
+            )
+            .with_ctx(json!({ "ge": ge })),
         );
         return None;
     }

@@ -8,10 +8,22 @@ use crate::value::Value;
 use indexmap::IndexMap;
 use serde_json::json;
 
-/// `str`: only strings are strings in lax mode (no number coercion).
+/// pydantic's error for a string with lone surrogates where a validator must read the
+/// text (constrained strings, literals, UUIDs, numbers and booleans from text).
+pub fn string_unicode(v: &Value, loc: Loc, errs: &mut Errors) {
+    errs.push(ErrorItem::new(
+        "string_unicode",
+        loc,
+        "Input should be a valid string, unable to parse raw data as a unicode string",
+        v.clone(),
+    ));
+}
+
+/// `str`: only strings are strings in lax mode (no number coercion). A plain `str`
+/// takes lone surrogates as they are (shown as U+FFFD here).
 pub fn string(v: &Value, loc: Loc, errs: &mut Errors) -> Option<String> {
     match v {
-        Value::Str(s) => Some(s.clone()),
+        Value::Str(s) | Value::LoneSurrogates(s) => Some(s.clone()),
         other => {
             errs.push(ErrorItem::new(
                 "string_type",
@@ -32,6 +44,10 @@ pub fn string_len(
     min: Option<usize>,
     max: Option<usize>,
 ) -> Option<String> {
+    if let Value::LoneSurrogates(_) = v {
+        string_unicode(v, loc, errs);
+        return None;
+    }
     let s = string(v, loc.clone(), errs)?;
     let n = s.chars().count();
     let plural = |k: usize| if k == 1 { "character" } else { "characters" };
@@ -69,6 +85,10 @@ pub fn literal(
     errs: &mut Errors,
     allowed: &[&'static str],
 ) -> Option<&'static str> {
+    if let Value::LoneSurrogates(_) = v {
+        string_unicode(v, loc, errs);
+        return None;
+    }
     if let Value::Str(s) = v {
         if let Some(hit) = allowed.iter().find(|a| **a == s) {
             return Some(hit);
@@ -160,6 +180,10 @@ pub fn boolean(v: &Value, loc: Loc, errs: &mut Errors) -> Option<bool> {
             Some(b) => Some(b),
             None => parsing(errs, loc),
         },
+        Value::LoneSurrogates(_) => {
+            string_unicode(v, loc, errs);
+            None
+        }
         other => {
             errs.push(ErrorItem::new(
                 "bool_type",
@@ -275,10 +299,9 @@ pub fn query_int(
 
 /// `UUID` from text, with the messages of the Rust `uuid` crate that pydantic-core uses.
 pub fn uuid_text(raw: &str, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
-    match uuid::Uuid::parse_str(raw) {
+    match parse_uuid(raw) {
         Ok(u) => Some(u),
-        Err(e) => {
-            let error = e.to_string();
+        Err(error) => {
             errs.push(
                 ErrorItem::new(
                     "uuid_parsing",
@@ -293,10 +316,29 @@ pub fn uuid_text(raw: &str, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
     }
 }
 
+/// Parses a UUID as the `uuid` crate pydantic-core is built with does: its `urn:uuid:`
+/// prefix must be in lower case (newer versions of the crate accept any case), and a
+/// prefix in another case fails on its first character, which is not a hex digit.
+fn parse_uuid(raw: &str) -> Result<uuid::Uuid, String> {
+    const URN: &str = "urn:uuid:";
+    if raw.len() == 45 && raw.is_char_boundary(URN.len()) {
+        let prefix = &raw[..URN.len()];
+        if prefix.eq_ignore_ascii_case(URN) && prefix != URN {
+            let first = raw.chars().next().unwrap_or_default();
+            return Err(format!("invalid character: found `{first}` at 0"));
+        }
+    }
+    uuid::Uuid::parse_str(raw).map_err(|e| e.to_string())
+}
+
 /// `UUID` from a JSON value.
 pub fn uuid(v: &Value, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
     match v {
         Value::Str(s) => uuid_text(s, loc, errs),
+        Value::LoneSurrogates(_) => {
+            string_unicode(v, loc, errs);
+            None
+        }
         other => {
             errs.push(ErrorItem::new(
                 "uuid_type",

@@ -15,6 +15,10 @@ pub enum Value {
     Int(String),
     Float(f64),
     Str(String),
+    /// A string that held lone UTF-16 surrogates, each replaced by U+FFFD here. Python
+    /// keeps them; pydantic lets them through a plain `str` but fails any validator
+    /// that must read the text (`string_unicode`).
+    LoneSurrogates(String),
     List(Vec<Value>),
     Object(IndexMap<String, Value>),
 }
@@ -47,7 +51,7 @@ impl Value {
             Value::Float(f) => serde_json::Number::from_f64(*f)
                 .map(serde_json::Value::Number)
                 .unwrap_or_default(),
-            Value::Str(s) => serde_json::Value::String(s.clone()),
+            Value::Str(s) | Value::LoneSurrogates(s) => serde_json::Value::String(s.clone()),
             Value::List(items) => {
                 serde_json::Value::Array(items.iter().map(Value::to_json).collect())
             }
@@ -80,7 +84,7 @@ impl Serialize for Value {
             },
             Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
             Value::Float(_) => serializer.serialize_unit(),
-            Value::Str(s) => serializer.serialize_str(s),
+            Value::Str(s) | Value::LoneSurrogates(s) => serializer.serialize_str(s),
             Value::List(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
                 for item in items {

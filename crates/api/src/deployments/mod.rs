@@ -455,12 +455,9 @@ pub async fn delete_many(State(app): State<AppState>, call: Call) -> ApiResult<R
     if raw.is_empty() {
         errs.push(ErrorItem::missing(loc.clone(), compat::Value::Null));
     }
-    for (i, r) in raw.iter().enumerate() {
-        if let Some(u) = compat::validate::uuid_text(r, loc.index(i), &mut errs) {
-            ids.push(u);
-        }
-    }
-    if errs.is_empty() && raw.len() > 100 {
+    // As in pydantic, a list that is too long fails on its length alone, before (and
+    // instead of) its items.
+    if raw.len() > 100 {
         errs.push(
             ErrorItem::new(
                 "too_long",
@@ -477,6 +474,12 @@ pub async fn delete_many(State(app): State<AppState>, call: Call) -> ApiResult<R
             )
             .with_ctx(json!({"field_type": "List", "max_length": 100, "actual_length": raw.len()})),
         );
+    } else {
+        for (i, r) in raw.iter().enumerate() {
+            if let Some(u) = compat::validate::uuid_text(r, loc.index(i), &mut errs) {
+                ids.push(u);
+            }
+        }
     }
     ApiError::check(errs)?;
     let mut unique = Vec::new();
