@@ -31,11 +31,9 @@ impl DeploymentStatus {
         }
     }
 
-    pub fn parse(s: &str) -> DeploymentStatus {
-        Self::ALL
-            .into_iter()
-            .find(|d| d.as_str() == s)
-            .unwrap_or(DeploymentStatus::Unknown)
+    /// The status of this name; `None` for a name that is not one.
+    pub fn parse(s: &str) -> Option<DeploymentStatus> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
     }
 }
 
@@ -93,11 +91,20 @@ impl RevisionStatus {
         }
     }
 
-    pub fn parse(s: &str) -> RevisionStatus {
-        Self::ALL
+    /// The status of this name; `None` for a name that is not one.
+    pub fn parse(s: &str) -> Option<RevisionStatus> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The statuses a new revision supersedes (they become `SKIPPED`), as an SQL list of
+    /// literals: `'AWAITING_BUILD', 'AWAITING_DEPLOY'`.
+    pub fn superseded_sql() -> String {
+        let names: Vec<String> = Self::ALL
             .into_iter()
-            .find(|r| r.as_str() == s)
-            .unwrap_or(RevisionStatus::Unknown)
+            .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        names.join(", ")
     }
 
     /// Where a new revision starts: an image only needs deploying, anything else a build.
@@ -163,14 +170,12 @@ impl RevisionStatus {
 /// of its revisions (or when `force` is given for one already awaiting deletion);
 /// otherwise it waits in `AWAITING_DELETE` for the data plane to tear it down.
 pub fn delete_outcome(
-    status: &str,
-    revision_statuses: &[String],
+    status: DeploymentStatus,
+    revision_statuses: &[RevisionStatus],
     force: bool,
 ) -> crate::DeleteOutcome {
-    let awaiting = DeploymentStatus::parse(status) == DeploymentStatus::AwaitingDelete;
-    let started = revision_statuses
-        .iter()
-        .any(|s| RevisionStatus::parse(s).started());
+    let awaiting = status == DeploymentStatus::AwaitingDelete;
+    let started = revision_statuses.iter().any(|s| s.started());
     if (force && awaiting) || !started {
         crate::DeleteOutcome::Removed
     } else {
@@ -208,11 +213,16 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for s in RevisionStatus::ALL {
-            assert_eq!(RevisionStatus::parse(s.as_str()), s);
+            assert_eq!(RevisionStatus::parse(s.as_str()), Some(s));
         }
         for d in DeploymentStatus::ALL {
-            assert_eq!(DeploymentStatus::parse(d.as_str()), d);
+            assert_eq!(DeploymentStatus::parse(d.as_str()), Some(d));
         }
+        assert_eq!(RevisionStatus::parse("DONE"), None);
+        assert_eq!(
+            RevisionStatus::superseded_sql(),
+            "'AWAITING_BUILD', 'AWAITING_DEPLOY'"
+        );
         assert!(Skipped.is_final() && !Skipped.started() && Building.started());
     }
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: a connection pool; several `hostplane serve` processes on one
 //! database behave as one service because every rule is enforced by the database.
 
+use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
@@ -388,14 +389,18 @@ async fn insert_revision(
     rev: &NewRevision,
     now: i64,
 ) -> Result<Uuid> {
-    sqlx::query(
-        "UPDATE revisions SET status = 'SKIPPED', updated_at = GREATEST($1, updated_at + 1) \
-         WHERE deployment_id = $2 AND status IN ('AWAITING_BUILD', 'AWAITING_DEPLOY')",
-    )
-    .bind(now)
-    .bind(deployment_id)
-    .execute(&mut *conn)
-    .await?;
+    // Older revisions still waiting are superseded.
+    let superseded = format!(
+        "UPDATE revisions SET status = $3, updated_at = GREATEST($1, updated_at + 1) \
+         WHERE deployment_id = $2 AND status IN ({})",
+        RevisionStatus::superseded_sql()
+    );
+    sqlx::query(&superseded)
+        .bind(now)
+        .bind(deployment_id)
+        .bind(RevisionStatus::Skipped.as_str())
+        .execute(&mut *conn)
+        .await?;
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, \
@@ -409,7 +414,7 @@ async fn insert_revision(
     .bind(deployment_id)
     .bind(&rev.source)
     .bind(json_text(&rev.source_revision_config))
-    .bind(&rev.status)
+    .bind(rev.status.as_str())
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -457,7 +462,7 @@ impl crate::DeploymentStore for PgStore {
                     .bind(new.tracked_packages.as_ref().map(json_text))
                     .bind(&new.deployment_type)
                     .bind(new.listener_id)
-                    .bind(&new.status)
+                    .bind(new.status.as_str())
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
@@ -535,7 +540,7 @@ impl crate::DeploymentStore for PgStore {
                 .bind(&next.secrets)
                 .bind(next.secret_references.as_ref().map(json_text))
                 .bind(next.tracked_packages.as_ref().map(json_text))
-                .bind(&next.status)
+                .bind(next.status.as_str())
                 .bind(now)
                 .bind(next.id)
                 .bind(next.workspace_id)
@@ -577,7 +582,7 @@ impl crate::DeploymentStore for PgStore {
                         .bind(id)
                         .fetch_all(&mut *conn)
                         .await?;
-                let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
+                let outcome = crate::rows::delete_outcome(&status, &statuses, force)?;
                 match outcome {
                     DeleteOutcome::Removed => {
                         sqlx::query("DELETE FROM deployments WHERE id = $1")
@@ -587,11 +592,12 @@ impl crate::DeploymentStore for PgStore {
                     }
                     DeleteOutcome::MarkedForDeletion => {
                         sqlx::query(
-                            "UPDATE deployments SET status = 'AWAITING_DELETE', \
+                            "UPDATE deployments SET status = $3, \
                                      updated_at = GREATEST($1, updated_at + 1) WHERE id = $2",
                         )
                         .bind(now_micros())
                         .bind(id)
+                        .bind(DeploymentStatus::AwaitingDelete.as_str())
                         .execute(&mut *conn)
                         .await?;
                     }

@@ -1,5 +1,6 @@
 //! The records the store reads and writes.
 
+use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -111,6 +112,7 @@ pub struct ListenerPatch {
     pub k8s_namespaces: Option<Option<Vec<String>>>,
 }
 
+/// A stored timestamp (microseconds since the epoch); every one we store is in range.
 pub(crate) fn micros_to_time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
@@ -120,8 +122,14 @@ pub(crate) fn namespaces_to_text(ns: &Option<Vec<String>>) -> Option<String> {
         .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "[]".into()))
 }
 
-pub(crate) fn namespaces_from_text(text: Option<String>) -> Option<Vec<String>> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
+/// A stored namespace list; text that is not a JSON list of strings is a corrupt row.
+pub(crate) fn namespaces_from_text(text: Option<String>) -> crate::Result<Option<Vec<String>>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            crate::StoreError::Other(format!("a stored namespace list cannot be read: {e}"))
+        })
+    })
+    .transpose()
 }
 
 /// A stored deployment. JSON documents are kept as the API normalized them.
@@ -139,7 +147,7 @@ pub struct Deployment {
     pub tracked_packages: Option<serde_json::Value>,
     pub deployment_type: Option<String>,
     pub listener_id: Option<Uuid>,
-    pub status: String,
+    pub status: DeploymentStatus,
     pub latest_revision_id: Option<Uuid>,
     pub active_revision_id: Option<Uuid>,
     pub image_version: Option<String>,
@@ -154,7 +162,7 @@ pub struct Revision {
     pub deployment_id: Uuid,
     pub source: String,
     pub source_revision_config: serde_json::Value,
-    pub status: String,
+    pub status: RevisionStatus,
     pub remote_reconciled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -165,7 +173,7 @@ pub struct Revision {
 pub struct NewRevision {
     pub source: String,
     pub source_revision_config: serde_json::Value,
-    pub status: String,
+    pub status: RevisionStatus,
 }
 
 /// Filters of the deployment list; `None` matches everything.

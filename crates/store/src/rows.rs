@@ -2,6 +2,7 @@
 //! in how a UUID column is stored (text in SQLite, `uuid` in PostgreSQL), which the
 //! [`Columns`] implementations hide.
 
+use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::{Result, StoreError};
 use sqlx::postgres::PgRow;
@@ -90,8 +91,38 @@ impl Columns for PgRow {
     }
 }
 
-fn plan(text: &str) -> Plan {
-    Plan::parse(text).unwrap_or(Plan::Standard)
+/// A corrupt row is an error (logged where it surfaces), never a silent default.
+fn corrupt(what: &str, text: &str) -> StoreError {
+    StoreError::Other(format!("a stored {what} is not one: {text:?}"))
+}
+
+fn plan(text: &str) -> Result<Plan> {
+    Plan::parse(text).ok_or_else(|| corrupt("plan", text))
+}
+
+pub(crate) fn revision_status(text: &str) -> Result<RevisionStatus> {
+    RevisionStatus::parse(text).ok_or_else(|| corrupt("revision status", text))
+}
+
+pub(crate) fn deployment_status(text: &str) -> Result<DeploymentStatus> {
+    DeploymentStatus::parse(text).ok_or_else(|| corrupt("deployment status", text))
+}
+
+/// [`crate::lifecycle::delete_outcome`] from the stored status names.
+pub(crate) fn delete_outcome(
+    status: &str,
+    revision_statuses: &[String],
+    force: bool,
+) -> Result<crate::DeleteOutcome> {
+    let revisions = revision_statuses
+        .iter()
+        .map(|s| revision_status(s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::lifecycle::delete_outcome(
+        deployment_status(status)?,
+        &revisions,
+        force,
+    ))
 }
 
 pub(crate) fn listener(r: &impl Columns) -> Result<Listener> {
@@ -101,7 +132,7 @@ pub(crate) fn listener(r: &impl Columns) -> Result<Listener> {
         compute_type: r.text("compute_type")?,
         compute_id: r.text("compute_id")?,
         version: r.opt_text("version")?,
-        k8s_namespaces: namespaces_from_text(r.opt_text("k8s_namespaces")?),
+        k8s_namespaces: namespaces_from_text(r.opt_text("k8s_namespaces")?)?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
@@ -111,7 +142,7 @@ pub(crate) fn org(r: &impl Columns) -> Result<Org> {
     Ok(Org {
         id: r.uuid("id")?,
         name: r.text("name")?,
-        plan: plan(&r.text("plan")?),
+        plan: plan(&r.text("plan")?)?,
         created_at: r.time("created_at")?,
     })
 }
@@ -126,7 +157,7 @@ pub(crate) fn workspace(r: &impl Columns) -> Result<Workspace> {
 }
 
 pub(crate) fn workspace_with_plan(r: &impl Columns) -> Result<(Workspace, Plan)> {
-    Ok((workspace(r)?, plan(&r.text("plan")?)))
+    Ok((workspace(r)?, plan(&r.text("plan")?)?))
 }
 
 pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
@@ -145,7 +176,7 @@ pub(crate) fn authenticated(r: &impl Columns) -> Result<(ApiKey, Option<Workspac
     let access = match (r.opt_uuid("ws_org")?, r.opt_text("ws_plan")?) {
         (Some(org_id), Some(p)) => Some(WorkspaceAccess {
             org_id,
-            plan: plan(&p),
+            plan: plan(&p)?,
         }),
         _ => None,
     };
@@ -165,7 +196,7 @@ pub(crate) fn deployment(r: &impl Columns) -> Result<Deployment> {
         tracked_packages: r.opt_json("tracked_packages")?,
         deployment_type: r.opt_text("deployment_type")?,
         listener_id: r.opt_uuid("listener_id")?,
-        status: r.text("status")?,
+        status: deployment_status(&r.text("status")?)?,
         latest_revision_id: r.opt_uuid("latest_revision_id")?,
         active_revision_id: r.opt_uuid("active_revision_id")?,
         image_version: r.opt_text("image_version")?,
@@ -181,7 +212,7 @@ pub(crate) fn revision(r: &impl Columns) -> Result<Revision> {
         deployment_id: r.uuid("deployment_id")?,
         source: r.text("source")?,
         source_revision_config: r.json("source_revision_config")?,
-        status: r.text("status")?,
+        status: revision_status(&r.text("status")?)?,
         remote_reconciled: r.flag("remote_reconciled")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,

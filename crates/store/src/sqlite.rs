@@ -1,6 +1,7 @@
 //! The SQLite backend: one file, WAL mode, `synchronous=FULL` so that an acknowledged
 //! write survives a crash of the process or the machine.
 
+use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
@@ -417,7 +418,7 @@ impl Store for SqliteStore {
                         compute_type,
                         compute_id,
                         version,
-                        k8s_namespaces: namespaces_from_text(ns),
+                        k8s_namespaces: namespaces_from_text(ns)?,
                         created_at: micros_to_time(created),
                         updated_at: micros_to_time(updated),
                     })
@@ -541,14 +542,17 @@ async fn insert_revision(
     now: i64,
 ) -> Result<()> {
     // Older revisions still waiting are superseded.
-    sqlx::query(
-        "UPDATE revisions SET status = 'SKIPPED', updated_at = MAX(?1, updated_at + 1) \
-         WHERE deployment_id = ?2 AND status IN ('AWAITING_BUILD', 'AWAITING_DEPLOY')",
-    )
-    .bind(now)
-    .bind(deployment_id.to_string())
-    .execute(&mut *conn)
-    .await?;
+    let superseded = format!(
+        "UPDATE revisions SET status = ?3, updated_at = MAX(?1, updated_at + 1) \
+         WHERE deployment_id = ?2 AND status IN ({})",
+        RevisionStatus::superseded_sql()
+    );
+    sqlx::query(&superseded)
+        .bind(now)
+        .bind(deployment_id.to_string())
+        .bind(RevisionStatus::Skipped.as_str())
+        .execute(&mut *conn)
+        .await?;
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO revisions (id, deployment_id, source, source_revision_config, status, \
@@ -562,7 +566,7 @@ async fn insert_revision(
     .bind(deployment_id.to_string())
     .bind(&rev.source)
     .bind(json_text(&rev.source_revision_config))
-    .bind(&rev.status)
+    .bind(rev.status.as_str())
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -611,7 +615,7 @@ impl crate::DeploymentStore for SqliteStore {
                     .bind(new.tracked_packages.as_ref().map(json_text))
                     .bind(&new.deployment_type)
                     .bind(new.listener_id.map(|l| l.to_string()))
-                    .bind(&new.status)
+                    .bind(new.status.as_str())
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
@@ -693,7 +697,7 @@ impl crate::DeploymentStore for SqliteStore {
                 .bind(&next.secrets)
                 .bind(next.secret_references.as_ref().map(json_text))
                 .bind(next.tracked_packages.as_ref().map(json_text))
-                .bind(&next.status)
+                .bind(next.status.as_str())
                 .bind(now)
                 .bind(next.id.to_string())
                 .bind(next.workspace_id.to_string())
@@ -738,7 +742,7 @@ impl crate::DeploymentStore for SqliteStore {
                 .bind(id.to_string())
                 .fetch_all(&mut *conn)
                 .await?;
-                let outcome = crate::lifecycle::delete_outcome(&status, &statuses, force);
+                let outcome = crate::rows::delete_outcome(&status, &statuses, force)?;
                 match outcome {
                     DeleteOutcome::Removed => {
                         sqlx::query(
@@ -751,11 +755,12 @@ impl crate::DeploymentStore for SqliteStore {
                     }
                     DeleteOutcome::MarkedForDeletion => {
                         sqlx::query(
-                            "UPDATE deployments SET status = 'AWAITING_DELETE', \
-                                     updated_at = MAX(?, updated_at + 1) WHERE id = ?",
+                            "UPDATE deployments SET status = ?3, \
+                                     updated_at = MAX(?1, updated_at + 1) WHERE id = ?2",
                         )
                         .bind(now_micros())
                         .bind(id.to_string())
+                        .bind(DeploymentStatus::AwaitingDelete.as_str())
                         .execute(&mut *conn)
                         .await?;
                     }

@@ -72,7 +72,7 @@ fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>
         tenant_id: d.workspace_id,
         created_at: Timestamp(d.created_at),
         updated_at: Timestamp(d.updated_at),
-        status: &d.status,
+        status: d.status.as_str(),
         latest_revision_id: d.latest_revision_id,
         active_revision_id: d.active_revision_id,
         image_version: &d.image_version,
@@ -94,7 +94,7 @@ fn revision_json(r: &Revision) -> RevisionOut<'_> {
         id: r.id,
         created_at: Timestamp(r.created_at),
         updated_at: Timestamp(r.updated_at),
-        status: &r.status,
+        status: r.status.as_str(),
         source: &r.source,
         source_revision_config: &r.source_revision_config,
     }
@@ -112,7 +112,7 @@ fn new_revision(source: &str, config: &Value) -> NewRevision {
     NewRevision {
         source: source.to_owned(),
         source_revision_config: config.clone(),
-        status: RevisionStatus::initial(has_image).as_str().to_owned(),
+        status: RevisionStatus::initial(has_image),
     }
 }
 
@@ -256,7 +256,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
         secret_references: (!secret_references.is_null()).then_some(secret_references),
         tracked_packages: tracked_packages(&call),
         listener_id,
-        status: DeploymentStatus::AwaitingDatabase.as_str().to_owned(),
+        status: DeploymentStatus::AwaitingDatabase,
         latest_revision_id: None,
         active_revision_id: None,
         image_version: None,
