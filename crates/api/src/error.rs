@@ -19,7 +19,8 @@ pub enum ApiError {
     /// 307 to the given location (FastAPI's trailing-slash redirect).
     Redirect(String),
     Unavailable(String),
-    Internal,
+    /// 500; the cause is logged, never shown to the client.
+    Internal(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -32,6 +33,13 @@ impl ApiError {
         } else {
             Err(ApiError::Validation(errs))
         }
+    }
+
+    /// What validation produced, or the 422 for the errors it collected. A validator
+    /// that returns nothing without reporting why is a bug (500).
+    pub fn validated<T>(errs: Vec<ErrorItem>, value: Option<T>) -> ApiResult<T> {
+        Self::check(errs)?;
+        value.ok_or_else(|| ApiError::Internal("validation gave no value and no error".into()))
     }
 
     pub fn route_not_found() -> Self {
@@ -54,10 +62,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unrepresentable(_) => ApiError::BadRequest(
                 "Text values cannot contain the NUL character (\\u0000).".into(),
             ),
-            StoreError::Other(reason) => {
-                tracing::error!(%reason, "database error");
-                ApiError::Internal
-            }
+            StoreError::Other(reason) => ApiError::Internal(format!("database: {reason}")),
         }
     }
 }
@@ -106,7 +111,8 @@ impl IntoResponse for ApiError {
                 res
             }
             ApiError::Unavailable(t) => detail(StatusCode::SERVICE_UNAVAILABLE, &t),
-            ApiError::Internal => {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
                 detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
             }
         }

@@ -158,8 +158,13 @@ async fn ok() -> Response {
     error::json_response(StatusCode::OK, &serde_json::json!({ "ok": true }))
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    error::ApiError::Internal.into_response()
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    error::ApiError::Internal(format!("a handler panicked: {message}")).into_response()
 }
 
 /// The whole service: routes, fallbacks, request ids, tracing, panic and time limits.

@@ -140,8 +140,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
     let req = call
         .body_model(&mut errs)
         .and_then(|mut m| CreateRequest::validate(&mut m));
-    ApiError::check(errs)?;
-    let req = req.ok_or(ApiError::Internal)?;
+    let req = ApiError::validated(errs, req)?;
     require_enterprise(&call.tenant)?;
     let workspace_id = call.tenant.workspace_id;
     let new = NewListener {
@@ -165,8 +164,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
 pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let paging = call.paging(&mut errs);
-    ApiError::check(errs)?;
-    let (limit, db_offset, offset) = paging.ok_or(ApiError::Internal)?;
+    let (limit, db_offset, offset) = ApiError::validated(errs, paging)?;
     require_enterprise(&call.tenant)?;
     let items = app
         .store
@@ -179,8 +177,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
 pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
-    ApiError::check(errs)?;
-    let id = id.ok_or(ApiError::Internal)?;
+    let id = ApiError::validated(errs, id)?;
     require_enterprise(&call.tenant)?;
     let l = app
         .store
@@ -196,8 +193,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
     let patch = call
         .body_model(&mut errs)
         .and_then(|mut m| patch_request(&mut m));
-    ApiError::check(errs)?;
-    let (id, patch) = id.zip(patch).ok_or(ApiError::Internal)?;
+    let (id, patch) = ApiError::validated(errs, id.zip(patch))?;
     require_enterprise(&call.tenant)?;
     let l = app
         .store
@@ -210,8 +206,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
 pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
-    ApiError::check(errs)?;
-    let id = id.ok_or(ApiError::Internal)?;
+    let id = ApiError::validated(errs, id)?;
     require_enterprise(&call.tenant)?;
     match app
         .store

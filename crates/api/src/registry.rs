@@ -106,10 +106,8 @@ impl Registry {
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some("JWT".into());
         header.x5c = Some(vec![self.signing.certificate.clone()]);
-        jsonwebtoken::encode(&header, claims, &self.signing.encoding).map_err(|e| {
-            tracing::error!(error = %e, "cannot sign a registry token");
-            ApiError::Internal
-        })
+        jsonwebtoken::encode(&header, claims, &self.signing.encoding)
+            .map_err(|e| ApiError::Internal(format!("cannot sign a registry token: {e}")))
     }
 }
 

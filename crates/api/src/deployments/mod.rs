@@ -57,9 +57,10 @@ fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>
         .and_then(|plain| String::from_utf8(plain).ok())
         .and_then(|text| RawValue::from_string(text).ok())
         .ok_or_else(|| {
-            let hint = "was HOSTPLANE_SECRET_KEY changed?";
-            tracing::error!(deployment = %d.id, hint, "secrets cannot be opened");
-            ApiError::Internal
+            ApiError::Internal(format!(
+                "the secrets of deployment {} cannot be opened: was HOSTPLANE_SECRET_KEY changed?",
+                d.id
+            ))
         })?;
     Ok(DeploymentOut {
         name: &d.name,
@@ -211,8 +212,7 @@ async fn place_on_listener(
 pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let req = call.body_schema(&models::CREATE, &mut errs);
-    ApiError::check(errs)?;
-    let req = req.ok_or(ApiError::Internal)?.to_json();
+    let req = ApiError::validated(errs, req)?.to_json();
     let name = req["name"].as_str().unwrap_or_default().to_owned();
     let source = req["source"].as_str().unwrap_or_default().to_owned();
     let mut source_config = obj(&req["source_config"]).cloned().unwrap_or_default();
@@ -291,12 +291,8 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         )
         .map(|t| Some(t.to_owned())),
     };
-    ApiError::check(errs)?;
-    let (Some((limit, db_offset, offset)), Some(remote_reconciled), Some(deployment_type)) =
-        (paging, remote_reconciled, deployment_type)
-    else {
-        return Err(ApiError::Internal);
-    };
+    let ((limit, db_offset, offset), (remote_reconciled, deployment_type)) =
+        ApiError::validated(errs, paging.zip(remote_reconciled.zip(deployment_type)))?;
     // Ids that are not UUIDs match nothing (the reference does not validate them).
     let ids = call.query_str("deployment_ids").map(|raw| {
         raw.split(',')
@@ -327,8 +323,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
 pub(crate) async fn load_deployment(app: &AppState, call: &Call) -> ApiResult<Deployment> {
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
-    ApiError::check(errs)?;
-    let id = id.ok_or(ApiError::Internal)?;
+    let id = ApiError::validated(errs, id)?;
     app.store
         .get_deployment(call.tenant.workspace_id, id)
         .await?
@@ -353,8 +348,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
     let req = call.body_schema(&models::PATCH, &mut errs);
-    ApiError::check(errs)?;
-    let (id, req) = id.zip(req).ok_or(ApiError::Internal)?;
+    let (id, req) = ApiError::validated(errs, id.zip(req))?;
     let req = req.to_json();
     let workspace = call.tenant.workspace_id;
     let patch_config = obj(&req["source_config"]);
@@ -430,8 +424,7 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
     let id = call.path_uuid("deployment_id", &mut errs);
     let _delete_tracing_project = call.query_bool("delete_tracing_project", &mut errs);
     let force = call.query_bool("force", &mut errs);
-    ApiError::check(errs)?;
-    let (id, force) = id.zip(force).ok_or(ApiError::Internal)?;
+    let (id, force) = ApiError::validated(errs, id.zip(force))?;
     match app
         .store
         .delete_deployment(call.tenant.workspace_id, id, force.unwrap_or(false))
@@ -525,12 +518,8 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
     let id = call.path_uuid("deployment_id", &mut errs);
     let paging = call.paging(&mut errs);
     let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
-    ApiError::check(errs)?;
-    let (Some(id), Some((limit, db_offset, offset)), Some(remote_reconciled)) =
-        (id, paging, remote_reconciled)
-    else {
-        return Err(ApiError::Internal);
-    };
+    let (id, ((limit, db_offset, offset), remote_reconciled)) =
+        ApiError::validated(errs, id.zip(paging.zip(remote_reconciled)))?;
     let statuses = call.query_str("status").map(|s| {
         s.split(',')
             .map(|x| x.trim().to_owned())
@@ -554,8 +543,7 @@ async fn load_revision(app: &AppState, call: &Call) -> ApiResult<(Deployment, Re
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
     let rid = call.path_uuid("revision_id", &mut errs);
-    ApiError::check(errs)?;
-    let (id, rid) = id.zip(rid).ok_or(ApiError::Internal)?;
+    let (id, rid) = ApiError::validated(errs, id.zip(rid))?;
     let workspace = call.tenant.workspace_id;
     let d = app
         .store

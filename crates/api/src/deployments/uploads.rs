@@ -87,7 +87,10 @@ pub async fn put_upload(
         }
     };
     let final_path = app.config.storage_dir.join(&object_path);
-    let dir = final_path.parent().ok_or(ApiError::Internal)?.to_owned();
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| ApiError::Internal(format!("no folder for {object_path}")))?
+        .to_owned();
     owner_only_dir(&dir).await.map_err(io_error)?;
     let partial = PartialFile(dir.join(format!(".{}{PARTIAL_SUFFIX}", Uuid::new_v4())));
     let size = stream_to_file(body, &partial.0, left.min(max), too_large).await?;
@@ -133,8 +136,7 @@ pub async fn owner_only_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn io_error(e: std::io::Error) -> ApiError {
-    tracing::error!(error = %e, "upload storage error");
-    ApiError::Internal
+    ApiError::Internal(format!("upload storage: {e}"))
 }
 
 async fn stream_to_file(
