@@ -356,8 +356,8 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
     let revision_source = req["revision_source"].as_str();
     let tracked = tracked_packages(&call);
 
-    // Optimistic concurrency: re-read and re-apply when another write got in between.
-    for _ in 0..8 {
+    let (app, req, tracked) = (&app, &req, &tracked);
+    let saved = save_with_retries(move || async move {
         let current = app
             .store
             .get_deployment(workspace, id)
@@ -375,7 +375,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
             .and_then(|r| r.get("source_tarball_path"))
             .and_then(Value::as_str)
         {
-            uploads::check_tarball_path(&app, id, path).await?;
+            uploads::check_tarball_path(app, id, path).await?;
         }
         let mut next = current.clone();
         merge_fields(&mut next.source_config, patch_config);
@@ -403,20 +403,14 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
                 &next.source_revision_config,
             )
         });
-        match app
+        let saved = app
             .store
             .save_deployment(next, current.updated_at, revision)
-            .await
-        {
-            Ok(saved) => return Ok(json_response(StatusCode::OK, &to_json(&app, &saved)?)),
-            Err(StoreError::Stale) => continue,
-            Err(StoreError::NotFound) => return Err(not_found(id)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::Conflict(
-        "The deployment is being changed by other requests; retry.".into(),
-    ))
+            .await;
+        unless_stale(id, saved)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &to_json(app, &saved)?))
 }
 
 pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
@@ -565,21 +559,52 @@ pub async fn get_revision(State(app): State<AppState>, call: Call) -> ApiResult<
 
 /// A new revision with an older revision's source and configuration.
 pub async fn redeploy(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
-    for _ in 0..8 {
-        let (d, r) = load_revision(&app, &call).await?;
+    let (app, call) = (&app, &call);
+    let saved = save_with_retries(move || async move {
+        let (d, r) = load_revision(app, call).await?;
         let revision = new_revision(&r.source, &r.source_revision_config);
-        match app
+        let saved = app
             .store
             .save_deployment(d.clone(), d.updated_at, Some(revision))
-            .await
-        {
-            Ok(saved) => return Ok(json_response(StatusCode::OK, &to_json(&app, &saved)?)),
-            Err(StoreError::Stale) => continue,
-            Err(StoreError::NotFound) => return Err(not_found(d.id)),
-            Err(e) => return Err(e.into()),
+            .await;
+        unless_stale(d.id, saved)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &to_json(app, &saved)?))
+}
+
+/// How many times a change is tried against a deployment other writers keep changing.
+const SAVE_ATTEMPTS: u32 = 8;
+
+/// Optimistic concurrency: `attempt` reads the deployment, decides the change and saves
+/// it against what it read, giving `None` when another write got in between. Then it
+/// runs again on the fresh state after a short random pause, up to [`SAVE_ATTEMPTS`]
+/// times; past that the answer is a 409 that asks the client to retry. A try that loses
+/// the race writes nothing.
+async fn save_with_retries<F, Fut>(mut attempt: F) -> ApiResult<Deployment>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<Option<Deployment>>>,
+{
+    for round in 0..SAVE_ATTEMPTS {
+        if let Some(saved) = attempt().await? {
+            return Ok(saved);
         }
+        let most = 2u64 << round.min(5);
+        let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=most);
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
     Err(ApiError::Conflict(
         "The deployment is being changed by other requests; retry.".into(),
     ))
+}
+
+/// A save's outcome for [`save_with_retries`]: `None` when it lost a race.
+fn unless_stale(id: Uuid, saved: store::Result<Deployment>) -> ApiResult<Option<Deployment>> {
+    match saved {
+        Ok(d) => Ok(Some(d)),
+        Err(StoreError::Stale) => Ok(None),
+        Err(StoreError::NotFound) => Err(not_found(id)),
+        Err(e) => Err(e.into()),
+    }
 }
