@@ -2,7 +2,10 @@
 //! routes the official CLI calls that the reference leaves out (push-token, upload-url).
 
 pub mod models;
+mod output;
+mod placement;
 pub mod rules;
+mod save;
 pub mod uploads;
 
 use crate::error::{json_response, ApiError, ApiResult};
@@ -11,16 +14,15 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use compat::format::{py_list_repr, Timestamp};
 use compat::{ErrorItem, Loc};
-use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use store::lifecycle::{DeploymentStatus, RevisionStatus};
-use store::{
-    DeleteOutcome, Deployment, DeploymentFilter, NewRevision, Revision, RevisionFilter, StoreError,
-};
+use store::lifecycle::DeploymentStatus;
+use store::{DeleteOutcome, Deployment, DeploymentFilter, Revision, RevisionFilter, StoreError};
 use uuid::Uuid;
+
+use output::{revision_json, to_json};
+use placement::place_on_listener;
+use save::{merge_fields, new_revision, revision_config, save_with_retries, unless_stale};
 
 pub(crate) fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("Deployment ID {id} not found."))
@@ -28,93 +30,6 @@ pub(crate) fn not_found(id: Uuid) -> ApiError {
 
 fn revision_not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("Revision ID {id} not found."))
-}
-
-/// The deployment's JSON, fields in the reference's order.
-#[derive(Serialize)]
-struct DeploymentOut<'a> {
-    name: &'a str,
-    source: &'a str,
-    source_config: &'a Value,
-    source_revision_config: &'a Value,
-    secrets: Box<RawValue>,
-    secret_references: &'a Option<Value>,
-    id: Uuid,
-    tenant_id: Uuid,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-    status: &'a str,
-    latest_revision_id: Option<Uuid>,
-    active_revision_id: Option<Uuid>,
-    image_version: &'a Option<String>,
-}
-
-/// Secrets are unsealed for the answer, as the reference returns them.
-fn to_json<'a>(app: &AppState, d: &'a Deployment) -> ApiResult<DeploymentOut<'a>> {
-    let secrets = app
-        .secrets
-        .open(&d.secrets, d.id)
-        .and_then(|plain| String::from_utf8(plain).ok())
-        .and_then(|text| RawValue::from_string(text).ok())
-        .ok_or_else(|| {
-            ApiError::Internal(format!(
-                "the secrets of deployment {} cannot be opened: was HOSTPLANE_SECRET_KEY changed?",
-                d.id
-            ))
-        })?;
-    Ok(DeploymentOut {
-        name: &d.name,
-        source: &d.source,
-        source_config: &d.source_config,
-        source_revision_config: &d.source_revision_config,
-        secrets,
-        secret_references: &d.secret_references,
-        id: d.id,
-        tenant_id: d.workspace_id,
-        created_at: Timestamp(d.created_at),
-        updated_at: Timestamp(d.updated_at),
-        status: d.status.as_str(),
-        latest_revision_id: d.latest_revision_id,
-        active_revision_id: d.active_revision_id,
-        image_version: &d.image_version,
-    })
-}
-
-#[derive(Serialize)]
-struct RevisionOut<'a> {
-    id: Uuid,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-    status: &'a str,
-    source: &'a str,
-    source_revision_config: &'a Value,
-}
-
-fn revision_json(r: &Revision) -> RevisionOut<'_> {
-    RevisionOut {
-        id: r.id,
-        created_at: Timestamp(r.created_at),
-        updated_at: Timestamp(r.updated_at),
-        status: r.status.as_str(),
-        source: &r.source,
-        source_revision_config: &r.source_revision_config,
-    }
-}
-
-/// The stored form of a revision configuration: the request fields plus the
-/// response-only `repo_commit_sha`.
-fn revision_config(mut config: Map<String, Value>) -> Value {
-    config.entry("repo_commit_sha").or_insert(Value::Null);
-    Value::Object(config)
-}
-
-fn new_revision(source: &str, config: &Value) -> NewRevision {
-    let has_image = config.get("image_uri").is_some_and(|v| !v.is_null());
-    NewRevision {
-        source: source.to_owned(),
-        source_revision_config: config.clone(),
-        status: RevisionStatus::initial(has_image),
-    }
 }
 
 fn obj(v: &Value) -> Option<&Map<String, Value>> {
@@ -130,83 +45,6 @@ fn tracked_packages(call: &BodyCall) -> Option<Value> {
     v.as_array()
         .filter(|a| a.iter().all(Value::is_string))
         .map(|_| v.clone())
-}
-
-async fn all_listeners(app: &AppState, workspace: Uuid) -> ApiResult<Vec<store::Listener>> {
-    let mut out = Vec::new();
-    loop {
-        let page = app
-            .store
-            .list_listeners(workspace, 100, out.len() as i64)
-            .await?;
-        let done = page.len() < 100;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
-}
-
-/// Resolves the listener and namespace of an `external_docker` create; may fill in
-/// `listener_config.k8s_namespace`.
-async fn place_on_listener(
-    app: &AppState,
-    workspace: Uuid,
-    config: &mut Map<String, Value>,
-) -> ApiResult<Option<Uuid>> {
-    let named = config
-        .get("listener_id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok());
-    let Some(listener_id) = named else {
-        let listeners = all_listeners(app, workspace).await?;
-        if listeners.is_empty() {
-            return Ok(None);
-        }
-        let ids: Vec<String> = listeners.iter().map(|l| l.id.to_string()).collect();
-        return Err(rules::source_error(format!(
-            "'source_config.listener_id' is required for workspace with available listener IDs: {}",
-            py_list_repr(&ids)
-        )));
-    };
-    let listener = app
-        .store
-        .get_listener(workspace, listener_id)
-        .await?
-        .ok_or_else(|| {
-            rules::source_error(format!(
-                "listener ID '{listener_id}' not found in LangSmith workspace ID '{workspace}'."
-            ))
-        })?;
-    let served = listener.k8s_namespaces.unwrap_or_default();
-    let asked = config
-        .get("listener_config")
-        .and_then(|c| c.get("k8s_namespace"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let namespace = match asked {
-        Some(ns) if served.contains(&ns) => ns,
-        Some(ns) => {
-            return Err(rules::source_error(format!(
-                "namespace '{ns}' is not served by listener ID '{listener_id}'. Served \
-                 namespaces: {}",
-                py_list_repr(&served)
-            )))
-        }
-        None if served.len() == 1 => served[0].clone(),
-        None => {
-            return Err(rules::source_error(format!(
-                "'source_config.listener_config.k8s_namespace' is required for listener ID \
-                 '{listener_id}'. Served namespaces: {}",
-                py_list_repr(&served)
-            )))
-        }
-    };
-    config.insert(
-        "listener_config".into(),
-        json!({ "k8s_namespace": namespace }),
-    );
-    Ok(Some(listener_id))
 }
 
 pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
@@ -336,14 +174,6 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
 }
 
 /// Applies the fields of `patch` that are not null onto `base`.
-fn merge_fields(base: &mut Value, patch: Option<&Map<String, Value>>) {
-    if let (Some(base), Some(patch)) = (base.as_object_mut(), patch) {
-        for (k, v) in patch.iter().filter(|(_, v)| !v.is_null()) {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-}
-
 pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
@@ -571,40 +401,4 @@ pub async fn redeploy(State(app): State<AppState>, call: Call) -> ApiResult<Resp
     })
     .await?;
     Ok(json_response(StatusCode::OK, &to_json(app, &saved)?))
-}
-
-/// How many times a change is tried against a deployment other writers keep changing.
-const SAVE_ATTEMPTS: u32 = 8;
-
-/// Optimistic concurrency: `attempt` reads the deployment, decides the change and saves
-/// it against what it read, giving `None` when another write got in between. Then it
-/// runs again on the fresh state after a short random pause, up to [`SAVE_ATTEMPTS`]
-/// times; past that the answer is a 409 that asks the client to retry. A try that loses
-/// the race writes nothing.
-async fn save_with_retries<F, Fut>(mut attempt: F) -> ApiResult<Deployment>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ApiResult<Option<Deployment>>>,
-{
-    for round in 0..SAVE_ATTEMPTS {
-        if let Some(saved) = attempt().await? {
-            return Ok(saved);
-        }
-        let most = 2u64 << round.min(5);
-        let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=most);
-        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-    }
-    Err(ApiError::Conflict(
-        "The deployment is being changed by other requests; retry.".into(),
-    ))
-}
-
-/// A save's outcome for [`save_with_retries`]: `None` when it lost a race.
-fn unless_stale(id: Uuid, saved: store::Result<Deployment>) -> ApiResult<Option<Deployment>> {
-    match saved {
-        Ok(d) => Ok(Some(d)),
-        Err(StoreError::Stale) => Ok(None),
-        Err(StoreError::NotFound) => Err(not_found(id)),
-        Err(e) => Err(e.into()),
-    }
 }
