@@ -92,6 +92,8 @@ pub trait Store: DeploymentStore + Send + Sync + 'static {
         offset: i64,
     ) -> Result<Vec<Listener>>;
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
+    /// The ids of every listener of the workspace, oldest first (for placement).
+    async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>>;
     async fn patch_listener(
         &self,
         workspace: Uuid,

@@ -343,6 +343,15 @@ impl Store for PgStore {
         row.as_ref().map(listener).transpose()
     }
 
+    async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM listeners WHERE workspace_id = $1 ORDER BY created_at, id",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn patch_listener(
         &self,
         workspace: Uuid,

@@ -438,6 +438,20 @@ impl Store for SqliteStore {
         row.as_ref().map(listener).transpose()
     }
 
+    async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM listeners WHERE workspace_id = ? ORDER BY created_at, id",
+        )
+        .bind(workspace.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|id| {
+                Uuid::parse_str(id).map_err(|e| StoreError::Other(format!("listener id: {e}")))
+            })
+            .collect()
+    }
+
     async fn patch_listener(
         &self,
         workspace: Uuid,

@@ -8,21 +8,6 @@ use compat::format::py_list_repr;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-async fn all_listeners(app: &AppState, workspace: Uuid) -> ApiResult<Vec<store::Listener>> {
-    let mut out = Vec::new();
-    loop {
-        let page = app
-            .store
-            .list_listeners(workspace, 100, out.len() as i64)
-            .await?;
-        let done = page.len() < 100;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
-}
-
 /// Resolves the listener and namespace of an `external_docker` create; may fill in
 /// `listener_config.k8s_namespace`.
 pub(crate) async fn place_on_listener(
@@ -35,11 +20,11 @@ pub(crate) async fn place_on_listener(
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok());
     let Some(listener_id) = named else {
-        let listeners = all_listeners(app, workspace).await?;
-        if listeners.is_empty() {
+        let ids = app.store.listener_ids(workspace).await?;
+        if ids.is_empty() {
             return Ok(None);
         }
-        let ids: Vec<String> = listeners.iter().map(|l| l.id.to_string()).collect();
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         return Err(rules::source_error(format!(
             "'source_config.listener_id' is required for workspace with available listener IDs: {}",
             py_list_repr(&ids)
