@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use compat::{ErrorItem, Loc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use store::lifecycle::DeploymentStatus;
 use store::{DeleteOutcome, Deployment, DeploymentFilter, Revision, RevisionFilter, StoreError};
 use uuid::Uuid;
@@ -32,10 +32,6 @@ fn revision_not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("Revision ID {id} not found."))
 }
 
-fn obj(v: &Value) -> Option<&Map<String, Value>> {
-    v.as_object()
-}
-
 /// `tracked_packages` from newer clients: kept when it is a list of strings.
 fn tracked_packages(call: &BodyCall) -> Option<Value> {
     let compat::body::Body::Present(compat::Value::Object(fields)) = &call.body else {
@@ -50,21 +46,21 @@ fn tracked_packages(call: &BodyCall) -> Option<Value> {
 pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let req = call.body_schema(&models::CREATE, &mut errs);
-    let req = ApiError::validated(errs, req)?.to_json();
-    let name = req["name"].as_str().unwrap_or_default().to_owned();
-    let source = req["source"].as_str().unwrap_or_default().to_owned();
-    let mut source_config = obj(&req["source_config"]).cloned().unwrap_or_default();
-    let revision = obj(&req["source_revision_config"])
-        .cloned()
-        .unwrap_or_default();
-    let secret_references = req["secret_references"].clone();
+    let models::CreateRequest {
+        name,
+        source,
+        mut source_config,
+        source_revision_config: revision,
+        secrets,
+        secret_references,
+    } = models::typed(ApiError::validated(errs, req)?)?;
 
     rules::check_name(&name)?;
     rules::check_create(
         &source,
         &source_config,
         &revision,
-        !secret_references.is_null(),
+        secret_references.is_some(),
     )?;
     let id = Uuid::new_v4();
     if let Some(path) = revision.get("source_tarball_path").and_then(Value::as_str) {
@@ -83,15 +79,15 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
         id,
         workspace_id: workspace,
         name: name.clone(),
-        source: source.clone(),
+        source,
         deployment_type: source_config
             .get("deployment_type")
             .and_then(Value::as_str)
             .map(str::to_owned),
         source_config: Value::Object(source_config),
         source_revision_config: config,
-        secrets: app.secrets.seal(req["secrets"].to_string().as_bytes(), id),
-        secret_references: (!secret_references.is_null()).then_some(secret_references),
+        secrets: app.secrets.seal(secrets.to_string().as_bytes(), id),
+        secret_references,
         tracked_packages: tracked_packages(&call),
         listener_id,
         status: DeploymentStatus::AwaitingDatabase,
@@ -173,17 +169,16 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     Ok(json_response(StatusCode::OK, &to_json(&app, &d)?))
 }
 
-/// Applies the fields of `patch` that are not null onto `base`.
 pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let id = call.path_uuid("deployment_id", &mut errs);
     let req = call.body_schema(&models::PATCH, &mut errs);
     let (id, req) = ApiError::validated(errs, id.zip(req))?;
-    let req = req.to_json();
+    let req: models::PatchRequest = models::typed(req)?;
     let workspace = call.tenant.workspace_id;
-    let patch_config = obj(&req["source_config"]);
-    let patch_revision = obj(&req["source_revision_config"]);
-    let revision_source = req["revision_source"].as_str();
+    let patch_config = req.source_config.as_ref();
+    let patch_revision = req.source_revision_config.as_ref();
+    let revision_source = req.revision_source.as_deref();
     let tracked = tracked_packages(&call);
 
     let (app, req, tracked) = (&app, &req, &tracked);
@@ -199,7 +194,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
             patch_config,
             patch_revision,
             revision_source.is_some(),
-            !req["secret_references"].is_null(),
+            req.secret_references.is_some(),
         )?;
         if let Some(path) = patch_revision
             .and_then(|r| r.get("source_tarball_path"))
@@ -210,11 +205,11 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
         let mut next = current.clone();
         merge_fields(&mut next.source_config, patch_config);
         merge_fields(&mut next.source_revision_config, patch_revision);
-        if !req["secrets"].is_null() {
-            next.secrets = app.secrets.seal(req["secrets"].to_string().as_bytes(), id);
+        if let Some(secrets) = &req.secrets {
+            next.secrets = app.secrets.seal(secrets.to_string().as_bytes(), id);
         }
-        if !req["secret_references"].is_null() {
-            next.secret_references = Some(req["secret_references"].clone());
+        if req.secret_references.is_some() {
+            next.secret_references = req.secret_references.clone();
         }
         if tracked.is_some() {
             next.tracked_packages = tracked.clone();
@@ -224,8 +219,8 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
             .and_then(|c| c.get("resource_spec"))
             .is_some_and(|v| !v.is_null());
         let creates_revision = revision_fields_set
-            || !req["secrets"].is_null()
-            || !req["secret_references"].is_null()
+            || req.secrets.is_some()
+            || req.secret_references.is_some()
             || resource_spec_set;
         let revision = creates_revision.then(|| {
             new_revision(
