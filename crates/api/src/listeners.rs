@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use compat::format::Timestamp;
-use compat::validate::{self, Model};
+use compat::validate::{self, Fields};
 use compat::{ErrorItem, Errors, Loc, Value};
 use serde::Serialize;
 use store::{Listener, ListenerPatch, NewListener, Plan, StoreError};
@@ -106,7 +106,7 @@ struct CreateRequest {
 }
 
 impl CreateRequest {
-    fn validate(m: &mut Model<'_>) -> Option<Self> {
+    fn validate(m: &mut Fields<'_>) -> Option<Self> {
         let version = m.optional("version", validate::string);
         let compute_type = m.required("compute_type", |v, l, e| {
             validate::literal(v, l, e, &["k8s"])
@@ -126,7 +126,7 @@ impl CreateRequest {
 
 /// `ListenerPatchRequest`: `compute_type` and `compute_id` are not part of it, so a
 /// patch ignores them like any unknown field.
-fn patch_request(m: &mut Model<'_>) -> Option<ListenerPatch> {
+fn patch_request(m: &mut Fields<'_>) -> Option<ListenerPatch> {
     let version = m.optional("version", validate::string);
     let config = m.optional("compute_config", compute_config);
     Some(ListenerPatch {

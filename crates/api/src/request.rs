@@ -175,7 +175,7 @@ impl<const BODY: bool> Call<BODY> {
     }
 
     /// The body as a required model: `missing` when absent.
-    pub fn body_model<'a>(&'a self, errs: &'a mut Errors) -> Option<validate::Model<'a>> {
+    pub fn body_model<'a>(&'a self, errs: &'a mut Errors) -> Option<validate::Fields<'a>> {
         let v = self.required_body(errs)?;
         validate::model(v, Loc::new("body"), errs)
     }

@@ -351,8 +351,9 @@ pub fn uuid(v: &Value, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
     }
 }
 
-/// A pydantic model: an object whose fields are validated in declaration order.
-pub struct Model<'a> {
+/// The fields of an object being validated as a pydantic model, taken in declaration
+/// order by hand-written validators (`crate::schema::Model` describes a model as data).
+pub struct Fields<'a> {
     fields: &'a IndexMap<String, Value>,
     whole: &'a Value,
     loc: Loc,
@@ -360,9 +361,9 @@ pub struct Model<'a> {
 }
 
 /// Starts validating `v` as a model, or reports `model_attributes_type`.
-pub fn model<'a>(v: &'a Value, loc: Loc, errs: &'a mut Errors) -> Option<Model<'a>> {
+pub fn model<'a>(v: &'a Value, loc: Loc, errs: &'a mut Errors) -> Option<Fields<'a>> {
     match v {
-        Value::Object(fields) => Some(Model {
+        Value::Object(fields) => Some(Fields {
             fields,
             whole: v,
             loc,
@@ -380,7 +381,7 @@ pub fn model<'a>(v: &'a Value, loc: Loc, errs: &'a mut Errors) -> Option<Model<'
     }
 }
 
-impl Model<'_> {
+impl Fields<'_> {
     /// The raw value of a field, if sent.
     pub fn raw(&self, name: &str) -> Option<&Value> {
         self.fields.get(name)
