@@ -56,8 +56,14 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
+/// Everything hostplane stores, in three parts: identities, listeners, deployments.
+pub trait Store: IdentityStore + ListenerStore + DeploymentStore + Send + Sync + 'static {}
+
+impl<T: IdentityStore + ListenerStore + DeploymentStore + Send + Sync + 'static> Store for T {}
+
+/// Organizations, workspaces and API keys, and the store's own health.
 #[async_trait]
-pub trait Store: DeploymentStore + Send + Sync + 'static {
+pub trait IdentityStore: Send + Sync {
     /// Creates the default organization, workspace and key when no organization exists
     /// yet; safe when several processes start at once. `None` when there was data.
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>>;
@@ -82,7 +88,11 @@ pub trait Store: DeploymentStore + Send + Sync + 'static {
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>>;
     fn pool_stats(&self) -> PoolStats;
     async fn resource_counts(&self) -> Result<ResourceCounts>;
+}
 
+/// Listeners (v2).
+#[async_trait]
+pub trait ListenerStore: Send + Sync {
     /// `Conflict` when the workspace already has a listener with this `compute_id`.
     async fn create_listener(&self, new: NewListener) -> Result<Listener>;
     async fn list_listeners(

@@ -7,7 +7,7 @@ use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
     REVISION_COLUMNS,
 };
-use crate::{now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
+use crate::{now_micros, Bootstrapped, Result, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -89,7 +89,7 @@ async fn insert_key(
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl crate::IdentityStore for PgStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
         let key = key.map(str::to_owned);
         in_tx(&self.pool, move |conn| {
@@ -279,7 +279,10 @@ impl Store for PgStore {
         let row = sqlx::query(crate::COUNTS_SQL).fetch_one(&self.pool).await?;
         crate::rows::counts(&row)
     }
+}
 
+#[async_trait]
+impl crate::ListenerStore for PgStore {
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
         // Creates in one workspace take turns (a transaction-scoped advisory lock), so
         // creation times grow in commit order and a page, once read, never gains an

@@ -7,7 +7,7 @@ use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
     REVISION_COLUMNS,
 };
-use crate::{now_micros, Bootstrapped, Result, Store, StoreError, StoreOptions};
+use crate::{now_micros, Bootstrapped, Result, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -183,7 +183,7 @@ async fn insert_key(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl crate::IdentityStore for SqliteStore {
     async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
         let key = key.map(str::to_owned);
         immediate(&self.pool, move |conn| {
@@ -367,7 +367,10 @@ impl Store for SqliteStore {
         let row = sqlx::query(crate::COUNTS_SQL).fetch_one(&self.pool).await?;
         crate::rows::counts(&row)
     }
+}
 
+#[async_trait]
+impl crate::ListenerStore for SqliteStore {
     async fn create_listener(&self, new: NewListener) -> Result<Listener> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || StoreError::Unavailable("the SQLite writer has stopped".into());
