@@ -46,6 +46,44 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// A boxed future borrowing a connection, for closures run inside a transaction.
 pub(crate) type BoxFut<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>;
 
+/// What a first start inserts: the `default` organization (enterprise plan), its
+/// `default` workspace and a key for that workspace.
+#[derive(Debug, Clone)]
+pub struct FirstStart {
+    pub org: Org,
+    pub workspace: Workspace,
+    pub key_hash: String,
+}
+
+impl FirstStart {
+    fn new(key_hash: &str) -> Self {
+        let created_at = micros_to_time(now_micros());
+        let org_id = Uuid::new_v4();
+        FirstStart {
+            org: Org {
+                id: org_id,
+                name: "default".into(),
+                plan: Plan::Enterprise,
+                created_at,
+            },
+            workspace: Workspace {
+                id: Uuid::new_v4(),
+                org_id,
+                name: "default".into(),
+                created_at,
+            },
+            key_hash: key_hash.to_owned(),
+        }
+    }
+
+    fn key_scope(&self) -> KeyScope {
+        KeyScope::Workspace {
+            org_id: self.org.id,
+            workspace_id: self.workspace.id,
+        }
+    }
+}
+
 /// What the first start on an empty database created.
 #[derive(Debug, Clone)]
 pub struct Bootstrapped {
@@ -64,9 +102,28 @@ impl<T: IdentityStore + ListenerStore + DeploymentStore + Send + Sync + 'static>
 /// Organizations, workspaces and API keys, and the store's own health.
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
-    /// Creates the default organization, workspace and key when no organization exists
-    /// yet; safe when several processes start at once. `None` when there was data.
-    async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>>;
+    /// Creates the default organization, workspace and key (`key`, or a generated one)
+    /// when no organization exists yet; safe when several processes start at once.
+    /// `None` when there was data.
+    async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
+        let generated = key.is_none().then(generate_key);
+        let value = key.map(str::to_owned).or_else(|| generated.clone());
+        let first = FirstStart::new(&hash_key(value.as_deref().unwrap_or_default()));
+        Ok(self
+            .insert_first_start(&first)
+            .await?
+            .map(|key_id| Bootstrapped {
+                org: first.org,
+                workspace: first.workspace,
+                key_id,
+                generated_key: generated,
+            }))
+    }
+
+    /// The backend's half of [`IdentityStore::bootstrap`]: in one transaction that only
+    /// one process runs at a time, inserts `first` when there is no organization yet,
+    /// and returns the new key's id (`None` when there was data).
+    async fn insert_first_start(&self, first: &FirstStart) -> Result<Option<Uuid>>;
 
     async fn create_org(&self, name: &str, plan: Plan) -> Result<Org>;
     async fn list_orgs(&self) -> Result<Vec<Org>>;

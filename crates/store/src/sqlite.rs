@@ -7,7 +7,7 @@ use crate::rows::{
     api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
     REVISION_COLUMNS,
 };
-use crate::{now_micros, Bootstrapped, Result, StoreError, StoreOptions};
+use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -184,8 +184,8 @@ async fn insert_key(
 
 #[async_trait]
 impl crate::IdentityStore for SqliteStore {
-    async fn bootstrap(&self, key: Option<&str>) -> Result<Option<Bootstrapped>> {
-        let key = key.map(str::to_owned);
+    async fn insert_first_start(&self, first: &FirstStart) -> Result<Option<Uuid>> {
+        let first = first.clone();
         immediate(&self.pool, move |conn| {
             Box::pin(async move {
                 let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
@@ -194,50 +194,27 @@ impl crate::IdentityStore for SqliteStore {
                 if count > 0 {
                     return Ok(None);
                 }
-                let now = now_micros();
-                let org_id = Uuid::new_v4();
-                let ws_id = Uuid::new_v4();
+                let (org, ws) = (&first.org, &first.workspace);
                 sqlx::query(
-                    "INSERT INTO organizations (id, name, plan, created_at) VALUES (?, \
-                             'default', 'enterprise', ?)",
+                    "INSERT INTO organizations (id, name, plan, created_at) VALUES (?, ?, ?, ?)",
                 )
-                .bind(org_id.to_string())
-                .bind(now)
+                .bind(org.id.to_string())
+                .bind(&org.name)
+                .bind(org.plan.as_str())
+                .bind(org.created_at.timestamp_micros())
                 .execute(&mut *conn)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, \
-                             'default', ?)",
+                    "INSERT INTO workspaces (id, org_id, name, created_at) VALUES (?, ?, ?, ?)",
                 )
-                .bind(ws_id.to_string())
-                .bind(org_id.to_string())
-                .bind(now)
+                .bind(ws.id.to_string())
+                .bind(org.id.to_string())
+                .bind(&ws.name)
+                .bind(ws.created_at.timestamp_micros())
                 .execute(&mut *conn)
                 .await?;
-                let generated = key.is_none().then(crate::generate_key);
-                let value = key.or_else(|| generated.clone()).unwrap_or_default();
-                let scope = KeyScope::Workspace {
-                    org_id,
-                    workspace_id: ws_id,
-                };
-                let k = insert_key(conn, scope, &crate::hash_key(&value)).await?;
-                let created_at = micros_to_time(now);
-                Ok(Some(Bootstrapped {
-                    org: Org {
-                        id: org_id,
-                        name: "default".into(),
-                        plan: Plan::Enterprise,
-                        created_at,
-                    },
-                    workspace: Workspace {
-                        id: ws_id,
-                        org_id,
-                        name: "default".into(),
-                        created_at,
-                    },
-                    key_id: k.id,
-                    generated_key: generated,
-                }))
+                let key = insert_key(conn, first.key_scope(), &first.key_hash).await?;
+                Ok(Some(key.id))
             })
         })
         .await
