@@ -57,7 +57,9 @@ pub struct FirstStart {
 
 impl FirstStart {
     fn new(key_hash: &str) -> Self {
-        let created_at = micros_to_time(now_micros());
+        // Stored in whole microseconds, so the records match what is read back.
+        let created_at =
+            chrono::DateTime::from_timestamp_micros(now_micros()).unwrap_or_else(chrono::Utc::now);
         let org_id = Uuid::new_v4();
         FirstStart {
             org: Org {

@@ -112,9 +112,11 @@ pub struct ListenerPatch {
     pub k8s_namespaces: Option<Option<Vec<String>>>,
 }
 
-/// A stored timestamp (microseconds since the epoch); every one we store is in range.
-pub(crate) fn micros_to_time(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
+/// A stored timestamp (microseconds since the epoch); one out of range is a corrupt row.
+pub(crate) fn micros_to_time(us: i64) -> crate::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| {
+        crate::StoreError::Other(format!("a stored timestamp is out of range: {us}"))
+    })
 }
 
 pub(crate) fn namespaces_to_text(ns: &Option<Vec<String>>) -> Option<String> {

@@ -35,7 +35,7 @@ pub(crate) trait Columns {
     }
 
     fn time(&self, col: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-        Ok(micros_to_time(self.int(col)?))
+        micros_to_time(self.int(col)?)
     }
 
     fn json(&self, col: &str) -> Result<serde_json::Value> {
@@ -167,7 +167,7 @@ pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
         org_id: r.uuid("org_id")?,
         workspace_id: r.opt_uuid("workspace_id")?,
         created_at: r.time("created_at")?,
-        revoked_at: r.opt_int("revoked_at")?.map(micros_to_time),
+        revoked_at: r.opt_int("revoked_at")?.map(micros_to_time).transpose()?,
     })
 }
 

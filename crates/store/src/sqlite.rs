@@ -399,8 +399,8 @@ impl crate::ListenerStore for SqliteStore {
                         compute_id,
                         version,
                         k8s_namespaces: namespaces_from_text(ns)?,
-                        created_at: micros_to_time(created),
-                        updated_at: micros_to_time(updated),
+                        created_at: micros_to_time(created)?,
+                        updated_at: micros_to_time(updated)?,
                     })
                 },
             )

@@ -65,6 +65,28 @@ async fn corrupt_rows_are_errors(postgres: bool) {
     is_corrupt(store.get_listener(ws, listener.id).await, "namespace list");
     is_corrupt(store.list_listeners(ws, 10, 0).await, "namespace list");
 
+    // A timestamp beyond what a date can be.
+    let late = store
+        .create_listener(NewListener {
+            workspace_id: ws,
+            compute_type: "k8s".into(),
+            compute_id: "late".into(),
+            version: None,
+            k8s_namespaces: None,
+        })
+        .await
+        .unwrap();
+    corrupt(
+        &url,
+        &format!(
+            "UPDATE listeners SET updated_at = {} WHERE id = '{}'",
+            i64::MAX,
+            late.id
+        ),
+    )
+    .await;
+    is_corrupt(store.get_listener(ws, late.id).await, "timestamp");
+
     // A deployment whose status is no status, and one with JSON that does not parse.
     let insert = |id: &str, status: &str, config: &str| {
         format!(
