@@ -1,0 +1,252 @@
+//! The store's contract, checked without HTTP on both backends: the same calls must
+//! give the same results on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use hostplane_store::lifecycle::{DeploymentStatus, RevisionStatus};
+use hostplane_store::{
+    DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, Store, StoreError,
+    StoreOptions,
+};
+use serde_json::json;
+use std::sync::Arc;
+use uuid::Uuid;
+
+async fn fresh(postgres: bool) -> Arc<dyn Store> {
+    let url = if postgres {
+        let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL")
+            .expect("HOSTPLANE_TEST_POSTGRES_URL is not set: run scripts/test");
+        let name = format!("hp_contract_{}", Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+    } else {
+        let dir = std::env::temp_dir().join(format!("hp-contract-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        format!("sqlite://{}", dir.join("s.db").display())
+    };
+    hostplane_store::open(&url, &StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+fn listener(ws: Uuid, compute_id: &str) -> NewListener {
+    NewListener {
+        workspace_id: ws,
+        compute_type: "k8s".into(),
+        compute_id: compute_id.into(),
+        version: None,
+        k8s_namespaces: Some(vec!["agents".into()]),
+    }
+}
+
+fn deployment(ws: Uuid, name: &str, listener_id: Option<Uuid>) -> Deployment {
+    let now = chrono::Utc::now();
+    Deployment {
+        id: Uuid::new_v4(),
+        workspace_id: ws,
+        name: name.into(),
+        source: "external_docker".into(),
+        source_config: json!({}),
+        source_revision_config: json!({"image_uri": "docker.io/acme/a:1"}),
+        secrets: "v2:".into(),
+        secret_references: None,
+        tracked_packages: None,
+        deployment_type: None,
+        listener_id,
+        status: DeploymentStatus::AwaitingDatabase,
+        latest_revision_id: None,
+        active_revision_id: None,
+        image_version: None,
+        remote_reconciled: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn image_revision(tag: &str) -> NewRevision {
+    NewRevision {
+        source: "external_docker".into(),
+        source_revision_config: json!({"image_uri": format!("docker.io/acme/a:{tag}")}),
+        status: RevisionStatus::initial(true),
+    }
+}
+
+async fn listeners(postgres: bool) {
+    let store = fresh(postgres).await;
+    let ws = store
+        .bootstrap(Some("k"))
+        .await
+        .unwrap()
+        .unwrap()
+        .workspace
+        .id;
+    let a = store.create_listener(listener(ws, "a")).await.unwrap();
+    let b = store.create_listener(listener(ws, "b")).await.unwrap();
+    assert!(matches!(
+        store.create_listener(listener(ws, "a")).await,
+        Err(StoreError::Conflict)
+    ));
+    // Oldest first, and the ids placement sees in the same order.
+    let page = store.list_listeners(ws, 10, 0).await.unwrap();
+    assert_eq!(page, vec![a.clone(), b.clone()]);
+    assert_eq!(store.listener_ids(ws).await.unwrap(), vec![a.id, b.id]);
+    assert_eq!(
+        store.list_listeners(ws, 1, 1).await.unwrap(),
+        vec![b.clone()]
+    );
+    // Another workspace sees nothing.
+    let other = Uuid::new_v4();
+    assert_eq!(store.get_listener(other, a.id).await.unwrap(), None);
+    assert!(store.listener_ids(other).await.unwrap().is_empty());
+    // A patch changes what it names and moves updated_at forward.
+    let patch = ListenerPatch {
+        version: Some("1.2".into()),
+        k8s_namespaces: Some(None),
+    };
+    let patched = store
+        .patch_listener(ws, a.id, patch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (patched.version.as_deref(), patched.k8s_namespaces),
+        (Some("1.2"), None)
+    );
+    assert!(patched.updated_at > a.updated_at);
+    // A listener a deployment uses cannot go; a free one can, once.
+    store
+        .create_deployment(deployment(ws, "d", Some(b.id)), image_revision("1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_listener(ws, b.id).await,
+        Err(StoreError::InUse)
+    ));
+    assert!(store.delete_listener(ws, a.id).await.unwrap());
+    assert!(!store.delete_listener(ws, a.id).await.unwrap());
+}
+
+async fn revisions(postgres: bool) {
+    let store = fresh(postgres).await;
+    let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
+    let created = store
+        .create_deployment(deployment(ws, "d", None), image_revision("1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_deployment(deployment(ws, "d", None), image_revision("1"))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    // A new revision supersedes the one still waiting.
+    let saved = store
+        .save_deployment(
+            created.clone(),
+            created.updated_at,
+            Some(image_revision("2")),
+        )
+        .await
+        .unwrap();
+    assert_ne!(saved.latest_revision_id, created.latest_revision_id);
+    let revs = store
+        .list_revisions(ws, created.id, &Default::default(), 10, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let statuses: Vec<RevisionStatus> = revs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![RevisionStatus::AwaitingDeploy, RevisionStatus::Skipped]
+    );
+    assert_eq!(Some(revs[0].id), saved.latest_revision_id);
+    // A save against what is no longer there is stale and writes nothing.
+    assert!(matches!(
+        store
+            .save_deployment(
+                created.clone(),
+                created.updated_at,
+                Some(image_revision("3"))
+            )
+            .await,
+        Err(StoreError::Stale)
+    ));
+    let again = store
+        .list_revisions(ws, created.id, &Default::default(), 10, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.len(), 2);
+    // Nothing started: the deployment goes at once, its revisions with it.
+    assert_eq!(
+        store
+            .delete_deployment(ws, created.id, false)
+            .await
+            .unwrap(),
+        DeleteOutcome::Removed
+    );
+    assert_eq!(store.get_deployment(ws, created.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .delete_deployment(ws, created.id, false)
+            .await
+            .unwrap(),
+        DeleteOutcome::NotFound
+    );
+}
+
+async fn uploads(postgres: bool) {
+    let store = fresh(postgres).await;
+    let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
+    let d = store
+        .create_deployment(deployment(ws, "src", None), image_revision("1"))
+        .await
+        .unwrap();
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
+    store
+        .create_upload(d.id, "hash-1", "hostplane-uploads/x/1.tar.gz", expires)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_upload("hash-1").await.unwrap(),
+        Some((d.id, "hostplane-uploads/x/1.tar.gz".to_owned()))
+    );
+    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
+    store.complete_upload("hash-1", 1234).await.unwrap();
+    assert!(matches!(
+        store.complete_upload("hash-1", 1234).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.find_upload("hash-1").await.unwrap(), None);
+    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 1234);
+    assert!(store
+        .upload_completed(d.id, "hostplane-uploads/x/1.tar.gz")
+        .await
+        .unwrap());
+    // Young, it stays; unused past the grace, it goes (and frees the quota).
+    let path = "hostplane-uploads/x/1.tar.gz";
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert!(!store.collect_upload(path, an_hour_ago).await.unwrap());
+    assert!(store
+        .collect_upload(path, chrono::Utc::now())
+        .await
+        .unwrap());
+    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
+}
+
+macro_rules! both {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(false).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(true).await })*
+        }
+    };
+}
+
+both!(listeners, revisions, uploads);
