@@ -106,7 +106,8 @@ impl crate::IdentityStore for PgStore {
                 }
                 let (org, ws) = (&first.org, &first.workspace);
                 sqlx::query(
-                    "INSERT INTO organizations (id, name, plan, created_at) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO organizations (id, name, plan, created_at) \
+                     VALUES ($1, $2, $3, $4)",
                 )
                 .bind(org.id)
                 .bind(&org.name)
