@@ -168,7 +168,8 @@ async fn revisions_follow_patches(backend: Backend) {
     assert_eq!(res.status, 400);
     assert_eq!(
         res.json(),
-        json!({"detail": "Source configuration error: 'source_config.deployment_type' cannot be changed once the deployment is created."})
+        json!({"detail": "Source configuration error: 'source_config.deployment_type' cannot be \
+                          changed once the deployment is created."})
     );
     assert_eq!(
         app.call("GET", &uri, None).await.json()["latest_revision_id"],
@@ -209,7 +210,15 @@ async fn revisions_follow_patches(backend: Backend) {
 async fn listeners_in_use_cannot_be_deleted(backend: Backend) {
     let app = TestApp::new(backend).await;
     let l = app
-        .call("POST", "/v2/listeners", Some(json!({"compute_type": "k8s", "compute_id": "c", "compute_config": {"k8s_namespaces": ["a"]}})))
+        .call(
+            "POST",
+            "/v2/listeners",
+            Some(json!({
+                "compute_type": "k8s",
+                "compute_id": "c",
+                "compute_config": {"k8s_namespaces": ["a"]},
+            })),
+        )
         .await
         .json();
     let lid = l["id"].as_str().unwrap();
@@ -226,7 +235,8 @@ async fn listeners_in_use_cannot_be_deleted(backend: Backend) {
     assert_eq!(res.status, 409);
     assert_eq!(
         res.json(),
-        json!({"detail": format!("Listener ID {lid} is used by deployments and cannot be deleted.")})
+        json!({"detail": format!("Listener ID {lid} is used by deployments and cannot be \
+                                  deleted.")})
     );
     let did = d["id"].as_str().unwrap();
     assert_eq!(
@@ -264,7 +274,10 @@ async fn bulk_delete_reports_each(backend: Backend) {
     assert_eq!(res.status, 207);
     assert_eq!(
         res.json(),
-        json!({"deleted": [a], "failed": [{"id": ghost, "detail": format!("Deployment ID {ghost} not found.")}]})
+        json!({
+            "deleted": [a],
+            "failed": [{"id": ghost, "detail": format!("Deployment ID {ghost} not found.")}],
+        })
     );
     let res = app
         .call(
@@ -381,7 +394,10 @@ async fn uploads_are_checked(backend: Backend) {
         .unwrap();
 
     // The path cannot be used before the upload is complete.
-    let patch = json!({"revision_source": "internal_source", "source_revision_config": {"source_tarball_path": path, "langgraph_config_path": "langgraph.json"}});
+    let patch = json!({
+        "revision_source": "internal_source",
+        "source_revision_config": {"source_tarball_path": path, "langgraph_config_path": "langgraph.json"},
+    });
     let res = app
         .call(
             "PATCH",
@@ -475,8 +491,14 @@ async fn tarball_paths_are_owned(backend: Backend) {
     let b = create(&app, &other, src("b")).await;
     let b_id = b["id"].as_str().unwrap();
     let field = "'source_revision_config.source_tarball_path'";
-    let not_ours = |p: &str| json!({"detail": format!("Source configuration error: {field} '{p}' was not uploaded for this deployment.")});
-    let not_plain = |p: &str| json!({"detail": format!("Source configuration error: {field} '{p}' is not a plain relative object path.")});
+    let not_ours = |p: &str| {
+        json!({"detail": format!("Source configuration error: {field} '{p}' \
+                                                       was not uploaded for this deployment.")})
+    };
+    let not_plain = |p: &str| {
+        json!({"detail": format!("Source configuration error: {field} '{p}' \
+                                                        is not a plain relative object path.")})
+    };
     let disguised = [
         format!("./{path}"),
         format!("x/../{path}"),
@@ -629,7 +651,8 @@ async fn upload_quota_and_cleanup(backend: Backend) {
         (res.status.as_u16(), res.json()),
         (
             413,
-            json!({"detail": "This workspace's uploads are limited to 1500 bytes in all; 1000 are in use."})
+            json!({"detail": "This workspace's uploads are limited to 1500 bytes in all; 1000 are \
+                              in use."})
         )
     );
     // Another workspace has a quota of its own.
@@ -922,7 +945,8 @@ async fn push_tokens(backend: Backend) {
         (res.status.as_u16(), res.json()),
         (
             400,
-            json!({"detail": "push token is only available for 'internal_docker' source deployments"})
+            json!({"detail": "push token is only available for 'internal_docker' source \
+                              deployments"})
         )
     );
 
@@ -946,7 +970,8 @@ async fn push_tokens(backend: Backend) {
         (res.status.as_u16(), res.json()),
         (
             400,
-            json!({"detail": "push token is unavailable: this control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)"})
+            json!({"detail": "push token is unavailable: this control plane has no container \
+                              registry configured (HOSTPLANE_REGISTRY_URL)"})
         )
     );
     assert_eq!(

@@ -16,7 +16,11 @@ fn is_datetime(v: &Value) -> bool {
 }
 
 async fn create(app: &TestApp, key: &str, compute_id: &str) -> Value {
-    let body = json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": ["agents"]}});
+    let body = json!({
+        "compute_type": "k8s",
+        "compute_id": compute_id,
+        "compute_config": {"k8s_namespaces": ["agents"]},
+    });
     let res = app.call_as(key, "POST", "/v2/listeners", Some(body)).await;
     assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
     res.json()
@@ -25,7 +29,16 @@ async fn create(app: &TestApp, key: &str, compute_id: &str) -> Value {
 async fn crud_exact_bodies(backend: Backend) {
     let app = TestApp::new(backend).await;
     let res = app
-        .call("POST", "/v2/listeners", Some(json!({"compute_type": "k8s", "compute_id": "prod-eu", "version": "0.4.1", "compute_config": {"k8s_namespaces": ["agents", "tools"]}})))
+        .call(
+            "POST",
+            "/v2/listeners",
+            Some(json!({
+                "compute_type": "k8s",
+                "compute_id": "prod-eu",
+                "version": "0.4.1",
+                "compute_config": {"k8s_namespaces": ["agents", "tools"]},
+            })),
+        )
         .await;
     assert_eq!(res.status, 201);
     let created = res.json();
@@ -117,7 +130,8 @@ async fn crud_exact_bodies(backend: Backend) {
     assert_eq!(
         bad.json(),
         json!({"detail": [{"type": "value_error", "loc": ["body", "compute_config", "k8s_namespaces"],
-                            "msg": "Value error, duplicate namespace 'ok'", "input": ["ok", "ok"], "ctx": {"error": {}}}]})
+                            "msg": "Value error, duplicate namespace \
+                                    'ok'", "input": ["ok", "ok"], "ctx": {"error": {}}}]})
     );
     assert_eq!(
         app.call("GET", &format!("/v2/listeners/{id}"), None)
@@ -194,7 +208,8 @@ async fn tenancy_matrix(backend: Backend) {
     assert_eq!(res.status, 403);
     assert_eq!(
         res.json(),
-        json!({"detail": format!("API key does not have access to LangSmith workspace ID '{other_ws}'.")})
+        json!({"detail": format!("API key does not have access to LangSmith workspace ID \
+                                  '{other_ws}'.")})
     );
     // Naming its own workspace, in any header case, is fine.
     let own = app.workspace.to_string();
@@ -327,7 +342,8 @@ async fn tenancy_matrix(backend: Backend) {
 async fn standard_plan_is_refused(backend: Backend) {
     let app = TestApp::new(backend).await;
     let (ws, key) = app.other_workspace(Plan::Standard).await;
-    let text = json!({"detail": format!("Listeners cannot be created for LangSmith workspace ID '{ws}'. Creating listeners is only allowed for LangSmith organizations with self-hosted enterprise plans.")});
+    let text = json!({"detail": format!("Listeners cannot be created for LangSmith workspace ID \
+                                         '{ws}'. Creating listeners is only allowed for LangSmith organizations with self-hosted enterprise plans.")});
     let item = format!("/v2/listeners/{}", uuid::Uuid::new_v4());
     for (method, uri, body) in [
         ("GET", "/v2/listeners", None),
@@ -363,7 +379,8 @@ async fn concurrent_creates_one_wins(backend: Backend) {
         })
         .collect();
     let mut created = 0;
-    let conflict = json!({"detail": format!("Listener for LangSmith workspace ID '{}' and compute ID 'race' already exists.", app.workspace)});
+    let conflict = json!({"detail": format!("Listener for LangSmith workspace ID '{}' and compute \
+                                             ID 'race' already exists.", app.workspace)});
     for t in tasks {
         match t.await.unwrap() {
             (201, _) => created += 1,
@@ -460,7 +477,11 @@ async fn paging_returns_each_once(backend: Backend) {
         let app = app.clone();
         tokio::spawn(async move {
             for i in 0..60 {
-                let body = json!({"compute_type": "k8s", "compute_id": format!("late-{i}"), "compute_config": {}});
+                let body = json!({
+                    "compute_type": "k8s",
+                    "compute_id": format!("late-{i}"),
+                    "compute_config": {},
+                });
                 assert_eq!(
                     app.call("POST", "/v2/listeners", Some(body)).await.status,
                     201

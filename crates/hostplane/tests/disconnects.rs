@@ -66,7 +66,11 @@ fn storm(db: Db) {
     let (status, l) = server.call(
         "POST",
         "/v2/listeners",
-        Some(json!({"compute_type": "k8s", "compute_id": "storm", "compute_config": {"k8s_namespaces": ["a"]}})),
+        Some(json!({
+            "compute_type": "k8s",
+            "compute_id": "storm",
+            "compute_config": {"k8s_namespaces": ["a"]},
+        })),
     );
     assert_eq!(status, 201, "{l}");
     // Each writer owns one listener and one deployment and writes increasing numbers to
@@ -76,15 +80,23 @@ fn storm(db: Db) {
         let (s1, lis) = server.call(
             "POST",
             "/v2/listeners",
-            Some(json!({"compute_type": "k8s", "compute_id": format!("w{t}"), "compute_config": {"k8s_namespaces": ["a"]}})),
+            Some(json!({
+                "compute_type": "k8s",
+                "compute_id": format!("w{t}"),
+                "compute_config": {"k8s_namespaces": ["a"]},
+            })),
         );
         assert_eq!(s1, 201, "{lis}");
         let (s2, dep) = server.call(
             "POST",
             "/v2/deployments",
-            Some(json!({"name": format!("d{t}"), "source": "external_docker",
-                        "source_config": {"listener_id": l["id"]},
-                        "source_revision_config": {"image_uri": "docker.io/acme/agent:0"}, "secrets": []})),
+            Some(json!({
+                "name": format!("d{t}"),
+                "source": "external_docker",
+                "source_config": {"listener_id": l["id"]},
+                "source_revision_config": {"image_uri": "docker.io/acme/agent:0"},
+                "secrets": [],
+            })),
         );
         assert_eq!(s2, 201, "{dep}");
         owned.push((
@@ -113,21 +125,40 @@ fn storm(db: Db) {
                         0 => Duration::from_secs(5),
                         _ => Duration::from_millis(random_below(21)),
                     };
+                    let image = format!("docker.io/acme/agent:{n}");
                     let (method, path, body) = match n % 3 {
-                        0 => ("PATCH", format!("/v2/listeners/{lis}"), json!({"version": format!("v{n}")})),
-                        1 => ("PATCH", format!("/v2/deployments/{dep}"),
-                              json!({"source_revision_config": {"image_uri": format!("docker.io/acme/agent:{n}")}})),
-                        _ => ("POST", "/v2/listeners".to_owned(),
-                              json!({"compute_type": "k8s", "compute_id": format!("c-{lis}-{n}"), "compute_config": {"k8s_namespaces": ["a"]}})),
+                        0 => (
+                            "PATCH",
+                            format!("/v2/listeners/{lis}"),
+                            json!({"version": format!("v{n}")}),
+                        ),
+                        1 => (
+                            "PATCH",
+                            format!("/v2/deployments/{dep}"),
+                            json!({"source_revision_config": {"image_uri": image}}),
+                        ),
+                        _ => (
+                            "POST",
+                            "/v2/listeners".to_owned(),
+                            json!({
+                                "compute_type": "k8s",
+                                "compute_id": format!("c-{lis}-{n}"),
+                                "compute_config": {"k8s_namespaces": ["a"]},
+                            }),
+                        ),
                     };
                     match send_or_reset(port, &key, method, &path, &body.to_string(), patience) {
                         None => resets += 1,
                         Some((200, _)) if n % 3 == 0 => {}
-                        Some((200, d)) => acked.push((
-                            format!("/v2/deployments/{dep}/revisions/{}", d["latest_revision_id"].as_str().unwrap()),
-                            body["source_revision_config"].clone(),
-                        )),
-                        Some((201, l)) => acked.push((format!("/v2/listeners/{}", l["id"].as_str().unwrap()), l)),
+                        Some((200, d)) => {
+                            let rev = d["latest_revision_id"].as_str().unwrap();
+                            let path = format!("/v2/deployments/{dep}/revisions/{rev}");
+                            acked.push((path, body["source_revision_config"].clone()))
+                        }
+                        Some((201, l)) => {
+                            let path = format!("/v2/listeners/{}", l["id"].as_str().unwrap());
+                            acked.push((path, l))
+                        }
                         Some((status, v)) => panic!("{method} {path} answered {status}: {v}"),
                     }
                 }
@@ -174,8 +205,16 @@ fn storm(db: Db) {
             server.port,
             "POST",
             "/v2/listeners",
-            &[("X-Api-Key", &other_ws_key), ("Content-Type", "application/json")],
-            &json!({"compute_type": "k8s", "compute_id": format!("other-{t}"), "compute_config": {"k8s_namespaces": ["a"]}}).to_string(),
+            &[
+                ("X-Api-Key", &other_ws_key),
+                ("Content-Type", "application/json"),
+            ],
+            &json!({
+                "compute_type": "k8s",
+                "compute_id": format!("other-{t}"),
+                "compute_config": {"k8s_namespaces": ["a"]},
+            })
+            .to_string(),
         );
         assert_eq!(status, 201, "{body}");
     }

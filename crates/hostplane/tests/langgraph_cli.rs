@@ -150,7 +150,11 @@ fn image(c: char) -> String {
 }
 
 fn create_listener(server: &Server, compute_id: &str, namespaces: &[&str]) -> String {
-    let body = json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": namespaces}});
+    let body = json!({
+        "compute_type": "k8s",
+        "compute_id": compute_id,
+        "compute_config": {"k8s_namespaces": namespaces},
+    });
     let (status, l) = server.call("POST", "/v2/listeners", Some(body));
     assert_eq!(status, 201);
     l["id"].as_str().unwrap().to_owned()

@@ -28,7 +28,11 @@ fn exchange(
 ) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: \
+                           close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -136,7 +140,8 @@ fn push_tokens_against_a_real_registry() {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n\
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: \
+             {}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n\
              auth:\n  token:\n    realm: {}/registry/token\n    service: hp-test-registry\n    issuer: hostplane\n    rootcertbundle: {}\n",
             db.dir.0.join("registry-data").display(),
             server.url(),
