@@ -200,7 +200,11 @@ async fn run_scenario(
 }
 
 fn listener_body(compute_id: String) -> Value {
-    json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": ["agents"]}})
+    json!({
+        "compute_type": "k8s",
+        "compute_id": compute_id,
+        "compute_config": {"k8s_namespaces": ["agents"]},
+    })
 }
 
 /// Creates listeners until the workspace holds `total`.
@@ -282,7 +286,10 @@ fn print_table(label: &str, outcomes: &[Outcome], ok_rps: f64) {
     println!();
     println!("## {label}");
     println!();
-    println!("| scenario | req/s | vs /ok | p50 ms | p99 ms | p99.9 ms | errors | server CPU s / 1k req | peak RSS MB |");
+    println!(
+        "| scenario | req/s | vs /ok | p50 ms | p99 ms | p99.9 ms | errors \
+         | server CPU s / 1k req | peak RSS MB |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         println!(
@@ -429,12 +436,25 @@ async fn suite(args: Args) -> anyhow::Result<()> {
         )
         .await,
     );
+    let label = format!("create deployment ({} conns)", args.write_connections);
+    let body = move |n| {
+        let body = json!({
+            "name": format!("d{run_id}-{n}"),
+            "source": "internal_docker",
+            "source_config": {},
+            "source_revision_config": {},
+            "secrets": [{"name": "K", "value": "v"}],
+        });
+        (Method::POST, "/v2/deployments".into(), Some(body))
+    };
     outcomes.push(
-        run_scenario(&target, &args, &format!("create deployment ({} conns)", args.write_connections), args.write_connections, Arc::new(move |n| {
-            let body = json!({"name": format!("d{run_id}-{n}"), "source": "internal_docker", "source_config": {},
-                              "source_revision_config": {}, "secrets": [{"name": "K", "value": "v"}]});
-            (Method::POST, "/v2/deployments".into(), Some(body))
-        }))
+        run_scenario(
+            &target,
+            &args,
+            &label,
+            args.write_connections,
+            Arc::new(body),
+        )
         .await,
     );
     let (_, dep) = target
@@ -472,7 +492,10 @@ async fn suite(args: Args) -> anyhow::Result<()> {
 
     print_table(&args.label, &outcomes, ok_rps);
     println!();
-    println!("Scaling (list 100 at offset 0; the count includes listeners created by earlier scenarios):");
+    println!(
+        "Scaling (list 100 at offset 0; the count includes listeners created by earlier \
+         scenarios):"
+    );
     println!();
     println!("| listeners | p50 ms | p99 ms | req/s |");
     println!("|---:|---:|---:|---:|");

@@ -9,8 +9,13 @@ use serde_json::{json, Value};
 use store::Plan;
 
 fn image_body(name: &str) -> Value {
-    json!({"name": name, "source": "external_docker", "source_config": {},
-           "source_revision_config": {"image_uri": "docker.io/acme/agent:1"}, "secrets": [{"name": "TOKEN", "value": "s3cret-value"}]})
+    json!({
+        "name": name,
+        "source": "external_docker",
+        "source_config": {},
+        "source_revision_config": {"image_uri": "docker.io/acme/agent:1"},
+        "secrets": [{"name": "TOKEN", "value": "s3cret-value"}],
+    })
 }
 
 async fn create(app: &TestApp, key: &str, body: Value) -> Value {
@@ -396,7 +401,10 @@ async fn uploads_are_checked(backend: Backend) {
     // The path cannot be used before the upload is complete.
     let patch = json!({
         "revision_source": "internal_source",
-        "source_revision_config": {"source_tarball_path": path, "langgraph_config_path": "langgraph.json"},
+        "source_revision_config": {
+            "source_tarball_path": path,
+            "langgraph_config_path": "langgraph.json",
+        },
     });
     let res = app
         .call(
@@ -557,8 +565,13 @@ async fn tarball_paths_are_owned(backend: Backend) {
     assert_eq!(revs["resources"].as_array().unwrap().len(), 1);
     // Its own deployment may use it; a path outside hostplane's namespace is left alone.
     for p in [path.as_str(), "uploads/a.tgz"] {
-        let patch = json!({"revision_source": "internal_source",
-                           "source_revision_config": {"source_tarball_path": p, "langgraph_config_path": "langgraph.json"}});
+        let patch = json!({
+            "revision_source": "internal_source",
+            "source_revision_config": {
+                "source_tarball_path": p,
+                "langgraph_config_path": "langgraph.json",
+            },
+        });
         let res = app
             .call("PATCH", &format!("/v2/deployments/{a_id}"), Some(patch))
             .await;
@@ -719,8 +732,13 @@ async fn upload_quota_and_cleanup(backend: Backend) {
     let stray_dir = app.storage_dir().join("hostplane-uploads/not-a-deployment");
     std::fs::create_dir_all(&stray_dir).unwrap();
     std::fs::write(stray_dir.join("y.tar.gz"), b"y").unwrap();
-    let patch = json!({"revision_source": "internal_source",
-                       "source_revision_config": {"source_tarball_path": a_path, "langgraph_config_path": "langgraph.json"}});
+    let patch = json!({
+        "revision_source": "internal_source",
+        "source_revision_config": {
+            "source_tarball_path": a_path,
+            "langgraph_config_path": "langgraph.json",
+        },
+    });
     assert_eq!(
         app.call("PATCH", &format!("/v2/deployments/{a}"), Some(patch))
             .await
@@ -870,7 +888,8 @@ async fn push_tokens(backend: Backend) {
     let mine = format!("agents/{ws}/app");
     let theirs = format!("agents/{other_ws}/app");
     let query = format!(
-        "service=test-registry&scope=repository:{mine}:pull,push&scope=repository:{theirs}:pull,push&scope=repository:agents/app:push"
+        "service=test-registry&scope=repository:{mine}:pull,push\
+         &scope=repository:{theirs}:pull,push&scope=repository:agents/app:push"
     );
     let res = ask(login.clone(), query.clone()).await;
     assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
@@ -1053,7 +1072,8 @@ async fn deep_json_is_kept(backend: Backend) {
         inner = json!({ "a": inner });
     }
     let mut body = image_body("deep");
-    body["source_config"] = json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": inner}]}});
+    let container = json!({"name": "i", "image": "busybox", "securityContext": inner});
+    body["source_config"] = json!({"resource_spec": {"init_containers": [container]}});
     let created = create(&app, &app.key, body.clone()).await;
     let id = created["id"].as_str().unwrap();
     let res = app
@@ -1068,7 +1088,8 @@ async fn deep_json_is_kept(backend: Backend) {
     assert_eq!(got, created);
     // One level more is refused at the door.
     let mut deeper = image_body("deeper");
-    deeper["source_config"] = json!({"resource_spec": {"init_containers": [{"name": "i", "image": "busybox", "securityContext": {"x": inner}}]}});
+    let container = json!({"name": "i", "image": "busybox", "securityContext": {"x": inner}});
+    deeper["source_config"] = json!({"resource_spec": {"init_containers": [container]}});
     let res = app.call("POST", "/v2/deployments", Some(deeper)).await;
     assert_eq!(
         (res.status.as_u16(), res.json()),

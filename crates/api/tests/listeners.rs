@@ -129,9 +129,13 @@ async fn crud_exact_bodies(backend: Backend) {
     assert_eq!(bad.status, 422);
     assert_eq!(
         bad.json(),
-        json!({"detail": [{"type": "value_error", "loc": ["body", "compute_config", "k8s_namespaces"],
-                            "msg": "Value error, duplicate namespace \
-                                    'ok'", "input": ["ok", "ok"], "ctx": {"error": {}}}]})
+        json!({"detail": [{
+            "type": "value_error",
+            "loc": ["body", "compute_config", "k8s_namespaces"],
+            "msg": "Value error, duplicate namespace 'ok'",
+            "input": ["ok", "ok"],
+            "ctx": {"error": {}},
+        }]})
     );
     assert_eq!(
         app.call("GET", &format!("/v2/listeners/{id}"), None)
@@ -342,8 +346,10 @@ async fn tenancy_matrix(backend: Backend) {
 async fn standard_plan_is_refused(backend: Backend) {
     let app = TestApp::new(backend).await;
     let (ws, key) = app.other_workspace(Plan::Standard).await;
-    let text = json!({"detail": format!("Listeners cannot be created for LangSmith workspace ID \
-                                         '{ws}'. Creating listeners is only allowed for LangSmith organizations with self-hosted enterprise plans.")});
+    let text = json!({"detail": format!(
+        "Listeners cannot be created for LangSmith workspace ID '{ws}'. Creating listeners is \
+         only allowed for LangSmith organizations with self-hosted enterprise plans."
+    )});
     let item = format!("/v2/listeners/{}", uuid::Uuid::new_v4());
     for (method, uri, body) in [
         ("GET", "/v2/listeners", None),

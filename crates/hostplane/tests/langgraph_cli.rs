@@ -273,8 +273,13 @@ fn official_cli(db: Db) {
 
     println!("deploy list pages through more than 100 deployments");
     for i in 0..120 {
-        let body = json!({"name": format!("bulk-{i:03}"), "source": "external_docker", "source_config": {"listener_id": l1},
-                          "source_revision_config": {"image_uri": image('f')}, "secrets": []});
+        let body = json!({
+            "name": format!("bulk-{i:03}"),
+            "source": "external_docker",
+            "source_config": {"listener_id": l1},
+            "source_revision_config": {"image_uri": image('f')},
+            "secrets": [],
+        });
         assert_eq!(server.call("POST", "/v2/deployments", Some(body)).0, 201);
     }
     let run = cli.run(&["deploy", "list", "--json"]);

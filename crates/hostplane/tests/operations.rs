@@ -224,8 +224,13 @@ fn replicas_act_as_one_postgres() {
     let key = "replica-key";
     let a = Server::start_with(&db, &[], key);
     let b = Server::start_with(&db, &[], key);
-    let body = json!({"name": "shared", "source": "external_docker", "source_config": {},
-                      "source_revision_config": {"image_uri": "docker.io/acme/agent:0"}, "secrets": []});
+    let body = json!({
+        "name": "shared",
+        "source": "external_docker",
+        "source_config": {},
+        "source_revision_config": {"image_uri": "docker.io/acme/agent:0"},
+        "secrets": [],
+    });
     let (status, created) = a.call("POST", "/v2/deployments", Some(body));
     assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().to_owned();
@@ -239,12 +244,20 @@ fn replicas_act_as_one_postgres() {
             let port = if i % 2 == 0 { a.port } else { b.port };
             let id = id.clone();
             std::thread::spawn(move || {
-                let body = json!({"source_revision_config": {"image_uri": format!("docker.io/acme/agent:{i}")}});
-                let headers = [("X-Api-Key", "replica-key"), ("Content-Type", "application/json")];
+                let image = format!("docker.io/acme/agent:{i}");
+                let body = json!({"source_revision_config": {"image_uri": image}}).to_string();
+                let headers = [
+                    ("X-Api-Key", "replica-key"),
+                    ("Content-Type", "application/json"),
+                ];
                 // A client retries the 409 that says the deployment was busy.
-                let busy = r#"{"detail":"The deployment is being changed by other requests; retry."}"#;
+                let busy = json!({
+                    "detail": "The deployment is being changed by other requests; retry."
+                })
+                .to_string();
+                let path = format!("/v2/deployments/{id}");
                 let text = loop {
-                    let (status, text) = http(port, "PATCH", &format!("/v2/deployments/{id}"), &headers, &body.to_string());
+                    let (status, text) = http(port, "PATCH", &path, &headers, &body);
                     match status {
                         200 => break text,
                         409 => assert_eq!(text, busy),

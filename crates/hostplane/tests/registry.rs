@@ -142,7 +142,8 @@ fn push_tokens_against_a_real_registry() {
         format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: \
              {}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n\
-             auth:\n  token:\n    realm: {}/registry/token\n    service: hp-test-registry\n    issuer: hostplane\n    rootcertbundle: {}\n",
+             auth:\n  token:\n    realm: {}/registry/token\n    service: hp-test-registry\n\
+             \x20   issuer: hostplane\n    rootcertbundle: {}\n",
             db.dir.0.join("registry-data").display(),
             server.url(),
             cert.display()

@@ -16,7 +16,12 @@ use std::time::{Duration, Instant};
 use support::{postgres_db, sqlite_db, try_http, Db, Server, TempDir};
 
 fn listener_body(compute_id: &str) -> String {
-    json!({"compute_type": "k8s", "compute_id": compute_id, "compute_config": {"k8s_namespaces": ["a"]}}).to_string()
+    json!({
+        "compute_type": "k8s",
+        "compute_id": compute_id,
+        "compute_config": {"k8s_namespaces": ["a"]},
+    })
+    .to_string()
 }
 
 fn random_below(n: u64) -> u64 {
@@ -192,9 +197,10 @@ fn replicas_postgres() {
         .as_str()
         .unwrap()
         .to_owned();
-    let conflict = format!(
-        r#"{{"detail":"Listener for LangSmith workspace ID '{ws}' and compute ID 'shared' already exists."}}"#
-    );
+    let conflict = json!({"detail": format!(
+        "Listener for LangSmith workspace ID '{ws}' and compute ID 'shared' already exists."
+    )})
+    .to_string();
     for (status, body) in &results {
         assert!(
             *status == 201 || (*status == 409 && *body == conflict),
@@ -436,7 +442,8 @@ fn database_outage_postgres() {
     }
     assert!(refused_writes > 0, "no write met the outage");
     println!(
-        "outage: {} requests, {refused_writes} writes refused with 503 (slowest {slowest_503:?}); recovered {recovered:?} after restart",
+        "outage: {} requests, {refused_writes} writes refused with 503 (slowest \
+         {slowest_503:?}); recovered {recovered:?} after restart",
         seen.len()
     );
 
@@ -499,8 +506,8 @@ impl InFlight {
             .unwrap();
         let request = |body: &str| {
             format!(
-                "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
+                "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
         };
@@ -656,7 +663,11 @@ fn hostile_input(db: Db) {
 
     // 100 MiB body, declared: refused before it is read.
     let start = Instant::now();
-    let head = format!("POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 100 << 20);
+    let head = format!(
+        "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        100 << 20
+    );
     let line = raw(port, head.as_bytes());
     assert_eq!(status_of(&line), Some(413), "{line:?}");
     println!("100 MiB declared body -> {line:?} in {:?}", start.elapsed());
@@ -665,7 +676,10 @@ fn hostile_input(db: Db) {
     let start = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let head = format!("POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head = format!(
+        "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
     s.write_all(head.as_bytes()).unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "[".repeat(1 << 20));
     let mut sent = 0;
@@ -737,7 +751,11 @@ fn hostile_input(db: Db) {
         line.is_none() || status_of(&line).is_some_and(|s| (400..500).contains(&s)),
         "{line:?}"
     );
-    let line = raw(port, format!("GET /v2/listeners HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Api-Key: \u{ff}{key}\r\n\r\n").as_bytes());
+    let request = format!(
+        "GET /v2/listeners HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         X-Api-Key: \u{ff}{key}\r\n\r\n"
+    );
+    let line = raw(port, request.as_bytes());
     assert_eq!(status_of(&line), Some(401), "{line:?}");
     println!("invalid UTF-8 in path and header -> 4xx");
 
@@ -859,7 +877,10 @@ fn replicas_start_together_postgres() {
         1,
         "first-start setup ran more than once: {orgs}"
     );
-    println!("replicas: three servers started together on an empty database; one organization, all serve");
+    println!(
+        "replicas: three servers started together on an empty database; one organization, \
+         all serve"
+    );
     for (child, _) in &mut servers {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -87,8 +87,13 @@ fn files_are_owner_only() {
         ("X-Api-Key", "files-key"),
         ("Content-Type", "application/json"),
     ];
-    let body = json!({"name": "src", "source": "internal_source", "source_config": {},
-                      "source_revision_config": {"langgraph_config_path": "langgraph.json"}, "secrets": []});
+    let body = json!({
+        "name": "src",
+        "source": "internal_source",
+        "source_config": {},
+        "source_revision_config": {"langgraph_config_path": "langgraph.json"},
+        "secrets": [],
+    });
     let (status, text) = http(port, "POST", "/v2/deployments", &headers, &body.to_string());
     assert_eq!(status, 201, "{text}");
     let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"]
