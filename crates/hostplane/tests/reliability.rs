@@ -528,7 +528,12 @@ impl InFlight {
 
     /// Sends the rest of the request; the answer's status and body.
     fn finish(mut self) -> (u16, Value) {
-        self.stream.write_all(&self.rest).unwrap();
+        if let Err(e) = self.stream.write_all(&self.rest) {
+            return (
+                0,
+                json!(format!("the rest of the request could not be sent: {e}")),
+            );
+        }
         let text = read_response(&mut self.stream);
         let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
@@ -571,6 +576,9 @@ fn shutdown_under_load(db: Db, signal: &str) {
     let in_flight: Vec<InFlight> = (0..8)
         .map(|i| InFlight::start(server.port, key, &format!("held-{i}")))
         .collect();
+    // Give the server time to read the held requests' headers: from then on they are in
+    // flight (before that, a kept-alive connection is idle and may be closed).
+    std::thread::sleep(Duration::from_millis(300));
     Command::new("kill")
         .args([&format!("-{signal}"), &server.pid().to_string()])
         .status()
