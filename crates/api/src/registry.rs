@@ -112,7 +112,7 @@ impl Registry {
 }
 
 /// Where the certificate of a signing key is kept.
-pub fn certificate_path(key_file: &Path) -> PathBuf {
+fn certificate_path(key_file: &Path) -> PathBuf {
     key_file.with_extension("crt")
 }
 

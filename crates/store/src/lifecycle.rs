@@ -98,13 +98,17 @@ impl RevisionStatus {
 
     /// The statuses a new revision supersedes (they become `SKIPPED`), as an SQL list of
     /// literals: `'AWAITING_BUILD', 'AWAITING_DEPLOY'`.
-    pub fn superseded_sql() -> String {
-        let names: Vec<String> = Self::ALL
-            .into_iter()
-            .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
-        names.join(", ")
+    /// Built once: it is part of every revision insert.
+    pub fn superseded_sql() -> &'static str {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        SQL.get_or_init(|| {
+            let names: Vec<String> = Self::ALL
+                .into_iter()
+                .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            names.join(", ")
+        })
     }
 
     /// Where a new revision starts: an image only needs deploying, anything else a build.

@@ -4,31 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use hostplane_store::{NewListener, Store, StoreError, StoreOptions};
-use std::sync::Arc;
+mod common;
 
-/// A fresh store of the backend, and a connection URL for corrupting it directly.
-async fn fresh(postgres: bool) -> (Arc<dyn Store>, String) {
-    let url = if postgres {
-        let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL")
-            .expect("HOSTPLANE_TEST_POSTGRES_URL is not set: run scripts/test");
-        let name = format!("hp_store_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-    } else {
-        let dir = std::env::temp_dir().join(format!("hp-store-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        format!("sqlite://{}", dir.join("s.db").display())
-    };
-    let store = hostplane_store::open(&url, &StoreOptions::default())
-        .await
-        .unwrap();
-    (store, url)
-}
+use common::fresh;
+use hostplane_store::{NewListener, StoreError};
 
 async fn corrupt(url: &str, sql: &str) {
     if url.starts_with("postgres") {

@@ -3,34 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use hostplane_store::lifecycle::{DeploymentStatus, RevisionStatus};
 use hostplane_store::{
-    DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, Store, StoreError,
-    StoreOptions,
+    DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
 };
 use serde_json::json;
-use std::sync::Arc;
 use uuid::Uuid;
 
-async fn fresh(postgres: bool) -> Arc<dyn Store> {
-    let url = if postgres {
-        let admin = std::env::var("HOSTPLANE_TEST_POSTGRES_URL")
-            .expect("HOSTPLANE_TEST_POSTGRES_URL is not set: run scripts/test");
-        let name = format!("hp_contract_{}", Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-    } else {
-        let dir = std::env::temp_dir().join(format!("hp-contract-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        format!("sqlite://{}", dir.join("s.db").display())
-    };
-    hostplane_store::open(&url, &StoreOptions::default())
-        .await
-        .unwrap()
+async fn fresh(postgres: bool) -> std::sync::Arc<dyn hostplane_store::Store> {
+    common::fresh(postgres).await.0
 }
 
 fn listener(ws: Uuid, compute_id: &str) -> NewListener {
