@@ -16,6 +16,10 @@ pub struct Tenant {
 const NOT_AUTHENTICATED: &str = "Not authenticated";
 const INVALID_KEY: &str = "Invalid API key";
 pub const REQUIRES_WORKSPACE: &str = "requires workspace specification";
+pub const LISTENER_KEY_ONLY: &str =
+    "This API key belongs to a listener: it can only call that listener's data-plane routes.";
+pub const NEEDS_LISTENER_KEY: &str = "Data-plane routes need a listener key: create one with \
+     `hostplane admin api-key create --listener <listener id>`.";
 
 /// `X-Api-Key`, or `Authorization: Bearer` when that is absent or empty.
 fn credentials(headers: &HeaderMap) -> Option<String> {
@@ -38,21 +42,18 @@ fn no_access(workspace: &str) -> ApiError {
     ))
 }
 
-/// Authenticates the request and resolves its workspace.
-pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Tenant> {
+/// The live key the request carries, looked up with the workspace it would act in.
+async fn find_key(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    requested: Option<Uuid>,
+) -> ApiResult<(store::ApiKey, Option<store::WorkspaceAccess>)> {
     let key =
         credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
     let hash = store::hash_key(&key);
-    let tenant_header = headers
-        .get("x-tenant-id")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
-        .filter(|v| !v.is_empty());
-    let requested = tenant_header
-        .as_deref()
-        .map(|t| Uuid::parse_str(t).map_err(|_| t.to_owned()));
     // One round trip: the key and the workspace it would act in.
     let (record, workspace) = store
-        .authenticate(&hash, requested.clone().and_then(Result::ok))
+        .authenticate(&hash, requested)
         .await?
         .ok_or_else(|| ApiError::Unauthorized(INVALID_KEY.into()))?;
     // The index finds the row by hash; the final comparison is constant-time so the
@@ -60,12 +61,50 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
     if !bool::from(record.key_hash.as_bytes().ct_eq(hash.as_bytes())) {
         return Err(ApiError::Unauthorized(INVALID_KEY.into()));
     }
+    Ok((record, workspace))
+}
+
+/// Authenticates a data-plane request: only a key of `listener` itself passes. Its
+/// workspace.
+pub async fn authenticate_listener(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    listener: Uuid,
+) -> ApiResult<Uuid> {
+    let (record, _) = find_key(store, headers, None).await?;
+    match record.scope() {
+        KeyScope::Listener {
+            workspace_id,
+            listener_id,
+            ..
+        } if listener_id == listener => Ok(workspace_id),
+        KeyScope::Listener { .. } => Err(ApiError::Forbidden(format!(
+            "This listener key does not have access to listener ID '{listener}'."
+        ))),
+        _ => Err(ApiError::Forbidden(NEEDS_LISTENER_KEY.into())),
+    }
+}
+
+/// Authenticates the request and resolves its workspace.
+pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Tenant> {
+    let tenant_header = headers
+        .get("x-tenant-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let requested = tenant_header
+        .as_deref()
+        .map(|t| Uuid::parse_str(t).map_err(|_| t.to_owned()));
+    let (record, workspace) =
+        find_key(store, headers, requested.clone().and_then(Result::ok)).await?;
     let requested = match requested {
         Some(Ok(id)) => Some(id),
         Some(Err(text)) => return Err(no_access(&text)),
         None => None,
     };
     let workspace_id = match (record.scope(), requested) {
+        (KeyScope::Listener { .. }, _) => {
+            return Err(ApiError::Forbidden(LISTENER_KEY_ONLY.into()))
+        }
         (KeyScope::Workspace { workspace_id, .. }, None) => workspace_id,
         (KeyScope::Workspace { workspace_id, .. }, Some(asked)) if asked == workspace_id => {
             workspace_id

@@ -9,6 +9,8 @@ use store::StoreError;
 pub enum ApiError {
     /// 422 with pydantic-style items.
     Validation(Vec<ErrorItem>),
+    /// 422 with a text (the data-plane protocol, which is not FastAPI's).
+    Unprocessable(String),
     BadRequest(String),
     Unauthorized(String),
     Forbidden(String),
@@ -94,6 +96,7 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &ValidationBody { detail: &items },
             ),
+            ApiError::Unprocessable(t) => detail(StatusCode::UNPROCESSABLE_ENTITY, &t),
             ApiError::BadRequest(t) => detail(StatusCode::BAD_REQUEST, &t),
             ApiError::Unauthorized(t) => detail(StatusCode::UNAUTHORIZED, &t),
             ApiError::Forbidden(t) => detail(StatusCode::FORBIDDEN, &t),

@@ -2,9 +2,11 @@
 //! error-to-HTTP mapping and the served OpenAPI document.
 
 pub mod auth;
+pub mod dataplane;
 pub mod deployments;
 pub mod error;
 pub mod listeners;
+pub mod logs;
 pub mod openapi;
 pub mod registry;
 pub mod request;
@@ -44,6 +46,10 @@ pub struct ApiConfig {
     pub registry: Option<registry::Registry>,
     /// Seals deployment secrets at rest.
     pub secrets: secrets::SecretBox,
+    /// Leases and log retention of the data plane.
+    pub dataplane: dataplane::DataPlaneConfig,
+    /// Set when the server begins to shut down: long-polls answer at once.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +64,8 @@ impl Default for ApiConfig {
             upload_quota_bytes: 2 * 1024 * 1024 * 1024,
             registry: None,
             secrets: secrets::SecretBox::generate(),
+            dataplane: dataplane::DataPlaneConfig::default(),
+            closing: Arc::default(),
         }
     }
 }
@@ -132,9 +140,58 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             post(uploads::upload_url),
         ),
         ("/uploads/{token}", put(uploads::put_upload)),
+        (
+            "/v1/projects/{deployment_id}/deploy_logs",
+            post(logs::deploy_logs),
+        ),
+        (
+            "/v1/projects/{deployment_id}/revisions/{revision_id}/deploy_logs",
+            post(logs::revision_deploy_logs),
+        ),
+        (
+            "/v1/projects/{deployment_id}/revisions/{revision_id}/build_logs",
+            post(logs::revision_build_logs),
+        ),
         ("/openapi.json", get(openapi::serve)),
         ("/ok", get(ok)),
     ]
+}
+
+/// The data-plane routes (their own surface, not part of the compatible API), under
+/// [`dataplane::PREFIX`].
+fn dataplane_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/heartbeat", post(dataplane::heartbeat)),
+        ("/desired", get(dataplane::desired)),
+        ("/revisions/{revision_id}/claim", post(dataplane::claim)),
+        ("/revisions/{revision_id}/source", get(dataplane::source)),
+        ("/revisions/{revision_id}/status", post(dataplane::report)),
+        (
+            "/deployments/{deployment_id}/deleted",
+            post(dataplane::deleted),
+        ),
+        ("/logs", post(dataplane::logs)),
+    ]
+}
+
+/// The data plane's router: its routes and its own document.
+fn dataplane_api() -> Router<AppState> {
+    dataplane_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (template, handlers)| {
+            router.route(&format!("{}{template}", dataplane::PREFIX), handlers)
+        })
+        .route("/dataplane/openapi.json", get(dataplane::openapi::serve))
+        .method_not_allowed_fallback(routing::method_not_allowed)
+        .route_layer(axum::middleware::from_fn(telemetry::tag_route))
+}
+
+/// The data-plane route templates, prefix included.
+pub fn dataplane_templates() -> Vec<String> {
+    dataplane_routes()
+        .into_iter()
+        .map(|(t, _)| format!("{}{t}", dataplane::PREFIX))
+        .collect()
 }
 
 /// The templates of [`routes`].
@@ -181,6 +238,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let app = Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
+        .merge(dataplane_api())
         .route("/registry/token", get(registry::token))
         .fallback(routing::fallback)
         .with_state(state);
@@ -196,6 +254,8 @@ fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Du
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 let limit = if routing::is_upload(req.uri().path()) {
                     upload_limit
+                } else if routing::is_long_poll(req.uri().path()) {
+                    request_limit + std::time::Duration::from_secs(protocol::MAX_WAIT_SECONDS)
                 } else {
                     request_limit
                 };

@@ -41,6 +41,11 @@ pub fn is_upload(path: &str) -> bool {
         .starts_with("/uploads/")
 }
 
+/// A desired-state long-poll, which may wait up to a minute before answering.
+pub fn is_long_poll(path: &str) -> bool {
+    path.starts_with("/dataplane/v1/listeners/") && path.ends_with("/desired")
+}
+
 /// No route matched: a redirect when the path without its trailing slash is a route
 /// (Location keeps the query), otherwise 404.
 pub async fn fallback(uri: Uri) -> ApiError {

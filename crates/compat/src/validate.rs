@@ -297,6 +297,65 @@ pub fn query_int(
     Some(n)
 }
 
+/// `int` with optional bounds, from a JSON value: integers, and strings that read as
+/// integers (lax mode); anything else is `int_type` / `int_parsing`.
+pub fn int(
+    v: &Value,
+    loc: Loc,
+    errs: &mut Errors,
+    ge: Option<i64>,
+    le: Option<i64>,
+) -> Option<i128> {
+    match v {
+        Value::Int(n) => query_int(n, loc, errs, ge, le),
+        Value::Str(s) => query_int(s, loc, errs, ge, le),
+        other => {
+            errs.push(ErrorItem::new(
+                "int_type",
+                loc,
+                "Input should be a valid integer",
+                other.clone(),
+            ));
+            None
+        }
+    }
+}
+
+/// `datetime` from an ISO 8601 / RFC 3339 string (a time without an offset is UTC);
+/// anything else is `datetime_type` / `datetime_parsing`.
+pub fn datetime(v: &Value, loc: Loc, errs: &mut Errors) -> Option<chrono::DateTime<chrono::Utc>> {
+    let Value::Str(s) = v else {
+        errs.push(ErrorItem::new(
+            "datetime_type",
+            loc,
+            "Input should be a valid datetime",
+            v.clone(),
+        ));
+        return None;
+    };
+    let text = s.trim();
+    let parsed = chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc())
+        });
+    match parsed {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errs.push(
+                ErrorItem::new(
+                    "datetime_parsing",
+                    loc,
+                    format!("Input should be a valid datetime, {e}"),
+                    v.clone(),
+                )
+                .with_ctx(json!({ "error": e.to_string() })),
+            );
+            None
+        }
+    }
+}
+
 /// `UUID` from text, with the messages of the Rust `uuid` crate that pydantic-core uses.
 pub fn uuid_text(raw: &str, loc: Loc, errs: &mut Errors) -> Option<uuid::Uuid> {
     match parse_uuid(raw) {

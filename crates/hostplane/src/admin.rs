@@ -68,12 +68,15 @@ enum WorkspaceCommand {
 
 #[derive(Subcommand)]
 enum KeyCommand {
-    /// Create a key scoped to one workspace or to a whole organization; prints its value once.
+    /// Create a key scoped to one workspace, a whole organization, or one listener's
+    /// data-plane routes (for its agent); prints its value once.
     Create {
-        #[arg(long, conflicts_with = "org", required_unless_present = "org")]
+        #[arg(long, group = "scope")]
         workspace: Option<Uuid>,
-        #[arg(long)]
+        #[arg(long, group = "scope")]
         org: Option<Uuid>,
+        #[arg(long, group = "scope")]
+        listener: Option<Uuid>,
     },
     /// List keys (never their values).
     List,
@@ -139,22 +142,40 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>();
             print(j, json!(list), text.join("\n"));
         }
-        AdminCommand::ApiKey(KeyCommand::Create { workspace, org }) => {
-            let scope = match (workspace, org) {
-                (Some(ws), _) => match store.get_workspace(ws).await? {
+        AdminCommand::ApiKey(KeyCommand::Create {
+            workspace,
+            org,
+            listener,
+        }) => {
+            let scope = match (workspace, org, listener) {
+                (_, _, Some(id)) => match store.find_listener(id).await? {
+                    Some(l) => {
+                        let (w, _) = store
+                            .get_workspace(l.workspace_id)
+                            .await?
+                            .ok_or_else(|| anyhow::anyhow!("listener {id} has no workspace"))?;
+                        KeyScope::Listener {
+                            org_id: w.org_id,
+                            workspace_id: w.id,
+                            listener_id: id,
+                        }
+                    }
+                    None => return usage(format!("no listener with id {id}")),
+                },
+                (Some(ws), _, _) => match store.get_workspace(ws).await? {
                     Some((w, _)) => KeyScope::Workspace {
                         org_id: w.org_id,
                         workspace_id: ws,
                     },
                     None => return usage(format!("no workspace with id {ws}")),
                 },
-                (None, Some(org_id)) => {
+                (None, Some(org_id), None) => {
                     if !store.list_orgs().await?.iter().any(|o| o.id == org_id) {
                         return usage(format!("no organization with id {org_id}"));
                     }
                     KeyScope::Org { org_id }
                 }
-                (None, None) => return usage("give --workspace or --org".into()),
+                (None, None, None) => return usage("give --workspace, --org or --listener".into()),
             };
             let value = store::generate_key();
             let key = store
@@ -165,6 +186,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 json!({
                     "id": key.id, "key": value,
                     "org_id": key.org_id, "workspace_id": key.workspace_id,
+                    "listener_id": key.listener_id,
                 }),
                 format!("id:  {}\nkey: {value}\n(the key is shown only now)", key.id),
             );
@@ -174,9 +196,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             let text = keys
                 .iter()
                 .map(|k| {
-                    let scope = k
-                        .workspace_id
-                        .map_or(format!("org {}", k.org_id), |w| format!("workspace {w}"));
+                    let scope = match k.scope() {
+                        KeyScope::Org { org_id } => format!("org {org_id}"),
+                        KeyScope::Workspace { workspace_id, .. } => {
+                            format!("workspace {workspace_id}")
+                        }
+                        KeyScope::Listener { listener_id, .. } => {
+                            format!("listener {listener_id}")
+                        }
+                    };
                     let state = if k.revoked_at.is_some() {
                         "revoked"
                     } else {

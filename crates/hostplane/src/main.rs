@@ -118,6 +118,15 @@ struct ServeArgs {
     /// Folder for uploaded source tarballs (and the generated secret key).
     #[arg(long, env = "HOSTPLANE_STORAGE_DIR", default_value = "hostplane-data")]
     storage_dir: PathBuf,
+    /// Seconds a listener agent's claim on a revision lasts without a heartbeat; an
+    /// expired claim goes back to the queue for another agent replica.
+    #[arg(long, env = "HOSTPLANE_DATAPLANE_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    dataplane_lease_secs: u64,
+    /// Log lines kept per deployment and kind (deploy, build); the oldest go first.
+    #[arg(long, env = "HOSTPLANE_LOG_RETENTION_LINES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    log_retention_lines: i64,
     /// Largest source tarball accepted, in bytes.
     #[arg(long, env = "HOSTPLANE_MAX_UPLOAD_BYTES", default_value_t = 200 * 1024 * 1024)]
     max_upload_bytes: u64,
@@ -310,6 +319,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         upload_quota_bytes: args.upload_quota_bytes,
         registry: args.registry()?,
         secrets: args.secret_box()?,
+        dataplane: api::dataplane::DataPlaneConfig {
+            lease: Duration::from_secs(args.dataplane_lease_secs),
+            log_retention: args.log_retention_lines,
+        },
+        closing: Default::default(),
     };
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -328,6 +342,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.storage_dir.clone(),
         config.upload_timeout,
     );
+    api::dataplane::spawn_lease_sweeper(store.clone(), config.dataplane.lease);
+    let closing = config.closing.clone();
+    let wake = store.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Long-polls answer now instead of holding the drain for up to a minute.
+        closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        wake.wake_all();
+    };
     let app = api::router(store, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -337,7 +360,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs),
         drain_timeout: Duration::from_secs(args.request_timeout_secs + 5),
     };
-    server::serve(listener, app, limits, shutdown_signal()).await?;
+    server::serve(listener, app, limits, shutdown).await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! hostplane's storage: the [`Store`] trait, the records it reads and writes, and one
 //! module per backend. All SQL lives in this crate.
 
+pub mod changes;
 mod keys;
 pub mod lifecycle;
 pub mod postgres;
@@ -96,10 +97,17 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
-/// Everything hostplane stores, in three parts: identities, listeners, deployments.
-pub trait Store: IdentityStore + ListenerStore + DeploymentStore + Send + Sync + 'static {}
+/// Everything hostplane stores, in four parts: identities, listeners, deployments and
+/// the data plane's side of them.
+pub trait Store:
+    IdentityStore + ListenerStore + DeploymentStore + DataPlaneStore + Send + Sync + 'static
+{
+}
 
-impl<T: IdentityStore + ListenerStore + DeploymentStore + Send + Sync + 'static> Store for T {}
+impl<T> Store for T where
+    T: IdentityStore + ListenerStore + DeploymentStore + DataPlaneStore + Send + Sync + 'static
+{
+}
 
 /// Organizations, workspaces and API keys, and the store's own health.
 #[async_trait]
@@ -161,6 +169,8 @@ pub trait ListenerStore: Send + Sync {
         offset: i64,
     ) -> Result<Vec<Listener>>;
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
+    /// A listener of any workspace (administration).
+    async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>>;
     /// The ids of every listener of the workspace, oldest first (for placement).
     async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>>;
     async fn patch_listener(
@@ -242,6 +252,47 @@ pub trait DeploymentStore: Send + Sync {
         object_path: &str,
         unused_since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool>;
+}
+
+/// What listener agents read and report. Every write that changes what a listener should
+/// run (deployment create, save, delete; revision claims, reports and expired leases)
+/// moves the listener's generation in the same transaction and wakes its pollers.
+#[async_trait]
+pub trait DataPlaneStore: Send + Sync {
+    /// Wakes when the listener's generation moves (see [`changes::Changes`]).
+    fn subscribe(&self, listener: Uuid) -> tokio::sync::watch::Receiver<i64>;
+    /// Wakes every poller (shutdown).
+    fn wake_all(&self);
+    /// Records the agent's facts and version, marks the listener seen and renews the
+    /// leases the agent holds; the listener's generation, `None` when it does not exist.
+    async fn heartbeat(&self, listener: Uuid, beat: AgentBeat) -> Result<Option<i64>>;
+    /// The listener's whole desired state, read in one snapshot.
+    async fn desired(&self, listener: Uuid) -> Result<Option<DesiredRows>>;
+    /// One agent takes a waiting revision of a deployment placed on the listener.
+    async fn claim(
+        &self,
+        listener: Uuid,
+        revision: Uuid,
+        agent_id: &str,
+        lease_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ClaimOutcome>;
+    /// Applies an agent's report, checked against the state machine.
+    async fn report(&self, listener: Uuid, revision: Uuid, report: Report)
+        -> Result<ReportOutcome>;
+    /// A revision of a deployment placed on the listener, as far as serving its build's
+    /// source needs it.
+    async fn build_source(&self, listener: Uuid, revision: Uuid) -> Result<Option<BuildSource>>;
+    /// Removes a deployment of the listener that is awaiting deletion.
+    async fn confirm_deleted(&self, listener: Uuid, deployment: Uuid) -> Result<DeletedOutcome>;
+    /// Stores log lines of deployments placed on the listener, keeping at most `keep`
+    /// lines per deployment and kind (oldest dropped first); `NotFound` (and nothing
+    /// stored) when a line names a deployment or revision the listener does not have.
+    async fn append_logs(&self, listener: Uuid, lines: Vec<NewLogLine>, keep: i64) -> Result<()>;
+    /// Log lines of a deployment of the workspace; `None` when it does not exist there.
+    async fn read_logs(&self, workspace: Uuid, query: &LogQuery) -> Result<Option<Vec<LogEntry>>>;
+    /// Puts revisions whose lease expired back where they were (`BUILDING` →
+    /// `AWAITING_BUILD`, `DEPLOYING` → `AWAITING_DEPLOY`); how many.
+    async fn release_expired_leases(&self) -> Result<u64>;
 }
 
 /// Options for opening a store.

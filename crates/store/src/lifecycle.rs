@@ -187,6 +187,119 @@ pub fn delete_outcome(
     }
 }
 
+/// Where a claim takes a revision: a waiting revision to its working status, a revision
+/// already in work to itself (the holder renewing, or another agent taking over an
+/// expired lease). `None` when its status cannot be claimed.
+pub fn claimed_status(status: RevisionStatus) -> Option<RevisionStatus> {
+    use RevisionStatus::*;
+    match status {
+        AwaitingDeploy | Deploying => Some(Deploying),
+        AwaitingBuild | Building => Some(Building),
+        _ => None,
+    }
+}
+
+/// Where an expired lease puts a revision back.
+pub fn released_status(status: RevisionStatus) -> Option<RevisionStatus> {
+    match status {
+        RevisionStatus::Deploying => Some(RevisionStatus::AwaitingDeploy),
+        RevisionStatus::Building => Some(RevisionStatus::AwaitingBuild),
+        _ => None,
+    }
+}
+
+/// The claim decision for a revision of a deployment that is not being deleted.
+pub fn claim(
+    status: RevisionStatus,
+    holder: Option<&str>,
+    lease_live: bool,
+    agent: &str,
+) -> std::result::Result<RevisionStatus, crate::ClaimRefusal> {
+    let next = claimed_status(status).ok_or(crate::ClaimRefusal::NotClaimable)?;
+    match holder {
+        Some(h) if h != agent && lease_live && next == status => Err(crate::ClaimRefusal::Held),
+        _ => Ok(next),
+    }
+}
+
+/// The report decision: `Ok(None)` when the revision is already where the report would
+/// take it (the same report twice), `Ok(Some(next))` to move it.
+pub fn report(
+    status: RevisionStatus,
+    holder: Option<&str>,
+    agent: &str,
+    stored_image: Option<&str>,
+    reported: RevisionStatus,
+    reported_image: Option<&str>,
+) -> std::result::Result<Option<RevisionStatus>, crate::ReportRefusal> {
+    use RevisionStatus::*;
+    // A finished build is reported as the revision moving to AWAITING_DEPLOY.
+    let built = reported == AwaitingDeploy;
+    let repeated = if built {
+        !matches!(status, AwaitingBuild | Building) && stored_image == reported_image
+    } else {
+        status == reported
+    };
+    if repeated {
+        return Ok(None);
+    }
+    let allowed = match reported {
+        AwaitingDeploy | BuildFailed => status == Building,
+        Deployed | DeployFailed => status == Deploying,
+        _ => false,
+    };
+    if !allowed || !status.can_become(reported) {
+        return Err(crate::ReportRefusal::NotAllowed);
+    }
+    if holder != Some(agent) {
+        return Err(crate::ReportRefusal::NotHolder);
+    }
+    Ok(Some(reported))
+}
+
+/// The log line a report leaves (kind, level, text), so `langgraph deploy logs` shows
+/// what happened and why.
+pub fn report_log_line(
+    revision: uuid::Uuid,
+    next: RevisionStatus,
+    image: Option<&str>,
+    reason: Option<&str>,
+    message: Option<&str>,
+) -> (&'static str, &'static str, String) {
+    let why = [reason, message]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(": {why}")
+    };
+    match next {
+        RevisionStatus::AwaitingDeploy => (
+            "build",
+            "INFO",
+            format!(
+                "Build of revision {revision} finished: {}",
+                image.unwrap_or_default()
+            ),
+        ),
+        RevisionStatus::BuildFailed => (
+            "build",
+            "ERROR",
+            format!("Build of revision {revision} failed{why}"),
+        ),
+        RevisionStatus::DeployFailed => (
+            "deploy",
+            "ERROR",
+            format!("Revision {revision} failed to deploy{why}"),
+        ),
+        _ => ("deploy", "INFO", format!("Revision {revision} deployed")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RevisionStatus::*;
@@ -212,6 +325,79 @@ mod tests {
             let unfinished = !s.is_final() && !matches!(s, Interrupted | Unknown);
             assert_eq!(s.can_become(Interrupted), unfinished, "{s:?}");
         }
+    }
+
+    #[test]
+    fn claims() {
+        use crate::ClaimRefusal;
+        assert_eq!(claim(AwaitingDeploy, None, false, "a"), Ok(Deploying));
+        assert_eq!(claim(AwaitingBuild, None, false, "a"), Ok(Building));
+        // The holder renews; another agent waits for the lease to run out.
+        assert_eq!(claim(Deploying, Some("a"), true, "a"), Ok(Deploying));
+        assert_eq!(
+            claim(Deploying, Some("a"), true, "b"),
+            Err(ClaimRefusal::Held)
+        );
+        assert_eq!(claim(Deploying, Some("a"), false, "b"), Ok(Deploying));
+        for s in [
+            Skipped,
+            Deployed,
+            DeployFailed,
+            BuildFailed,
+            Interrupted,
+            Queued,
+        ] {
+            assert_eq!(claim(s, None, false, "a"), Err(ClaimRefusal::NotClaimable));
+        }
+        assert_eq!(released_status(Building), Some(AwaitingBuild));
+        assert_eq!(released_status(Deployed), None);
+    }
+
+    #[test]
+    fn reports() {
+        use crate::ReportRefusal;
+        let a = Some("a");
+        assert_eq!(
+            report(Deploying, a, "a", None, Deployed, None),
+            Ok(Some(Deployed))
+        );
+        assert_eq!(report(Deployed, None, "a", None, Deployed, None), Ok(None));
+        assert_eq!(
+            report(Deploying, a, "b", None, Deployed, None),
+            Err(ReportRefusal::NotHolder)
+        );
+        assert_eq!(
+            report(AwaitingDeploy, None, "a", None, Deployed, None),
+            Err(ReportRefusal::NotAllowed)
+        );
+        assert_eq!(
+            report(Deployed, None, "a", None, DeployFailed, None),
+            Err(ReportRefusal::NotAllowed)
+        );
+        // A build: BUILT is the move to AWAITING_DEPLOY with the image; again is a no-op.
+        assert_eq!(
+            report(Building, a, "a", None, AwaitingDeploy, Some("img")),
+            Ok(Some(AwaitingDeploy))
+        );
+        assert_eq!(
+            report(
+                Deploying,
+                Some("b"),
+                "a",
+                Some("img"),
+                AwaitingDeploy,
+                Some("img")
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            report(Building, a, "a", None, BuildFailed, None),
+            Ok(Some(BuildFailed))
+        );
+        assert_eq!(
+            report(Deploying, a, "a", None, BuildFailed, None),
+            Err(ReportRefusal::NotAllowed)
+        );
     }
 
     #[test]

@@ -54,6 +54,30 @@ pub enum KeyScope {
     Workspace { org_id: Uuid, workspace_id: Uuid },
     /// Every workspace of an organization; requests must name one.
     Org { org_id: Uuid },
+    /// One listener's data-plane routes, nothing else.
+    Listener {
+        org_id: Uuid,
+        workspace_id: Uuid,
+        listener_id: Uuid,
+    },
+}
+
+impl KeyScope {
+    /// The key's columns: organization, workspace, listener.
+    pub fn columns(self) -> (Uuid, Option<Uuid>, Option<Uuid>) {
+        match self {
+            KeyScope::Workspace {
+                org_id,
+                workspace_id,
+            } => (org_id, Some(workspace_id), None),
+            KeyScope::Org { org_id } => (org_id, None, None),
+            KeyScope::Listener {
+                org_id,
+                workspace_id,
+                listener_id,
+            } => (org_id, Some(workspace_id), Some(listener_id)),
+        }
+    }
 }
 
 /// A stored key, without its value.
@@ -65,18 +89,25 @@ pub struct ApiKey {
     pub key_hash: String,
     pub org_id: Uuid,
     pub workspace_id: Option<Uuid>,
+    /// Set for a listener key.
+    pub listener_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 impl ApiKey {
     pub fn scope(&self) -> KeyScope {
-        match self.workspace_id {
-            Some(workspace_id) => KeyScope::Workspace {
+        match (self.workspace_id, self.listener_id) {
+            (Some(workspace_id), Some(listener_id)) => KeyScope::Listener {
+                org_id: self.org_id,
+                workspace_id,
+                listener_id,
+            },
+            (Some(workspace_id), None) => KeyScope::Workspace {
                 org_id: self.org_id,
                 workspace_id,
             },
-            None => KeyScope::Org {
+            (None, _) => KeyScope::Org {
                 org_id: self.org_id,
             },
         }
@@ -168,6 +199,20 @@ pub struct Revision {
     pub remote_reconciled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What the data plane did with it.
+    pub data_plane: RevisionProgress,
+}
+
+/// A revision's data-plane side: the claim on it, what its build produced, why it failed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RevisionProgress {
+    /// The agent replica holding the revision (while `BUILDING` or `DEPLOYING`).
+    pub lease_holder: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The image a build produced (`BUILT`).
+    pub image: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
 }
 
 /// A revision to add: where it comes from and its configuration.
@@ -250,3 +295,150 @@ pub struct WorkspaceAccess {
     pub org_id: Uuid,
     pub plan: Plan,
 }
+
+/// What a heartbeat records of the listener's agent.
+#[derive(Debug, Clone)]
+pub struct AgentBeat {
+    pub agent_id: String,
+    /// Becomes the listener's `version`.
+    pub version: String,
+    /// The heartbeat's facts as JSON (mode, cluster, observed deployments).
+    pub facts: String,
+    /// Leases `agent_id` holds on this listener's revisions last until then.
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A listener's desired state as stored: its generation and every deployment placed on
+/// it, each with its newest and its active revision.
+#[derive(Debug, Clone)]
+pub struct DesiredRows {
+    pub listener: Listener,
+    pub generation: i64,
+    pub deployments: Vec<PlacedDeployment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlacedDeployment {
+    pub deployment: Deployment,
+    pub latest: Option<Revision>,
+    pub active: Option<Revision>,
+}
+
+/// What a claim did, or why it was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The agent holds the revision now, in this status, until `lease_expires_at`.
+    Claimed {
+        status: RevisionStatus,
+        lease_expires_at: DateTime<Utc>,
+    },
+    NotFound,
+    /// Another agent holds it and its lease has not expired.
+    Held {
+        status: RevisionStatus,
+        until: DateTime<Utc>,
+    },
+    /// Its status cannot be claimed (superseded, finished, not yet created).
+    NotClaimable(RevisionStatus),
+    /// Its deployment is being deleted.
+    Deleting,
+}
+
+/// A report an agent makes about a revision it holds.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub agent_id: String,
+    /// `AWAITING_DEPLOY` for a finished build (with `image`), `BUILD_FAILED`,
+    /// `DEPLOYED` or `DEPLOY_FAILED`.
+    pub status: RevisionStatus,
+    pub image: Option<String>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportOutcome {
+    /// Applied (or the same report again): the revision's status now.
+    Done(RevisionStatus),
+    NotFound,
+    /// The state machine does not allow this move.
+    NotAllowed {
+        from: RevisionStatus,
+        to: RevisionStatus,
+    },
+    /// The agent does not hold the revision.
+    NotHolder(RevisionStatus),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeletedOutcome {
+    /// Removed now, or already gone.
+    Gone,
+    /// The deployment is not being deleted.
+    NotDeleting(DeploymentStatus),
+}
+
+/// A log line to store.
+#[derive(Debug, Clone)]
+pub struct NewLogLine {
+    pub deployment_id: Uuid,
+    pub revision_id: Uuid,
+    /// `deploy` or `build`.
+    pub kind: &'static str,
+    pub at: DateTime<Utc>,
+    pub level: String,
+    pub message: String,
+}
+
+/// A stored log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub level: String,
+    pub message: String,
+}
+
+/// Which log lines to read, and in which order.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub deployment_id: Uuid,
+    pub revision_id: Option<Uuid>,
+    pub kind: &'static str,
+    pub descending: bool,
+    /// Lines after (ascending) or before (descending) this `(at, seq)` position.
+    pub cursor: Option<(i64, i64)>,
+    /// Upper-cased level to match exactly.
+    pub level: Option<String>,
+    /// Text the message must contain.
+    pub contains: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// Why a claim is refused (see [`crate::lifecycle::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    NotClaimable,
+    Held,
+}
+
+/// Why a report is refused (see [`crate::lifecycle::report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportRefusal {
+    NotAllowed,
+    NotHolder,
+}
+
+/// What serving a build's source needs to know of a revision.
+#[derive(Debug, Clone)]
+pub struct BuildSource {
+    pub status: RevisionStatus,
+    pub lease_holder: Option<String>,
+    /// `source_revision_config.source_tarball_path`.
+    pub tarball_path: Option<String>,
+}
+
+/// A listener's generation after a write moved it, to announce after the commit.
+pub type Bump = (Uuid, i64);

@@ -18,7 +18,17 @@ pub(crate) const DEPLOYMENT_COLUMNS: &str = "id, workspace_id, name, source, sou
     created_at, updated_at";
 pub(crate) const REVISION_COLUMNS: &str =
     "id, deployment_id, source, source_revision_config, status, \
-    remote_reconciled, created_at, updated_at";
+    remote_reconciled, created_at, updated_at, lease_holder, lease_expires_at, image, \
+    status_reason, status_message";
+
+/// [`REVISION_COLUMNS`] of table alias `table`, each renamed `{prefix}{column}`.
+pub(crate) fn revision_columns_as(table: &str, prefix: &str) -> String {
+    REVISION_COLUMNS
+        .split(", ")
+        .map(|c| format!("{table}.{c} AS {prefix}{c}", c = c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Typed column access on a row of either backend.
 pub(crate) trait Columns {
@@ -166,6 +176,7 @@ pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
         key_hash: r.text("key_hash")?,
         org_id: r.uuid("org_id")?,
         workspace_id: r.opt_uuid("workspace_id")?,
+        listener_id: r.opt_uuid("listener_id")?,
         created_at: r.time("created_at")?,
         revoked_at: r.opt_int("revoked_at")?.map(micros_to_time).transpose()?,
     })
@@ -207,15 +218,41 @@ pub(crate) fn deployment(r: &impl Columns) -> Result<Deployment> {
 }
 
 pub(crate) fn revision(r: &impl Columns) -> Result<Revision> {
+    revision_prefixed(r, "")
+}
+
+/// A revision read from columns named `{prefix}{column}`.
+pub(crate) fn revision_prefixed(r: &impl Columns, prefix: &str) -> Result<Revision> {
+    let c = |name: &str| format!("{prefix}{name}");
     Ok(Revision {
-        id: r.uuid("id")?,
-        deployment_id: r.uuid("deployment_id")?,
-        source: r.text("source")?,
-        source_revision_config: r.json("source_revision_config")?,
-        status: revision_status(&r.text("status")?)?,
-        remote_reconciled: r.flag("remote_reconciled")?,
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
+        id: r.uuid(&c("id"))?,
+        deployment_id: r.uuid(&c("deployment_id"))?,
+        source: r.text(&c("source"))?,
+        source_revision_config: r.json(&c("source_revision_config"))?,
+        status: revision_status(&r.text(&c("status"))?)?,
+        remote_reconciled: r.flag(&c("remote_reconciled"))?,
+        created_at: r.time(&c("created_at"))?,
+        updated_at: r.time(&c("updated_at"))?,
+        data_plane: RevisionProgress {
+            lease_holder: r.opt_text(&c("lease_holder"))?,
+            lease_expires_at: r
+                .opt_int(&c("lease_expires_at"))?
+                .map(micros_to_time)
+                .transpose()?,
+            image: r.opt_text(&c("image"))?,
+            reason: r.opt_text(&c("status_reason"))?,
+            message: r.opt_text(&c("status_message"))?,
+        },
+    })
+}
+
+/// A log line (`seq, at, level, message`).
+pub(crate) fn log_entry(r: &impl Columns) -> Result<LogEntry> {
+    Ok(LogEntry {
+        seq: r.int("seq")?,
+        at: r.time("at")?,
+        level: r.text("level")?,
+        message: r.text("message")?,
     })
 }
 
@@ -233,4 +270,33 @@ pub(crate) fn counts(r: &impl Columns) -> Result<ResourceCounts> {
 /// An upload row: its deployment and object path.
 pub(crate) fn upload(r: &impl Columns) -> Result<(Uuid, String)> {
     Ok((r.uuid("deployment_id")?, r.text("object_path")?))
+}
+
+/// `columns` of table alias `table`.
+pub(crate) fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A joined revision that may be absent (its `id` column null).
+pub(crate) fn optional_revision(r: &impl Columns, prefix: &str) -> Result<Option<Revision>> {
+    if r.opt_uuid(&format!("{prefix}id"))?.is_none() {
+        return Ok(None);
+    }
+    revision_prefixed(r, prefix).map(Some)
+}
+
+pub(crate) fn build_source(rev: &Revision) -> Result<BuildSource> {
+    Ok(BuildSource {
+        status: rev.status,
+        lease_holder: rev.data_plane.lease_holder.clone(),
+        tarball_path: rev
+            .source_revision_config
+            .get("source_tarball_path")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+    })
 }

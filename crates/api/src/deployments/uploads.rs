@@ -181,6 +181,21 @@ async fn stream_to_file(
 }
 
 /// Removes the uploaded tarballs of a deployment that is gone.
+/// Opens a stored tarball by its object path; `None` for a path that is not one of
+/// hostplane's uploads or whose file is gone.
+pub async fn open_stored(app: &AppState, object_path: &str) -> Option<tokio::fs::File> {
+    let plain = object_path.starts_with(OBJECT_PREFIX)
+        && std::path::Path::new(object_path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return None;
+    }
+    tokio::fs::File::open(app.config.storage_dir.join(object_path))
+        .await
+        .ok()
+}
+
 pub async fn remove_files(app: &AppState, deployment: Uuid) {
     let dir = app
         .config

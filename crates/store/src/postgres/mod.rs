@@ -4,8 +4,8 @@
 use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
-    api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
-    REVISION_COLUMNS,
+    api_key, deployment, listener, org, revision, revision_columns_as, workspace,
+    DEPLOYMENT_COLUMNS, LISTENER_COLUMNS, REVISION_COLUMNS,
 };
 use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions};
 use async_trait::async_trait;
@@ -13,8 +13,13 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod dataplane;
+use dataplane::bump_for_deployment;
+
 pub struct PgStore {
     pool: PgPool,
+    /// Wake-ups for this replica's desired-state long-polls, fed by `NOTIFY`.
+    changes: std::sync::Arc<crate::changes::Changes>,
 }
 
 /// The advisory lock that lets one replica at a time run the first-start setup (creates
@@ -33,7 +38,9 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
-        Ok(PgStore { pool })
+        let changes = std::sync::Arc::<crate::changes::Changes>::default();
+        dataplane::follow_notifications(pool.clone(), changes.clone());
+        Ok(PgStore { pool, changes })
     }
 }
 
@@ -66,22 +73,17 @@ async fn insert_key(
     scope: KeyScope,
     key_hash: &str,
 ) -> Result<ApiKey> {
-    let (org_id, ws) = match scope {
-        KeyScope::Workspace {
-            org_id,
-            workspace_id,
-        } => (org_id, Some(workspace_id)),
-        KeyScope::Org { org_id } => (org_id, None),
-    };
+    let (org_id, ws, listener) = scope.columns();
     let row = sqlx::query(
-        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES ($1, $2, \
-         $3, $4, $5) \
-         RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
+        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, listener_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, key_hash, org_id, workspace_id, listener_id, created_at, revoked_at",
     )
     .bind(Uuid::new_v4())
     .bind(key_hash)
     .bind(org_id)
     .bind(ws)
+    .bind(listener)
     .bind(now_micros())
     .fetch_one(&mut *conn)
     .await?;
@@ -218,7 +220,8 @@ impl crate::IdentityStore for PgStore {
         requested: Option<Uuid>,
     ) -> Result<Option<(ApiKey, Option<WorkspaceAccess>)>> {
         let row = sqlx::query(
-            "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.created_at, k.revoked_at, \
+            "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.listener_id, k.created_at, \
+               k.revoked_at, \
                w.org_id AS ws_org, o.plan AS ws_plan \
              FROM api_keys k \
              LEFT JOIN workspaces w ON w.id = COALESCE(k.workspace_id, $2::uuid) \
@@ -324,6 +327,15 @@ impl crate::ListenerStore for PgStore {
         row.as_ref().map(listener).transpose()
     }
 
+    async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>> {
+        let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(listener).transpose()
+    }
+
     async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM listeners WHERE workspace_id = $1 ORDER BY created_at, id",
@@ -359,17 +371,32 @@ impl crate::ListenerStore for PgStore {
     }
 
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM listeners WHERE id = $1 AND workspace_id = $2")
-            .bind(id)
-            .bind(workspace)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match StoreError::from(e) {
-                // Deployments still point at it.
-                StoreError::NotFound => StoreError::InUse,
-                other => other,
-            })?;
-        Ok(done.rows_affected() > 0)
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM listeners WHERE id = $1 AND workspace_id = $2")
+                    .bind(id)
+                    .bind(workspace)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| match StoreError::from(e) {
+                        // Deployments still point at it.
+                        StoreError::NotFound => StoreError::InUse,
+                        other => other,
+                    })?;
+                // Its keys go with it.
+                sqlx::query(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
+                     WHERE listener_id = $2",
+                )
+                .bind(now_micros())
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+                // Its pollers wake and find it gone.
+                Ok((done.rows_affected() > 0, vec![(id, i64::MAX)]))
+            })
+        })
+        .await
     }
 }
 
@@ -425,7 +452,7 @@ async fn deployment_by_id(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Dep
 #[async_trait]
 impl crate::DeploymentStore for PgStore {
     async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
-        in_tx(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 // Creates in a workspace take turns so creation times follow commit order.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))")
@@ -457,7 +484,8 @@ impl crate::DeploymentStore for PgStore {
                     .execute(&mut *conn)
                     .await?;
                 insert_revision(conn, new.id, &first, now).await?;
-                deployment_by_id(conn, new.id).await
+                let bumps = bump_for_deployment(conn, new.id).await?;
+                Ok((deployment_by_id(conn, new.id).await?, bumps))
             })
         })
         .await
@@ -515,7 +543,7 @@ impl crate::DeploymentStore for PgStore {
         expected: chrono::DateTime<chrono::Utc>,
         rev: Option<NewRevision>,
     ) -> Result<Deployment> {
-        in_tx(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 let now = now_micros();
                 let done = sqlx::query(
@@ -543,7 +571,8 @@ impl crate::DeploymentStore for PgStore {
                 if let Some(rev) = rev {
                     insert_revision(conn, next.id, &rev, now).await?;
                 }
-                deployment_by_id(conn, next.id).await
+                let bumps = bump_for_deployment(conn, next.id).await?;
+                Ok((deployment_by_id(conn, next.id).await?, bumps))
             })
         })
         .await
@@ -555,7 +584,7 @@ impl crate::DeploymentStore for PgStore {
         id: Uuid,
         force: bool,
     ) -> Result<DeleteOutcome> {
-        in_tx(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 let status: Option<String> = sqlx::query_scalar(
                     "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
@@ -565,7 +594,7 @@ impl crate::DeploymentStore for PgStore {
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some(status) = status else {
-                    return Ok(DeleteOutcome::NotFound);
+                    return Ok((DeleteOutcome::NotFound, Vec::new()));
                 };
                 let statuses: Vec<String> =
                     sqlx::query_scalar("SELECT status FROM revisions WHERE deployment_id = $1")
@@ -573,6 +602,7 @@ impl crate::DeploymentStore for PgStore {
                         .fetch_all(&mut *conn)
                         .await?;
                 let outcome = crate::rows::delete_outcome(&status, &statuses, force)?;
+                let bumps = bump_for_deployment(conn, id).await?;
                 match outcome {
                     DeleteOutcome::Removed => {
                         sqlx::query("DELETE FROM deployments WHERE id = $1")
@@ -593,7 +623,7 @@ impl crate::DeploymentStore for PgStore {
                     }
                     DeleteOutcome::NotFound => {}
                 }
-                Ok(outcome)
+                Ok((outcome, bumps))
             })
         })
         .await
@@ -631,18 +661,17 @@ impl crate::DeploymentStore for PgStore {
     }
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
-        let row = sqlx::query(
-            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, \
-             r.remote_reconciled, \
-               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = \
-               r.deployment_id \
+        let sql = format!(
+            "SELECT {} FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
              WHERE r.id = $1 AND r.deployment_id = $2 AND d.workspace_id = $3",
-        )
-        .bind(id)
-        .bind(dep)
-        .bind(workspace)
-        .fetch_optional(&self.pool)
-        .await?;
+            revision_columns_as("r", "")
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(dep)
+            .bind(workspace)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(revision).transpose()
     }
 

@@ -4,8 +4,8 @@
 use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
-    api_key, deployment, listener, org, revision, workspace, DEPLOYMENT_COLUMNS, LISTENER_COLUMNS,
-    REVISION_COLUMNS,
+    api_key, deployment, listener, org, revision, revision_columns_as, workspace,
+    DEPLOYMENT_COLUMNS, LISTENER_COLUMNS, REVISION_COLUMNS,
 };
 use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions};
 use async_trait::async_trait;
@@ -15,8 +15,13 @@ use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
+mod dataplane;
+use dataplane::bump_for_deployment;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Wake-ups for desired-state long-polls (one process serves an SQLite file).
+    changes: std::sync::Arc<crate::changes::Changes>,
     /// Listener creates go through one writer that commits them in batches.
     creates: tokio::sync::mpsc::Sender<CreateJob>,
 }
@@ -126,7 +131,11 @@ impl SqliteStore {
             .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
         let (creates, jobs) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(create_writer(pool.clone(), jobs));
-        Ok(SqliteStore { pool, creates })
+        Ok(SqliteStore {
+            pool,
+            creates,
+            changes: Default::default(),
+        })
     }
 
     /// How every connection of the pool is really set up, read back from SQLite rather
@@ -160,22 +169,17 @@ async fn insert_key(
     scope: KeyScope,
     key_hash: &str,
 ) -> Result<ApiKey> {
-    let (org_id, ws) = match scope {
-        KeyScope::Workspace {
-            org_id,
-            workspace_id,
-        } => (org_id, Some(workspace_id)),
-        KeyScope::Org { org_id } => (org_id, None),
-    };
+    let (org_id, ws, listener) = scope.columns();
     let row = sqlx::query(
-        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, created_at) VALUES (?, ?, ?, \
-         ?, ?) \
-         RETURNING id, key_hash, org_id, workspace_id, created_at, revoked_at",
+        "INSERT INTO api_keys (id, key_hash, org_id, workspace_id, listener_id, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?) \
+         RETURNING id, key_hash, org_id, workspace_id, listener_id, created_at, revoked_at",
     )
     .bind(Uuid::new_v4().to_string())
     .bind(key_hash)
     .bind(org_id.to_string())
     .bind(ws.map(|w| w.to_string()))
+    .bind(listener.map(|l| l.to_string()))
     .bind(now_micros())
     .fetch_one(&mut *conn)
     .await?;
@@ -305,7 +309,8 @@ impl crate::IdentityStore for SqliteStore {
         requested: Option<Uuid>,
     ) -> Result<Option<(ApiKey, Option<WorkspaceAccess>)>> {
         let row = sqlx::query(
-            "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.created_at, k.revoked_at, \
+            "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.listener_id, k.created_at, \
+               k.revoked_at, \
                w.org_id AS ws_org, o.plan AS ws_plan \
              FROM api_keys k \
              LEFT JOIN workspaces w ON w.id = COALESCE(k.workspace_id, ?2) \
@@ -418,6 +423,15 @@ impl crate::ListenerStore for SqliteStore {
         row.as_ref().map(listener).transpose()
     }
 
+    async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>> {
+        let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(listener).transpose()
+    }
+
     async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM listeners WHERE workspace_id = ? ORDER BY created_at, id",
@@ -458,17 +472,31 @@ impl crate::ListenerStore for SqliteStore {
     }
 
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM listeners WHERE id = ? AND workspace_id = ?")
-            .bind(id.to_string())
-            .bind(workspace.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match StoreError::from(e) {
-                // Deployments still point at it.
-                StoreError::NotFound => StoreError::InUse,
-                other => other,
-            })?;
-        Ok(done.rows_affected() > 0)
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM listeners WHERE id = ? AND workspace_id = ?")
+                    .bind(id.to_string())
+                    .bind(workspace.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| match StoreError::from(e) {
+                        // Deployments still point at it.
+                        StoreError::NotFound => StoreError::InUse,
+                        other => other,
+                    })?;
+                // Its keys go with it.
+                sqlx::query(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE listener_id = ?",
+                )
+                .bind(now_micros())
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await?;
+                // Its pollers wake and find it gone.
+                Ok((done.rows_affected() > 0, vec![(id, i64::MAX)]))
+            })
+        })
+        .await
     }
 }
 
@@ -587,7 +615,7 @@ impl SqliteStore {
 #[async_trait]
 impl crate::DeploymentStore for SqliteStore {
     async fn create_deployment(&self, new: Deployment, first: NewRevision) -> Result<Deployment> {
-        immediate(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 let now = now_micros();
                 let sql = format!(
@@ -614,7 +642,8 @@ impl crate::DeploymentStore for SqliteStore {
                     .execute(&mut *conn)
                     .await?;
                 insert_revision(conn, new.id, &first, now).await?;
-                Self::deployment_by_id(conn, new.id).await
+                let bumps = bump_for_deployment(conn, new.id).await?;
+                Ok((Self::deployment_by_id(conn, new.id).await?, bumps))
             })
         })
         .await
@@ -676,7 +705,7 @@ impl crate::DeploymentStore for SqliteStore {
         expected: chrono::DateTime<chrono::Utc>,
         rev: Option<NewRevision>,
     ) -> Result<Deployment> {
-        immediate(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 let now = now_micros();
                 let done = sqlx::query(
@@ -704,7 +733,8 @@ impl crate::DeploymentStore for SqliteStore {
                 if let Some(rev) = rev {
                     insert_revision(conn, next.id, &rev, now).await?;
                 }
-                Self::deployment_by_id(conn, next.id).await
+                let bumps = bump_for_deployment(conn, next.id).await?;
+                Ok((Self::deployment_by_id(conn, next.id).await?, bumps))
             })
         })
         .await
@@ -716,7 +746,7 @@ impl crate::DeploymentStore for SqliteStore {
         id: Uuid,
         force: bool,
     ) -> Result<DeleteOutcome> {
-        immediate(&self.pool, move |conn| {
+        self.write(move |conn| {
             Box::pin(async move {
                 let status: Option<String> = sqlx::query_scalar(
                     "SELECT status FROM deployments \
@@ -727,7 +757,7 @@ impl crate::DeploymentStore for SqliteStore {
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some(status) = status else {
-                    return Ok(DeleteOutcome::NotFound);
+                    return Ok((DeleteOutcome::NotFound, Vec::new()));
                 };
                 let statuses: Vec<String> = sqlx::query_scalar(
                     "SELECT status FROM revisions \
@@ -737,6 +767,7 @@ impl crate::DeploymentStore for SqliteStore {
                 .fetch_all(&mut *conn)
                 .await?;
                 let outcome = crate::rows::delete_outcome(&status, &statuses, force)?;
+                let bumps = bump_for_deployment(conn, id).await?;
                 match outcome {
                     DeleteOutcome::Removed => {
                         sqlx::query(
@@ -760,7 +791,7 @@ impl crate::DeploymentStore for SqliteStore {
                     }
                     DeleteOutcome::NotFound => {}
                 }
-                Ok(outcome)
+                Ok((outcome, bumps))
             })
         })
         .await
@@ -802,18 +833,17 @@ impl crate::DeploymentStore for SqliteStore {
     }
 
     async fn get_revision(&self, workspace: Uuid, dep: Uuid, id: Uuid) -> Result<Option<Revision>> {
-        let row = sqlx::query(
-            "SELECT r.id, r.deployment_id, r.source, r.source_revision_config, r.status, \
-             r.remote_reconciled, \
-               r.created_at, r.updated_at FROM revisions r JOIN deployments d ON d.id = \
-               r.deployment_id \
+        let sql = format!(
+            "SELECT {} FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
              WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?",
-        )
-        .bind(id.to_string())
-        .bind(dep.to_string())
-        .bind(workspace.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
+            revision_columns_as("r", "")
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(dep.to_string())
+            .bind(workspace.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(revision).transpose()
     }
 

@@ -1,0 +1,300 @@
+//! The data-plane protocol: what a listener agent and the control plane say to each
+//! other under `/dataplane/v1/listeners/{listener_id}/...`. The server and the agent both
+//! build on these types, so the two cannot drift apart. Every request and every answer
+//! carries [`PROTOCOL_VERSION`]; the server refuses versions it does not speak.
+//!
+//! The calls, all made by the agent (the control plane never connects to a cluster):
+//! - `POST heartbeat` ([`Heartbeat`] → [`HeartbeatAnswer`]);
+//! - `GET desired?after=N&wait=S&protocol_version=1` (→ [`DesiredState`]);
+//! - `POST revisions/{id}/claim` ([`Claim`] → [`ClaimAnswer`]);
+//! - `GET revisions/{id}/source?agent_id=A&protocol_version=1` (the tarball's bytes);
+//! - `POST revisions/{id}/status` ([`StatusReport`] → [`StatusAnswer`]);
+//! - `POST deployments/{id}/deleted` ([`Deleted`] → [`DeletedAnswer`]);
+//! - `POST logs` ([`LogBatch`] → [`LogsAnswer`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Most lines one [`LogBatch`] may carry.
+pub const MAX_LOG_BATCH: usize = 1000;
+/// Longest log message kept, in bytes; longer ones are cut at a character boundary.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 16 * 1024;
+/// Longest `wait` of a desired-state long-poll, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// Liveness and what the agent sees. Renews the leases `agent_id` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub protocol_version: u32,
+    /// Names one agent replica; claims and leases belong to it.
+    pub agent_id: String,
+    /// Becomes the listener's public `version`.
+    pub agent_version: String,
+    /// `native`, `lgp`, `render`, `containers`, or another agent's own mode name.
+    pub mode: String,
+    /// Free-form facts about the cluster or host (Kubernetes version, node count...).
+    #[serde(default)]
+    pub cluster: Map<String, Value>,
+    /// What the agent observes of each deployment it runs.
+    #[serde(default)]
+    pub deployments: Vec<Observed>,
+}
+
+/// One deployment as the agent observes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observed {
+    pub deployment_id: Uuid,
+    pub revision_id: Option<Uuid>,
+    /// The agent's word for where the deployment is: `pending`, `progressing`,
+    /// `available`, `degraded`, `failed`, `deleting`...
+    pub phase: String,
+    #[serde(default)]
+    pub ready_replicas: u32,
+    #[serde(default)]
+    pub total_replicas: u32,
+    /// Where the deployment answers (URL or host:port), when known.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub protocol_version: u32,
+    /// The listener's desired-state generation now.
+    pub generation: i64,
+    /// How often the agent should send heartbeats.
+    pub heartbeat_interval_seconds: u64,
+    /// How long a claim lasts without a heartbeat.
+    pub lease_seconds: u64,
+}
+
+/// The listener's whole desired state: every deployment placed on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub protocol_version: u32,
+    pub listener_id: Uuid,
+    /// Grows with every change to what the listener should run.
+    pub generation: i64,
+    /// The namespaces the listener may deploy into.
+    pub namespaces: Vec<String>,
+    pub deployments: Vec<DesiredDeployment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredDeployment {
+    pub id: Uuid,
+    pub name: String,
+    /// `listener_config.k8s_namespace` of the deployment.
+    pub namespace: Option<String>,
+    /// `dev_free`, `dev`, `prod`, `dev_zero`, or none.
+    pub deployment_type: Option<String>,
+    /// The public deployment status (`AWAITING_DATABASE`, `READY`, `AWAITING_DELETE`...).
+    pub status: String,
+    /// True when the deployment is being deleted: tear it down, then call `deleted`.
+    pub deleting: bool,
+    /// The revision last reported `DEPLOYED`.
+    pub active_revision_id: Option<Uuid>,
+    /// The revision to run: the newest one, unless it failed, was skipped or was
+    /// interrupted, in which case the active one (none when nothing ever deployed).
+    pub revision: Option<DesiredRevision>,
+    /// `source_config.resource_spec` as the user gave it (replicas, CPU, memory...).
+    pub resource_spec: Option<Value>,
+    /// Names of the user's own secrets the deployment reads (`secret_references`).
+    pub secret_references: Option<Value>,
+    /// The deployment's secrets, unsealed: environment variables for the server.
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredRevision {
+    pub id: Uuid,
+    /// The public revision status (`AWAITING_DEPLOY`, `DEPLOYING`, `DEPLOYED`...).
+    pub status: String,
+    /// The image to run: the revision's `image_uri`, or what its build produced. None
+    /// while a source revision still needs building.
+    pub image: Option<String>,
+    /// For a source revision (`internal_source`): how to build it.
+    pub build: Option<BuildSpec>,
+    /// The agent replica holding the revision's claim, if any.
+    pub lease_holder: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a build needs beyond the tarball (`GET revisions/{id}/source`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub langgraph_config_path: Option<String>,
+    pub install_command: Option<String>,
+    pub build_command: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// Take a revision: `AWAITING_DEPLOY → DEPLOYING` or `AWAITING_BUILD → BUILDING`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    pub protocol_version: u32,
+    pub agent_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimAnswer {
+    pub protocol_version: u32,
+    pub revision_id: Uuid,
+    /// `DEPLOYING` or `BUILDING`.
+    pub status: String,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// What an agent may report of a revision it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReportStatus {
+    /// The build produced `image`; the revision then awaits deploy.
+    Built,
+    BuildFailed,
+    Deployed,
+    DeployFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub protocol_version: u32,
+    pub agent_id: String,
+    pub status: ReportStatus,
+    /// A short machine-readable cause (`ImagePullBackOff`, `HealthCheckTimeout`...).
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Required with `BUILT`: the image the build pushed.
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    pub protocol_version: u32,
+    pub revision_id: Uuid,
+    /// The revision's status after the report.
+    pub status: String,
+}
+
+/// Teardown of a deployment in `AWAITING_DELETE` is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deleted {
+    pub protocol_version: u32,
+    pub agent_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletedAnswer {
+    pub protocol_version: u32,
+    pub deployment_id: Uuid,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    Deploy,
+    Build,
+}
+
+impl LogKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogKind::Deploy => "deploy",
+            LogKind::Build => "build",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub protocol_version: u32,
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub deployment_id: Uuid,
+    pub revision_id: Uuid,
+    pub kind: LogKind,
+    pub timestamp: DateTime<Utc>,
+    /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL` (kept upper-cased).
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsAnswer {
+    pub protocol_version: u32,
+    pub accepted: usize,
+}
+
+/// Every error answer: `{"detail": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    pub detail: String,
+}
+
+/// The error text for a request of another protocol version.
+pub fn version_mismatch(theirs: u32) -> String {
+    if theirs > PROTOCOL_VERSION {
+        format!(
+            "The agent speaks data-plane protocol version {theirs}, but this server speaks \
+             version {PROTOCOL_VERSION}: upgrade the server, or run an agent that speaks \
+             version {PROTOCOL_VERSION}."
+        )
+    } else {
+        format!(
+            "The agent speaks data-plane protocol version {theirs}, but this server speaks \
+             version {PROTOCOL_VERSION}: upgrade the agent."
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_are_the_revision_statuses() {
+        for (s, text) in [
+            (ReportStatus::Built, "\"BUILT\""),
+            (ReportStatus::BuildFailed, "\"BUILD_FAILED\""),
+            (ReportStatus::Deployed, "\"DEPLOYED\""),
+            (ReportStatus::DeployFailed, "\"DEPLOY_FAILED\""),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap_or_default(), text);
+        }
+    }
+
+    #[test]
+    fn mismatch_names_both_versions() {
+        let newer = version_mismatch(PROTOCOL_VERSION + 1);
+        assert!(newer.contains(&format!("version {}", PROTOCOL_VERSION + 1)));
+        assert!(newer.contains(&format!("version {PROTOCOL_VERSION}")));
+        assert!(newer.contains("upgrade the server"));
+        assert!(version_mismatch(0).contains("upgrade the agent"));
+    }
+}
