@@ -270,6 +270,18 @@ pub fn query_int(
         }
         return None;
     };
+    bounded(n, input, loc, errs, ge, le)
+}
+
+/// `n` checked against `ge` / `le`; errors show `input`.
+fn bounded(
+    n: i128,
+    input: Value,
+    loc: Loc,
+    errs: &mut Errors,
+    ge: Option<i64>,
+    le: Option<i64>,
+) -> Option<i128> {
     if let Some(ge) = ge.filter(|&g| n < i128::from(g)) {
         errs.push(
             ErrorItem::new(
@@ -307,7 +319,10 @@ pub fn int(
     le: Option<i64>,
 ) -> Option<i128> {
     match v {
-        Value::Int(n) => query_int(n, loc, errs, ge, le),
+        Value::Int(n) => {
+            let parsed = str_as_int(n).unwrap_or(i128::MAX);
+            bounded(parsed, v.clone(), loc, errs, ge, le)
+        }
         Value::Str(s) => query_int(s, loc, errs, ge, le),
         other => {
             errs.push(ErrorItem::new(

@@ -372,8 +372,10 @@ pub enum ReportOutcome {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DeletedOutcome {
-    /// Removed now, or already gone.
+    /// Removed now.
     Gone,
+    /// No deployment of this id is placed on the listener (any more).
+    NotFound,
     /// The deployment is not being deleted.
     NotDeleting(DeploymentStatus),
 }

@@ -515,6 +515,7 @@ pub async fn deleted(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
                 deleted: true,
             })
         }
+        DeletedOutcome::NotFound => Err(crate::deployments::not_found(deployment_id)),
         DeletedOutcome::NotDeleting(status) => Err(ApiError::Conflict(format!(
             "Deployment {deployment_id} is {}, not AWAITING_DELETE: only a deployment being \
              deleted can be confirmed gone.",

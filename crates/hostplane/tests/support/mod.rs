@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod agent;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -269,6 +271,18 @@ pub fn try_http_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    let (status, body) = exchange(port, method, path, headers, body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.1 exchange: the status and the raw body.
+pub fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
@@ -282,17 +296,19 @@ pub fn try_http_bytes(
     let mut req = req.into_bytes();
     req.extend_from_slice(body);
     s.write_all(&req)?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
     let status = resp
         .get(9..12)
+        .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response")
         })?;
     let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| resp[at + 4..].to_vec())
         .unwrap_or_default();
     Ok((status, body))
 }

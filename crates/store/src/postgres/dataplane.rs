@@ -415,7 +415,7 @@ impl crate::DataPlaneStore for PgStore {
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some(status) = status else {
-                    return Ok((DeletedOutcome::Gone, Vec::new()));
+                    return Ok((DeletedOutcome::NotFound, Vec::new()));
                 };
                 let status = deployment_status(&status)?;
                 if status != DeploymentStatus::AwaitingDelete {
