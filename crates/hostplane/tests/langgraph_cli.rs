@@ -10,7 +10,10 @@ mod support;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
+use support::agent::{listener_with_key, Agent, BUILT_IMAGE};
 use support::{postgres_db, sqlite_db, Db, Server, TempDir};
 
 const CLI_VERSION: &str = "0.4.40";
@@ -99,6 +102,16 @@ impl<'a> Cli<'a> {
     }
 
     fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `langgraph ARGS` in the project folder, against the server, at most 180 s.
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.arg("180")
             .arg(langgraph())
@@ -112,17 +125,10 @@ impl<'a> Cli<'a> {
         ] {
             cmd.env_remove(var);
         }
-        let out = cmd
-            .env("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+        cmd.env("LANGGRAPH_CLI_NO_ANALYTICS", "1")
             .env("LANGGRAPH_HOST_URL", self.server.url())
-            .env("LANGGRAPH_HOST_API_KEY", &self.server.key)
-            .output()
-            .unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .env("LANGGRAPH_HOST_API_KEY", &self.server.key);
+        cmd
     }
 
     fn deploy_image(&self, name: &str, digest_char: char, extra: &[&str]) -> Run {
@@ -358,6 +364,178 @@ fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
         }
     }
     None
+}
+
+/// `langgraph deploy` without `--no-wait`, with a scripted agent playing the cluster:
+/// the CLI waits for the agent's reports and exits accordingly; `deploy logs` (and `-f`)
+/// shows what the agent sent; a remote build goes through BUILDING and BUILT; a delete
+/// completes once the agent confirms it.
+fn official_cli_with_agent(db: Db) {
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "cluster");
+    let stop = Arc::new(AtomicBool::new(false));
+    let scripted =
+        Agent::new(server.port, &listener, &key, "scripted").spawn_scripted(stop.clone());
+    let cli = Cli::new(&server);
+    let result = |run: &Run| {
+        run.events()
+            .into_iter()
+            .find(|e| e["event"] == "result")
+            .unwrap_or_else(|| panic!("no result event:\n{}\n{}", run.stdout, run.stderr))
+    };
+
+    println!("deploy an image and wait: the agent reports DEPLOYED");
+    let deploy = |name: &str, image: &str| {
+        cli.run(&[
+            "deploy",
+            "--image-uri",
+            image,
+            "--name",
+            name,
+            "--no-input",
+            "--json",
+            "--listener-id",
+            &listener,
+        ])
+    };
+    let run = deploy("live", &image('1'));
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(result(&run)["status"], "succeeded");
+    let live = run.deployment_id();
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{live}"), None);
+    assert_eq!(d["status"], "READY");
+    assert_eq!(d["active_revision_id"], d["latest_revision_id"]);
+
+    println!("an image the agent cannot run: DEPLOY_FAILED, the CLI fails");
+    let failing = format!("docker.io/acme/fail@sha256:{}", "2".repeat(64));
+    let run = deploy("broken", &failing);
+    assert!(!run.ok, "{}", run.stdout);
+    assert_eq!(result(&run)["status"], "failed");
+    let broken = run.deployment_id();
+
+    println!("deploy logs shows the agent's lines and why a revision failed");
+    let run = cli.run(&["deploy", "logs", "--deployment-id", &live]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("[INFO] Application startup complete."),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!("pulling {}", image('1'))),
+        "{}",
+        run.stdout
+    );
+    let run = cli.run(&[
+        "deploy",
+        "logs",
+        "--deployment-id",
+        &broken,
+        "--level",
+        "error",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("failed to deploy: ImagePullBackOff: cannot pull docker.io/acme/fail"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("[INFO]"), "{}", run.stdout);
+
+    println!("deploy logs -f follows new lines");
+    let mut follow = cli
+        .command(&["deploy", "logs", "--deployment-id", &live, "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("{text:?} never followed: {e}"),
+            }
+        }
+    };
+    wait_for("Application startup complete.");
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{live}"), None);
+    let sender = Agent::new(server.port, &listener, &key, "sender");
+    let (status, _) = sender.logs(json!([{
+        "deployment_id": live, "revision_id": d["active_revision_id"], "kind": "deploy",
+        "timestamp": chrono::Utc::now().to_rfc3339(), "level": "INFO",
+        "message": "a line sent while following",
+    }]));
+    assert_eq!(status, 200);
+    wait_for("a line sent while following");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    println!("remote build and wait: BUILDING, BUILT, then deployed");
+    let run = cli.run(&[
+        "deploy",
+        "--remote",
+        "--name",
+        "built",
+        "--no-input",
+        "--json",
+    ]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(result(&run)["status"], "succeeded");
+    let built = run.deployment_id();
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{built}"), None);
+    assert_eq!(d["status"], "READY");
+    let run = cli.run(&[
+        "deploy",
+        "logs",
+        "--type",
+        "build",
+        "--deployment-id",
+        &built,
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.contains("Step 2/2 : pushed"), "{}", run.stdout);
+    assert!(run.stdout.contains(BUILT_IMAGE), "{}", run.stdout);
+
+    println!("delete a running deployment: done once the agent confirms");
+    let run = cli.run(&["deploy", "delete", &live, "--force"]);
+    assert!(run.ok, "{}", run.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .call("GET", &format!("/v2/deployments/{live}"), None)
+        .0
+        != 404
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never completed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    scripted.join().unwrap();
+}
+
+#[test]
+fn official_cli_with_agent_sqlite() {
+    official_cli_with_agent(sqlite_db());
+}
+
+#[test]
+fn official_cli_with_agent_postgres() {
+    official_cli_with_agent(postgres_db());
 }
 
 #[test]

@@ -93,7 +93,8 @@ pub struct DesiredState {
 pub struct DesiredDeployment {
     pub id: Uuid,
     pub name: String,
-    /// `listener_config.k8s_namespace` of the deployment.
+    /// `listener_config.k8s_namespace` of the deployment, else the listener's first
+    /// namespace (deployments of other sources than `external_docker` name none).
     pub namespace: Option<String>,
     /// `dev_free`, `dev`, `prod`, `dev_zero`, or none.
     pub deployment_type: Option<String>,

@@ -259,16 +259,17 @@ pub async fn desired(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
 }
 
 fn desired_state(app: &AppState, rows: store::DesiredRows) -> ApiResult<DesiredState> {
+    let namespaces = rows.listener.k8s_namespaces.unwrap_or_default();
     let deployments = rows
         .deployments
         .into_iter()
-        .map(|placed| desired_deployment(app, placed))
+        .map(|placed| desired_deployment(app, placed, namespaces.first()))
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(DesiredState {
         protocol_version: PROTOCOL_VERSION,
         listener_id: rows.listener.id,
         generation: rows.generation,
-        namespaces: rows.listener.k8s_namespaces.unwrap_or_default(),
+        namespaces,
         deployments,
     })
 }
@@ -290,9 +291,12 @@ fn target_revision(placed: &store::PlacedDeployment) -> Option<&store::Revision>
     }
 }
 
+/// One deployment of the desired state; `first_namespace` is where deployments that
+/// name none run.
 fn desired_deployment(
     app: &AppState,
     placed: store::PlacedDeployment,
+    first_namespace: Option<&String>,
 ) -> ApiResult<DesiredDeployment> {
     let d = &placed.deployment;
     let text = |v: &serde_json::Value, key: &str| {
@@ -326,7 +330,8 @@ fn desired_deployment(
         namespace: d
             .source_config
             .get("listener_config")
-            .and_then(|c| text(c, "k8s_namespace")),
+            .and_then(|c| text(c, "k8s_namespace"))
+            .or_else(|| first_namespace.cloned()),
         deployment_type: d.deployment_type.clone(),
         status: d.status.as_str().to_owned(),
         deleting: d.status == store::lifecycle::DeploymentStatus::AwaitingDelete,

@@ -21,7 +21,7 @@ use store::{DeleteOutcome, Deployment, DeploymentFilter, Revision, RevisionFilte
 use uuid::Uuid;
 
 use output::{revision_json, to_json};
-use placement::place_on_listener;
+use placement::{default_listener, place_on_listener};
 use save::{merge_fields, new_revision, revision_config, save_with_retries, unless_stale};
 
 pub(crate) fn not_found(id: Uuid) -> ApiError {
@@ -70,7 +70,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
     let listener_id = if source == "external_docker" {
         place_on_listener(&app, workspace, &mut source_config).await?
     } else {
-        None
+        default_listener(&app, workspace).await?
     };
 
     let config = revision_config(revision);

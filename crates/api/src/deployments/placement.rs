@@ -1,5 +1,7 @@
-//! Where an `external_docker` deployment runs: the listener it names (or the only one
-//! there is) and a namespace that listener serves.
+//! Where a deployment runs. An `external_docker` deployment names its listener (or uses
+//! the only one there is) and a namespace that listener serves. The other sources cannot
+//! name one (the reference's rule), so a remote build or a pushed image runs on the
+//! workspace's oldest listener, in that listener's first namespace.
 
 use super::rules;
 use crate::error::ApiResult;
@@ -68,4 +70,10 @@ pub(crate) async fn place_on_listener(
         json!({ "k8s_namespace": namespace }),
     );
     Ok(Some(listener_id))
+}
+
+/// The listener a deployment of another source than `external_docker` runs on: the
+/// workspace's oldest, when it has one.
+pub(crate) async fn default_listener(app: &AppState, workspace: Uuid) -> ApiResult<Option<Uuid>> {
+    Ok(app.store.listener_ids(workspace).await?.first().copied())
 }
