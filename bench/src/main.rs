@@ -6,6 +6,8 @@
 //! latency, errors, the server's CPU seconds per 1,000 requests and its peak RSS, both
 //! read from `/proc/PID`.
 
+mod pollers;
+
 use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -50,6 +52,27 @@ struct Args {
     /// Largest listener count of the scaling run.
     #[arg(long, default_value_t = 100_000)]
     scale_max: u64,
+    /// `suite` (every request scenario) or `pollers` (listener agents long-polling).
+    #[arg(long, default_value = "suite")]
+    scenario: String,
+    /// pollers: agents poll this replica while changes go to `--url`.
+    #[arg(long)]
+    poll_url: Option<String>,
+    /// pollers: the other replica's process id.
+    #[arg(long)]
+    pid2: Option<u32>,
+    /// pollers: the server's database, where listener keys are created.
+    #[arg(long, default_value = "")]
+    database_url: String,
+    /// pollers: how many agents.
+    #[arg(long, default_value_t = 1000)]
+    pollers: usize,
+    /// pollers: how many PATCHes are timed.
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// pollers: seconds the agents sit idle while the server's cost is read.
+    #[arg(long, default_value_t = 20.0)]
+    idle: f64,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -517,5 +540,24 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.scenario == "pollers" {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(4096)
+            .build(connector);
+        let poller_args = pollers::PollerArgs {
+            url: args.url.clone(),
+            poll_url: args.poll_url.clone(),
+            key: args.key.clone(),
+            database_url: args.database_url.clone(),
+            pids: std::iter::once(args.pid).chain(args.pid2).collect(),
+            pollers: args.pollers,
+            changes: args.changes,
+            idle_seconds: args.idle,
+            label: args.label.clone(),
+        };
+        return rt.block_on(pollers::run(client, poller_args));
+    }
     rt.block_on(suite(args))
 }
