@@ -862,3 +862,78 @@ fn crash_sqlite() {
 fn crash_postgres() {
     crash_between_report_and_answer(&postgres_db());
 }
+
+/// Log retention keeps the newest lines per deployment and kind; SIGTERM answers held
+/// long-polls at once instead of waiting for them.
+fn retention_and_shutdown(db: &Db) {
+    let mut server = Server::start_with(
+        db,
+        &["--log-retention-lines", "5"],
+        &format!("hp_test_{}", uuid::Uuid::new_v4().simple()),
+    );
+    let (l, key) = listener_with_key(&server, db, "keep");
+    let (dep, rev) = deploy(&server, "keep", &l, IMAGE);
+    let a = Agent::new(server.port, &l, &key, "a");
+    for batch in 0..2 {
+        let lines: Vec<Value> = (0..4)
+            .map(|i| {
+                json!({"deployment_id": dep, "revision_id": rev, "kind": "deploy",
+                       "timestamp": format!("2026-01-01T00:00:0{}Z", batch * 4 + i),
+                       "level": "INFO", "message": format!("line {}", batch * 4 + i)})
+            })
+            .collect();
+        assert_eq!(a.logs(json!(lines)).0, 200);
+    }
+    let build = json!([{"deployment_id": dep, "revision_id": rev, "kind": "build",
+                        "timestamp": "2026-01-01T00:00:00Z", "level": "INFO", "message": "b"}]);
+    assert_eq!(a.logs(build).0, 200);
+    let (status, page) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep}/deploy_logs"),
+        Some(json!({"order": "asc"})),
+    );
+    assert_eq!(status, 200);
+    let kept: Vec<&str> = page["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, ["line 3", "line 4", "line 5", "line 6", "line 7"]);
+    let (_, page) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
+        Some(json!({})),
+    );
+    assert_eq!(
+        page["logs"][0]["message"], "b",
+        "each kind keeps its own lines"
+    );
+
+    let generation = a.desired(-1, 0)["generation"].as_i64().unwrap();
+    let poll = std::thread::spawn(move || {
+        let t = Instant::now();
+        (a.desired(generation, 60), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    assert_eq!(server.stop(), Some(0));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let (state, waited) = poll.join().unwrap();
+    assert_eq!(state["generation"], generation);
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+}
+
+#[test]
+fn retention_and_shutdown_sqlite() {
+    retention_and_shutdown(&sqlite_db());
+}
+
+#[test]
+fn retention_and_shutdown_postgres() {
+    retention_and_shutdown(&postgres_db());
+}
