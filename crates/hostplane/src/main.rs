@@ -2,6 +2,7 @@
 //! workspaces and API keys directly in the database.
 
 mod admin;
+mod listener;
 mod server;
 
 /// mimalloc: the database drivers allocate per row and per value, and glibc's allocator
@@ -33,6 +34,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Manage organizations, workspaces and API keys (works while a server runs).
     Admin(admin::AdminArgs),
+    /// Run a listener agent: the data plane that runs a listener's deployments.
+    Listener(Box<listener::ListenerArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -76,7 +79,7 @@ impl DbArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -251,7 +254,7 @@ fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-fn init_logging(filter: &str, format: LogFormat) {
+pub(crate) fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: a log file or collector gets plain text.
     let builder = tracing_subscriber::fmt()
@@ -377,6 +380,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(*args).await.map(|_| std::process::ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(args).await,
+            Command::Listener(args) => listener::run(*args).await,
         }
     });
     match result {

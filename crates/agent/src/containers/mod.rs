@@ -1,0 +1,985 @@
+//! Container mode: deployments as containers on one Docker or Podman host, through the
+//! Docker Engine API (bollard).
+//!
+//! Per deployment, in the network `hp-<namespace>`:
+//! - the API server, `hp-<namespace>-<name>-<revision prefix>`, from the revision's
+//!   image, with the deployment's env (secrets passed as env only), port 8000 published on
+//!   an ephemeral port of the bind address, restart policy `unless-stopped`;
+//! - unless the deployment brings its own (`POSTGRES_URI_CUSTOM`, `REDIS_URI_CUSTOM`),
+//!   `hp-<namespace>-<name>-postgres` with the named volume `hp-<namespace>-<name>-pgdata`
+//!   (kept across revisions, removed with the deployment) and `hp-<namespace>-<name>-redis`.
+//!
+//! Everything carries labels with the listener, deployment and revision ids; the agent
+//! finds its objects by those labels and never touches one without them.
+//!
+//! The address: each deployment has one port on the bind address for good, served by a
+//! small TCP proxy inside the agent ([`proxy`]) that forwards to the API container of the
+//! live revision. An update starts the new container beside the old one, waits for its
+//! `/ok`, switches the proxy, then stops the old one after a short drain: no gap. The
+//! trade-off is that this address needs the agent process: while the agent restarts it
+//! does not answer (the containers keep running, and each also answers on its own
+//! published port, which `docker ps` shows).
+
+mod proxy;
+
+use crate::runner::{Failure, LogSink, Sink};
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateOptions,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use protocol::{DesiredDeployment, DesiredRevision, Observed};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_LISTENER: &str = "hostplane.listener-id";
+pub const LABEL_DEPLOYMENT: &str = "hostplane.deployment-id";
+pub const LABEL_REVISION: &str = "hostplane.revision-id";
+pub const LABEL_ROLE: &str = "hostplane.role";
+pub const LABEL_PORT: &str = "hostplane.port";
+
+/// Settings of container mode.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    pub listener_id: Uuid,
+    /// Address the deployments' ports are opened on.
+    pub bind: std::net::IpAddr,
+    /// Ports deployments get their address from, inclusive.
+    pub ports: (u16, u16),
+    pub postgres_image: String,
+    pub redis_image: String,
+    /// How long a new container has to answer `/ok`.
+    pub health_timeout: Duration,
+    /// How long the old container keeps running after the switch.
+    pub drain: Duration,
+    /// How long a stopping container gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// A deployment's live state in this agent.
+struct Live {
+    name: String,
+    revision: Uuid,
+    container: String,
+    port: u16,
+    proxy: proxy::Proxy,
+}
+
+pub struct ContainerSink {
+    docker: Docker,
+    settings: ContainerSettings,
+    live: tokio::sync::Mutex<HashMap<Uuid, Live>>,
+    /// The port each deployment answers at, reserved before its first container starts.
+    ports: Mutex<HashMap<Uuid, u16>>,
+    /// Containers whose output is being sent as deploy logs.
+    followed: Mutex<HashSet<String>>,
+}
+
+fn labels(settings: &ContainerSettings, deployment: Uuid, role: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_MANAGED.to_owned(), "hostplane".to_owned()),
+        (LABEL_LISTENER.to_owned(), settings.listener_id.to_string()),
+        (LABEL_DEPLOYMENT.to_owned(), deployment.to_string()),
+        (LABEL_ROLE.to_owned(), role.to_owned()),
+    ])
+}
+
+fn failure(reason: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(reason, e.to_string())
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl ContainerSink {
+    /// Connects to `DOCKER_HOST` (default `/var/run/docker.sock`) and checks the engine
+    /// answers.
+    pub async fn connect(settings: ContainerSettings) -> anyhow::Result<Self> {
+        let docker = Docker::connect_with_local_defaults()?;
+        let version = docker.version().await?;
+        tracing::info!(
+            engine = version.version.as_deref().unwrap_or("?"),
+            "connected to the container engine"
+        );
+        Ok(ContainerSink {
+            docker,
+            settings,
+            live: tokio::sync::Mutex::new(HashMap::new()),
+            ports: Mutex::new(HashMap::new()),
+            followed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn prefix(d: &DesiredDeployment) -> String {
+        format!(
+            "hp-{}-{}",
+            d.namespace.as_deref().unwrap_or("default"),
+            d.name
+        )
+    }
+
+    /// Our containers matching `filters` (labels), every state.
+    async fn ours(
+        &self,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
+        let mut label = vec![format!("{LABEL_LISTENER}={}", self.settings.listener_id)];
+        label.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        let filters = HashMap::from([("label".to_owned(), label)]);
+        let mut tries = 0;
+        loop {
+            let listed = self
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+                .await;
+            match listed {
+                Ok(list) => return Ok(list),
+                // Podman lists a container that is between exit and restart (or cleanup)
+                // as `stopped`, a state Docker's schema lacks: it passes within moments.
+                Err(
+                    bollard::errors::Error::JsonDataError { .. }
+                    | bollard::errors::Error::JsonSerdeError { .. },
+                ) if tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) {
+        let _ = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(self.settings.stop_timeout.as_secs() as i32),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        if let Err(e) = self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: false,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            if !is_not_found(&e) {
+                tracing::warn!(container = id, error = %e, "cannot remove a container");
+            }
+        }
+        if let Ok(mut f) = self.followed.lock() {
+            f.remove(id);
+        }
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<(), Failure> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                let req = NetworkCreateRequest {
+                    name: name.to_owned(),
+                    labels: Some(HashMap::from([(
+                        LABEL_MANAGED.to_owned(),
+                        "hostplane".to_owned(),
+                    )])),
+                    ..Default::default()
+                };
+                match self.docker.create_network(req).await {
+                    Ok(_) => Ok(()),
+                    // Created by a concurrent deployment in the same namespace.
+                    Err(_)
+                        if self
+                            .docker
+                            .inspect_network(
+                                name,
+                                None::<bollard::query_parameters::InspectNetworkOptions>,
+                            )
+                            .await
+                            .is_ok() =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(failure("NetworkFailed", e)),
+                }
+            }
+            Err(e) => Err(failure("EngineUnavailable", e)),
+        }
+    }
+
+    /// The image, pulled when the engine does not have it.
+    async fn ensure_image(&self, image: &str) -> Result<(), Failure> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let mut pull = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_owned()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(step) = pull.next().await {
+            if let Err(e) = step {
+                return Err(failure(
+                    "ImagePullFailed",
+                    format!("cannot pull image {image}: {e}"),
+                ));
+            }
+        }
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| failure("ImagePullFailed", format!("image {image} is missing: {e}")))
+    }
+
+    /// A running support container (`postgres` or `redis`) of the deployment; its env.
+    async fn ensure_support(
+        &self,
+        d: &DesiredDeployment,
+        role: &str,
+        image: &str,
+        env: Vec<String>,
+        volume: Option<(&str, &str)>,
+    ) -> Result<Vec<String>, Failure> {
+        let name = format!("{}-{role}", Self::prefix(d));
+        let existing = self
+            .ours(&[
+                (LABEL_DEPLOYMENT, d.id.to_string()),
+                (LABEL_ROLE, role.to_owned()),
+            ])
+            .await
+            .map_err(|e| failure("EngineUnavailable", e))?;
+        if let Some(c) = existing.first() {
+            let id = c.id.clone().unwrap_or_default();
+            if self.exit_code(&id).await?.is_some() {
+                let _ = self
+                    .docker
+                    .start_container(
+                        &id,
+                        None::<bollard::query_parameters::StartContainerOptions>,
+                    )
+                    .await;
+            }
+            // The env it was created with (the generated password): the listing's labels
+            // cannot hold it, and an inspect may fail on podman-only states; retry then.
+            for _ in 0..20 {
+                if let Ok(info) = self
+                    .docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+                {
+                    return Ok(info.config.and_then(|c| c.env).unwrap_or_default());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            return Err(Failure::new(
+                "EngineUnavailable",
+                format!("cannot read the settings of {role} container {id}"),
+            ));
+        }
+        self.ensure_image(image).await?;
+        let mut binds = Vec::new();
+        if let Some((volume, path)) = volume {
+            let mut vlabels = labels(&self.settings, d.id, role);
+            vlabels.insert(LABEL_ROLE.to_owned(), "volume".to_owned());
+            self.docker
+                .create_volume(VolumeCreateOptions {
+                    name: Some(volume.to_owned()),
+                    labels: Some(vlabels),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failure("VolumeFailed", e))?;
+            binds.push(format!("{volume}:{path}"));
+        }
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            env: Some(env.clone()),
+            labels: Some(labels(&self.settings, d.id, role)),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!(
+                    "hp-{}",
+                    d.namespace.as_deref().unwrap_or("default")
+                )),
+                binds: Some(binds),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| failure("ContainerCreateFailed", format!("{name}: {e}")))?;
+        self.docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| failure("ContainerStartFailed", format!("{name}: {e}")))?;
+        Ok(env)
+    }
+
+    /// The env of the API server: the deployment's, plus where Postgres and Redis are.
+    async fn server_env(&self, d: &DesiredDeployment) -> Result<Vec<String>, Failure> {
+        let given: HashMap<&str, &str> = d
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        let prefix = Self::prefix(d);
+        let mut env: Vec<String> = d
+            .env
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect();
+        let postgres = match given.get("POSTGRES_URI_CUSTOM") {
+            Some(uri) => (*uri).to_owned(),
+            None => {
+                let password: String = {
+                    use rand::Rng;
+                    rand::thread_rng()
+                        .sample_iter(&rand::distributions::Alphanumeric)
+                        .take(32)
+                        .map(char::from)
+                        .collect()
+                };
+                let fresh = vec![
+                    format!("POSTGRES_PASSWORD={password}"),
+                    "POSTGRES_USER=postgres".to_owned(),
+                    "POSTGRES_DB=postgres".to_owned(),
+                ];
+                let volume = format!("{prefix}-pgdata");
+                let actual = self
+                    .ensure_support(
+                        d,
+                        "postgres",
+                        &self.settings.postgres_image.clone(),
+                        fresh,
+                        Some((&volume, "/var/lib/postgresql/data")),
+                    )
+                    .await?;
+                let password = actual
+                    .iter()
+                    .find_map(|e| e.strip_prefix("POSTGRES_PASSWORD="))
+                    .unwrap_or_default()
+                    .to_owned();
+                format!("postgres://postgres:{password}@{prefix}-postgres:5432/postgres?sslmode=disable")
+            }
+        };
+        let redis = match given.get("REDIS_URI_CUSTOM") {
+            Some(uri) => (*uri).to_owned(),
+            None => {
+                self.ensure_support(d, "redis", &self.settings.redis_image.clone(), vec![], None)
+                    .await?;
+                format!("redis://{prefix}-redis:6379")
+            }
+        };
+        env.push(format!("POSTGRES_URI={postgres}"));
+        env.push(format!("REDIS_URI={redis}"));
+        env.push("PORT=8000".to_owned());
+        env.push(format!("LANGSMITH_HOST_PROJECT_ID={}", d.id));
+        env.push(format!("LANGGRAPH_HOST_DEPLOYMENT_NAME={}", d.name));
+        Ok(env)
+    }
+
+    /// The port a deployment answers at: the one already reserved or carried by its
+    /// containers, else a free one of the range (searched from a place its id picks).
+    async fn port_for(&self, d: &DesiredDeployment) -> Result<u16, Failure> {
+        if let Some(port) = self.ports.lock().ok().and_then(|p| p.get(&d.id).copied()) {
+            return Ok(port);
+        }
+        let labelled: Vec<(Option<Uuid>, u16)> = self
+            .ours(&[(LABEL_ROLE, "api".to_owned())])
+            .await
+            .map_err(|e| failure("EngineUnavailable", e))?
+            .iter()
+            .filter_map(|c| {
+                let l = c.labels.as_ref()?;
+                let dep = l.get(LABEL_DEPLOYMENT).and_then(|v| v.parse().ok());
+                Some((dep, l.get(LABEL_PORT)?.parse().ok()?))
+            })
+            .collect();
+        let mut ports = self
+            .ports
+            .lock()
+            .map_err(|_| Failure::new("Internal", "port table poisoned"))?;
+        if let Some((_, port)) = labelled.iter().find(|(dep, _)| *dep == Some(d.id)) {
+            ports.insert(d.id, *port);
+            return Ok(*port);
+        }
+        let taken: HashSet<u16> = labelled
+            .iter()
+            .map(|(_, p)| *p)
+            .chain(ports.values().copied())
+            .collect();
+        let (lo, hi) = self.settings.ports;
+        let span = u32::from(hi - lo) + 1;
+        let start = (d.id.as_u128() % u128::from(span)) as u32;
+        for i in 0..span {
+            let port = lo + ((start + i) % span) as u16;
+            if !taken.contains(&port)
+                && std::net::TcpListener::bind((self.settings.bind, port)).is_ok()
+            {
+                ports.insert(d.id, port);
+                return Ok(port);
+            }
+        }
+        Err(Failure::new(
+            "NoFreePort",
+            format!("every port of {lo}-{hi} is taken"),
+        ))
+    }
+
+    /// The API container of the revision: adopted when it exists and runs, else created.
+    async fn api_container(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        image: &str,
+        port: u16,
+    ) -> Result<(String, bool), Failure> {
+        let existing = self
+            .ours(&[
+                (LABEL_DEPLOYMENT, d.id.to_string()),
+                (LABEL_REVISION, rev.id.to_string()),
+                (LABEL_ROLE, "api".to_owned()),
+            ])
+            .await
+            .map_err(|e| failure("EngineUnavailable", e))?;
+        for c in existing {
+            let id = c.id.unwrap_or_default();
+            if self.exit_code(&id).await?.is_none() {
+                return Ok((id, true));
+            }
+            // A leftover that stopped: start afresh.
+            self.remove(&id).await;
+        }
+        self.ensure_image(image).await?;
+        let env = self.server_env(d).await?;
+        let short: String = rev.id.simple().to_string().chars().take(8).collect();
+        let name = format!("{}-{short}", Self::prefix(d));
+        let mut labels = labels(&self.settings, d.id, "api");
+        labels.insert(LABEL_REVISION.to_owned(), rev.id.to_string());
+        labels.insert(LABEL_PORT.to_owned(), port.to_string());
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(HashMap::from([("8000/tcp".to_owned(), HashMap::new())])),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!(
+                    "hp-{}",
+                    d.namespace.as_deref().unwrap_or("default")
+                )),
+                port_bindings: Some(HashMap::from([(
+                    "8000/tcp".to_owned(),
+                    Some(vec![PortBinding {
+                        host_ip: Some(self.settings.bind.to_string()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| failure("ContainerCreateFailed", format!("{name}: {e}")))?;
+        self.docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| failure("ContainerStartFailed", format!("{name}: {e}")))?;
+        Ok((created.id, false))
+    }
+
+    /// The host address the container's port 8000 is published on.
+    async fn published(&self, id: &str) -> Result<SocketAddr, Failure> {
+        let mut tries = 0;
+        let info = loop {
+            match self
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(info) => break info,
+                // A podman-only state (see `exit_code`): it passes.
+                Err(_) if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(failure("EngineUnavailable", e)),
+            }
+        };
+        let port = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get("8000/tcp").cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| Failure::new("NoPublishedPort", "port 8000 is not published"))?;
+        Ok(SocketAddr::new(self.settings.bind, port))
+    }
+
+    /// `None` while the container runs (or restarts), else its exit code (`-1` when it
+    /// is gone). Podman reports states Docker's schema does not know (`stopped`), which
+    /// bollard cannot read; then a `wait` for "not running" with a short timeout decides.
+    async fn exit_code(&self, id: &str) -> Result<Option<i64>, Failure> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                // Between restarts of a crash loop the state says running with code 0;
+                // `healthy` learns the real code from the engine's `wait`.
+                if state.running.unwrap_or(false) || state.restarting.unwrap_or(false) {
+                    Ok(None)
+                } else {
+                    Ok(Some(state.exit_code.unwrap_or(-1)))
+                }
+            }
+            Err(e) if is_not_found(&e) => Ok(Some(-1)),
+            Err(
+                bollard::errors::Error::JsonDataError { .. }
+                | bollard::errors::Error::JsonSerdeError { .. },
+            ) => {
+                let mut wait = self.docker.wait_container(
+                    id,
+                    Some(bollard::query_parameters::WaitContainerOptions {
+                        condition: "not-running".to_owned(),
+                    }),
+                );
+                match tokio::time::timeout(Duration::from_millis(200), wait.next()).await {
+                    Err(_) => Ok(None),
+                    Ok(Some(Ok(r))) => Ok(Some(r.status_code)),
+                    Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                        code,
+                        ..
+                    }))) => Ok(Some(code)),
+                    Ok(_) => Ok(Some(-1)),
+                }
+            }
+            Err(e) => Err(failure("EngineUnavailable", e)),
+        }
+    }
+
+    /// The failure of a container that exited: its code and last lines.
+    async fn exited(&self, id: &str, code: i64) -> Failure {
+        let last = self.tail(id).await;
+        Failure::new(
+            "ContainerExited",
+            format!("the server exited with code {code}; last lines:\n{last}"),
+        )
+    }
+
+    /// The last lines a container wrote.
+    async fn tail(&self, id: &str) -> String {
+        let mut out = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "20".to_owned(),
+                ..Default::default()
+            }),
+        );
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = out.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        text.trim().to_owned()
+    }
+
+    /// Waits until the container answers `GET /ok` with 200; fails when it exits (the
+    /// engine's `wait` gives the true exit code even when the restart policy brings it
+    /// straight back) or the time runs out.
+    async fn healthy(&self, id: &str, addr: SocketAddr) -> Result<(), Failure> {
+        let deadline = tokio::time::Instant::now() + self.settings.health_timeout;
+        type Exits = std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<
+                        Item = Result<
+                            bollard::models::ContainerWaitResponse,
+                            bollard::errors::Error,
+                        >,
+                    > + Send,
+            >,
+        >;
+        let mut exit: Exits = Box::pin(self.docker.wait_container(
+            id,
+            Some(bollard::query_parameters::WaitContainerOptions {
+                condition: "next-exit".to_owned(),
+            }),
+        ));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                ended = exit.next() => {
+                    let code = match ended {
+                        Some(Ok(r)) => r.status_code,
+                        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                        // The wait itself failed: fall back to polling the state.
+                        _ => {
+                            exit = Box::pin(futures_util::stream::pending());
+                            continue;
+                        }
+                    };
+                    return Err(self.exited(id, code).await);
+                }
+                _ = tick.tick() => {
+                    if probe(addr).await {
+                        return Ok(());
+                    }
+                    if let Some(code) = self.exit_code(id).await? {
+                        return Err(self.exited(id, code).await);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        let last = self.tail(id).await;
+                        return Err(Failure::new(
+                            "HealthCheckTimeout",
+                            format!(
+                                "GET /ok did not answer 200 within {:?}; last lines:\n{last}",
+                                self.settings.health_timeout
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the container's output as deploy logs of the revision (once per container).
+    fn follow(&self, id: &str, d: Uuid, rev: Uuid, logs: LogSink, from_start: bool) {
+        let first = self
+            .followed
+            .lock()
+            .map(|mut f| f.insert(id.to_owned()))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        let docker = self.docker.clone();
+        let id = id.to_owned();
+        let since = if from_start {
+            0
+        } else {
+            chrono::Utc::now().timestamp() as i32
+        };
+        tokio::spawn(async move {
+            let mut out = docker.logs(
+                &id,
+                Some(LogsOptions {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    since,
+                    timestamps: true,
+                    ..Default::default()
+                }),
+            );
+            let mut pending = String::new();
+            while let Some(Ok(chunk)) = out.next().await {
+                pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                while let Some(at) = pending.find('\n') {
+                    let line: String = pending.drain(..=at).collect();
+                    let line = line.trim_end();
+                    let (at, text) = match line.split_once(' ') {
+                        Some((ts, rest)) => match chrono::DateTime::parse_from_rfc3339(ts) {
+                            Ok(t) => (t.with_timezone(&chrono::Utc), rest),
+                            Err(_) => (chrono::Utc::now(), line),
+                        },
+                        None => (chrono::Utc::now(), line),
+                    };
+                    logs.send(protocol::LogLine {
+                        deployment_id: d,
+                        revision_id: rev,
+                        kind: protocol::LogKind::Deploy,
+                        timestamp: at,
+                        level: level_of(text).to_owned(),
+                        message: text.to_owned(),
+                    })
+                    .await;
+                }
+            }
+        });
+    }
+}
+
+/// A log line's level, from the usual words servers print.
+fn level_of(text: &str) -> &'static str {
+    let upper = text.to_uppercase();
+    if upper.contains("CRITICAL") {
+        "CRITICAL"
+    } else if upper.contains("ERROR") {
+        "ERROR"
+    } else if upper.contains("WARNING") || upper.contains("WARN ") {
+        "WARNING"
+    } else if upper.contains("DEBUG") {
+        "DEBUG"
+    } else {
+        "INFO"
+    }
+}
+
+/// One `GET /ok` on a fresh connection: true on a 200.
+async fn probe(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /ok HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[async_trait]
+impl Sink for ContainerSink {
+    fn mode(&self) -> &'static str {
+        "containers"
+    }
+
+    async fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut facts = serde_json::Map::new();
+        if let Ok(v) = self.docker.version().await {
+            facts.insert("engine".into(), serde_json::json!(v.version));
+            facts.insert("api_version".into(), serde_json::json!(v.api_version));
+            facts.insert("os".into(), serde_json::json!(v.os));
+            facts.insert("arch".into(), serde_json::json!(v.arch));
+        }
+        facts
+    }
+
+    async fn observe(&self) -> Vec<Observed> {
+        let live = self.live.lock().await;
+        live.iter()
+            .map(|(id, l)| Observed {
+                deployment_id: *id,
+                revision_id: Some(l.revision),
+                phase: "available".into(),
+                ready_replicas: 1,
+                total_replicas: 1,
+                endpoint: Some(format!("http://{}:{}", self.settings.bind, l.port)),
+                last_error: None,
+            })
+            .collect()
+    }
+
+    async fn deploy(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        logs: LogSink,
+    ) -> Result<String, Failure> {
+        let image = rev
+            .image
+            .clone()
+            .ok_or_else(|| Failure::new("NoImage", "the revision has no image to run"))?;
+        let address = |port: u16| format!("http://{}:{port}", self.settings.bind);
+        // Already live here: check that it still runs.
+        let current = self
+            .live
+            .lock()
+            .await
+            .get(&d.id)
+            .filter(|l| l.revision == rev.id)
+            .map(|l| (l.container.clone(), l.port));
+        if let Some((container, port)) = current {
+            if self.exit_code(&container).await?.is_none() {
+                return Ok(address(port));
+            }
+        }
+        let port = self.port_for(d).await?;
+        self.ensure_network(&format!(
+            "hp-{}",
+            d.namespace.as_deref().unwrap_or("default")
+        ))
+        .await?;
+        let (id, adopted) = self.api_container(d, rev, &image, port).await?;
+        if !adopted {
+            logs.line(d.id, rev.id, "INFO", format!("started {image}"))
+                .await;
+        }
+        self.follow(&id, d.id, rev.id, logs.clone(), !adopted);
+        let up = match self.published(&id).await {
+            Ok(target) => self.healthy(&id, target).await.map(|()| target),
+            Err(f) => match self.exit_code(&id).await {
+                Ok(Some(code)) => Err(self.exited(&id, code).await),
+                _ => Err(f),
+            },
+        };
+        let target = match up {
+            Ok(target) => target,
+            Err(f) => {
+                // The failed container goes; what ran before keeps serving.
+                self.remove(&id).await;
+                return Err(f);
+            }
+        };
+        // Switch the address to the new container, then retire the old ones.
+        {
+            let mut live = self.live.lock().await;
+            match live.get_mut(&d.id) {
+                Some(l) => {
+                    l.proxy.point_to(target);
+                    l.revision = rev.id;
+                    l.container = id.clone();
+                }
+                None => {
+                    let at = SocketAddr::new(self.settings.bind, port);
+                    let proxy = proxy::Proxy::start(at, target)
+                        .await
+                        .map_err(|e| failure("PortUnavailable", format!("port {port}: {e}")))?;
+                    live.insert(
+                        d.id,
+                        Live {
+                            name: d.name.clone(),
+                            revision: rev.id,
+                            container: id.clone(),
+                            port,
+                            proxy,
+                        },
+                    );
+                }
+            }
+        }
+        let stale: Vec<String> = self
+            .ours(&[
+                (LABEL_DEPLOYMENT, d.id.to_string()),
+                (LABEL_ROLE, "api".to_owned()),
+            ])
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.id)
+            .filter(|c| *c != id)
+            .collect();
+        if !stale.is_empty() {
+            tokio::time::sleep(self.settings.drain).await;
+            futures_util::future::join_all(stale.iter().map(|old| self.remove(old))).await;
+        }
+        Ok(address(port))
+    }
+
+    async fn delete(&self, deployment: Uuid) -> anyhow::Result<()> {
+        if let Some(l) = self.live.lock().await.remove(&deployment) {
+            tracing::info!(name = %l.name, port = l.port, "closing the deployment's address");
+            l.proxy.stop();
+        }
+        if let Ok(mut ports) = self.ports.lock() {
+            ports.remove(&deployment);
+        }
+        let all = self
+            .ours(&[(LABEL_DEPLOYMENT, deployment.to_string())])
+            .await?;
+        let ids: Vec<String> = all.into_iter().filter_map(|c| c.id).collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.remove(id))).await;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_LISTENER}={}", self.settings.listener_id),
+                format!("{LABEL_DEPLOYMENT}={deployment}"),
+            ],
+        )]);
+        let volumes = self
+            .docker
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await?;
+        for v in volumes.volumes.unwrap_or_default() {
+            self.docker
+                .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()> {
+        let gone: HashSet<Uuid> = self
+            .ours(&[])
+            .await?
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(LABEL_DEPLOYMENT)?.parse().ok())
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in gone {
+            tracing::info!(deployment = %id, "removing a deployment that no longer exists");
+            self.delete(id).await?;
+        }
+        Ok(())
+    }
+}

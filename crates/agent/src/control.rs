@@ -1,0 +1,159 @@
+//! The agent's side of the data-plane protocol: one method per call, typed with the
+//! `protocol` crate, every answer's `protocol_version` checked.
+
+use protocol::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The control plane answered with an error status.
+    #[error("{status}: {detail}")]
+    Refused { status: u16, detail: String },
+    /// It could not be reached, or its answer could not be read.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl CallError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Refused { status, .. } => Some(*status),
+            CallError::Transport(_) => None,
+        }
+    }
+}
+
+pub type CallResult<T> = Result<T, CallError>;
+
+/// A client of one listener's data-plane routes.
+#[derive(Clone)]
+pub struct ControlPlane {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    pub agent_id: String,
+}
+
+impl ControlPlane {
+    pub fn new(url: &str, listener: Uuid, key: &str, agent_id: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("hostplane-listener/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(ControlPlane {
+            http,
+            base: format!(
+                "{}/dataplane/v1/listeners/{listener}",
+                url.trim_end_matches('/')
+            ),
+            key: key.to_owned(),
+            agent_id: agent_id.to_owned(),
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> CallResult<T> {
+        let res = req
+            .header("x-api-key", &self.key)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        if status != 200 {
+            let detail = serde_json::from_slice::<ErrorAnswer>(&bytes)
+                .map(|e| e.detail)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(CallError::Refused { status, detail });
+        }
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))?;
+        if value
+            .get("protocol_version")
+            .and_then(serde_json::Value::as_u64)
+            != Some(u64::from(PROTOCOL_VERSION))
+        {
+            return Err(CallError::Transport(format!(
+                "the control plane answered with another protocol version than {PROTOCOL_VERSION}"
+            )));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CallResult<T> {
+        let req = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(req, Duration::from_secs(30)).await
+    }
+
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> CallResult<HeartbeatAnswer> {
+        self.post("/heartbeat", beat).await
+    }
+
+    /// The desired state, waiting up to `wait` for a generation past `after`.
+    pub async fn desired(&self, after: i64, wait: Duration) -> CallResult<DesiredState> {
+        let url = format!(
+            "{}/desired?protocol_version={PROTOCOL_VERSION}&after={after}&wait={}",
+            self.base,
+            wait.as_secs()
+        );
+        self.send(self.http.get(url), wait + Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn claim(&self, revision: Uuid) -> CallResult<ClaimAnswer> {
+        let body = Claim {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+        };
+        self.post(&format!("/revisions/{revision}/claim"), &body)
+            .await
+    }
+
+    pub async fn report(
+        &self,
+        revision: Uuid,
+        status: ReportStatus,
+        reason: Option<String>,
+        message: Option<String>,
+    ) -> CallResult<StatusAnswer> {
+        let body = StatusReport {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+            status,
+            reason,
+            message,
+            image: None,
+        };
+        self.post(&format!("/revisions/{revision}/status"), &body)
+            .await
+    }
+
+    pub async fn deleted(&self, deployment: Uuid) -> CallResult<DeletedAnswer> {
+        let body = Deleted {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+        };
+        self.post(&format!("/deployments/{deployment}/deleted"), &body)
+            .await
+    }
+
+    pub async fn logs(&self, lines: Vec<LogLine>) -> CallResult<LogsAnswer> {
+        let body = LogBatch {
+            protocol_version: PROTOCOL_VERSION,
+            lines,
+        };
+        self.post("/logs", &body).await
+    }
+}

@@ -1,0 +1,7 @@
+//! hostplane's listener agent: the loop every mode shares ([`runner`]), the data-plane
+//! client ([`control`]) and the modes' sinks. Container mode ([`containers`]) runs
+//! deployments on one Docker or Podman host.
+
+pub mod containers;
+pub mod control;
+pub mod runner;

@@ -1,0 +1,352 @@
+//! The agent loop every mode shares: heartbeat, long-poll the whole desired state,
+//! claim what waits, hand the work to the mode's [`Sink`], report, ship logs, confirm
+//! deletions. Level-triggered: each answer describes everything, so a restart, a lost
+//! connection or a missed change costs nothing but time. The control plane being down
+//! only makes the loop retry with backoff; nothing is ever removed because of it.
+
+use crate::control::{CallError, ControlPlane};
+use async_trait::async_trait;
+use protocol::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Why a deployment could not be brought up: the reason and message of `DEPLOY_FAILED`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where log lines go: batched and sent to the control plane by [`ship_logs`].
+#[derive(Clone)]
+pub struct LogSink(tokio::sync::mpsc::Sender<LogLine>);
+
+impl LogSink {
+    /// A deploy log line of a revision.
+    pub async fn line(&self, deployment: Uuid, revision: Uuid, level: &str, message: String) {
+        let line = LogLine {
+            deployment_id: deployment,
+            revision_id: revision,
+            kind: LogKind::Deploy,
+            timestamp: chrono::Utc::now(),
+            level: level.to_owned(),
+            message,
+        };
+        let _ = self.0.send(line).await;
+    }
+
+    pub async fn send(&self, line: LogLine) {
+        let _ = self.0.send(line).await;
+    }
+}
+
+/// What a mode does with the desired state; the loop decides when.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// The mode's name, as heartbeats report it.
+    fn mode(&self) -> &'static str;
+    /// Facts about the host or cluster, for heartbeats.
+    async fn facts(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// What runs now, per deployment.
+    async fn observe(&self) -> Vec<Observed>;
+    /// Brings `deployment` to run `revision` (adopting what already runs for it after a
+    /// restart); the address it answers at, once it does.
+    async fn deploy(
+        &self,
+        deployment: &DesiredDeployment,
+        revision: &DesiredRevision,
+        logs: LogSink,
+    ) -> Result<String, Failure>;
+    /// Removes everything of the deployment.
+    async fn delete(&self, deployment: Uuid) -> anyhow::Result<()>;
+    /// Removes what belongs to deployments that are not in `keep` (deleted while the
+    /// agent was away).
+    async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()>;
+}
+
+/// Settings of the loop.
+#[derive(Clone)]
+pub struct LoopSettings {
+    /// How long one desired-state long-poll may wait.
+    pub wait: Duration,
+    /// Stop after this many reconcile rounds (tests); `None` runs for ever.
+    pub rounds: Option<u64>,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        LoopSettings {
+            wait: Duration::from_secs(30),
+            rounds: None,
+        }
+    }
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSettings) {
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let logs = LogSink(tx);
+    tokio::spawn(ship_logs(control.clone(), rx));
+    tokio::spawn(heartbeats(control.clone(), sink.clone()));
+    let busy: Busy = Arc::default();
+    let announced: Announced = Arc::default();
+    let mut after = -1;
+    let mut backoff = Duration::from_millis(500);
+    let mut rounds = 0u64;
+    loop {
+        let state = match control.desired(after, settings.wait).await {
+            Ok(state) => {
+                backoff = Duration::from_millis(500);
+                state
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the desired state");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        after = state.generation;
+        reconcile(&control, &sink, &logs, &busy, &announced, &state).await;
+        rounds += 1;
+        if settings.rounds.is_some_and(|r| rounds >= r) {
+            return;
+        }
+    }
+}
+
+/// The task working on each deployment, and whether it is a teardown.
+type Busy = Arc<Mutex<HashMap<Uuid, (tokio::task::AbortHandle, bool)>>>;
+/// The (deployment, revision) pairs whose address was printed.
+type Announced = Arc<Mutex<HashSet<(Uuid, Uuid)>>>;
+
+/// Starts the work the state asks for; each deployment has at most one task at a time,
+/// except that a deletion stops whatever else was under way for its deployment.
+async fn reconcile(
+    control: &ControlPlane,
+    sink: &Arc<dyn Sink>,
+    logs: &LogSink,
+    busy: &Busy,
+    announced: &Announced,
+    state: &DesiredState,
+) {
+    let keep: HashSet<Uuid> = state.deployments.iter().map(|d| d.id).collect();
+    for d in &state.deployments {
+        let work = match (&d.revision, d.deleting) {
+            (_, true) => Work::Delete,
+            (Some(rev), false) => match rev.status.as_str() {
+                "AWAITING_DEPLOY" => Work::Claim(rev.clone()),
+                "DEPLOYING" if rev.lease_holder.as_deref() == Some(&control.agent_id) => {
+                    Work::Deploy(rev.clone())
+                }
+                "DEPLOYED" => Work::Keep(rev.clone()),
+                _ => continue,
+            },
+            (None, false) => continue,
+        };
+        let Ok(mut tasks) = busy.lock() else {
+            continue;
+        };
+        let teardown = matches!(work, Work::Delete);
+        match tasks.get(&d.id) {
+            Some((_, true)) => continue,
+            Some((running, false)) if teardown => running.abort(),
+            Some(_) => continue,
+            None => {}
+        }
+        let id = d.id;
+        let (control, sink, logs, busy2, announced, d) = (
+            control.clone(),
+            sink.clone(),
+            logs.clone(),
+            busy.clone(),
+            announced.clone(),
+            d.clone(),
+        );
+        let task = tokio::spawn(async move {
+            work.run(&control, sink.as_ref(), logs, &announced, &d)
+                .await;
+            if let Ok(mut b) = busy2.lock() {
+                // Only its own entry: a teardown may have replaced it.
+                if b.get(&d.id)
+                    .is_some_and(|(h, t)| *t == teardown && !h.is_finished())
+                {
+                    b.remove(&d.id);
+                }
+            }
+        });
+        tasks.insert(id, (task.abort_handle(), teardown));
+    }
+    let idle = busy.lock().map(|b| b.is_empty()).unwrap_or(false);
+    // Only when nothing is under way: a task may be creating what pruning would remove.
+    if idle {
+        if let Err(e) = sink.prune(&keep).await {
+            tracing::warn!(error = %e, "pruning what no deployment needs failed");
+        }
+    }
+}
+
+enum Work {
+    Delete,
+    Claim(DesiredRevision),
+    Deploy(DesiredRevision),
+    Keep(DesiredRevision),
+}
+
+impl Work {
+    async fn run(
+        self,
+        control: &ControlPlane,
+        sink: &dyn Sink,
+        logs: LogSink,
+        announced: &Announced,
+        d: &DesiredDeployment,
+    ) {
+        match self {
+            Work::Delete => match sink.delete(d.id).await {
+                Ok(()) => match control.deleted(d.id).await {
+                    Ok(_) | Err(CallError::Refused { status: 404, .. }) => {
+                        tracing::info!(deployment = %d.id, name = %d.name, "deleted");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "confirming a deletion failed"),
+                },
+                Err(e) => tracing::warn!(error = %e, deployment = %d.id, "teardown failed"),
+            },
+            Work::Claim(rev) => match control.claim(rev.id).await {
+                Ok(_) => deploy_and_report(control, sink, logs, announced, d, &rev).await,
+                // Another replica won, or the revision moved on: the next state says.
+                Err(e) => tracing::debug!(error = %e, revision = %rev.id, "claim not taken"),
+            },
+            Work::Deploy(rev) => deploy_and_report(control, sink, logs, announced, d, &rev).await,
+            Work::Keep(rev) => match sink.deploy(d, &rev, logs).await {
+                Ok(address) => announce(announced, d, rev.id, &address),
+                Err(f) => {
+                    tracing::warn!(deployment = %d.id, reason = %f.reason, message = %f.message,
+                                   "the deployed revision is not running")
+                }
+            },
+        }
+    }
+}
+
+/// Prints where a deployment answers, once per revision.
+fn announce(announced: &Announced, d: &DesiredDeployment, revision: Uuid, address: &str) {
+    let first = announced
+        .lock()
+        .map(|mut a| a.insert((d.id, revision)))
+        .unwrap_or(false);
+    if first {
+        println!(
+            "hostplane listener: deployment {} ({}) answers at {address}",
+            d.name, d.id
+        );
+    }
+}
+
+async fn deploy_and_report(
+    control: &ControlPlane,
+    sink: &dyn Sink,
+    logs: LogSink,
+    announced: &Announced,
+    d: &DesiredDeployment,
+    rev: &DesiredRevision,
+) {
+    let outcome = sink.deploy(d, rev, logs).await;
+    let report = match &outcome {
+        Ok(_) => {
+            control
+                .report(rev.id, ReportStatus::Deployed, None, None)
+                .await
+        }
+        Err(f) => {
+            control
+                .report(
+                    rev.id,
+                    ReportStatus::DeployFailed,
+                    Some(f.reason.clone()),
+                    Some(f.message.clone()),
+                )
+                .await
+        }
+    };
+    match (outcome, report) {
+        (Ok(address), Ok(_)) => announce(announced, d, rev.id, &address),
+        (Err(f), Ok(_)) => {
+            println!(
+                "hostplane listener: deployment {} ({}) revision {} failed: {}: {}",
+                d.name, d.id, rev.id, f.reason, f.message
+            );
+        }
+        (_, Err(e)) => tracing::warn!(error = %e, revision = %rev.id, "the report was refused"),
+    }
+}
+
+/// Sends heartbeats for ever, at the interval the control plane asks for.
+async fn heartbeats(control: ControlPlane, sink: Arc<dyn Sink>) {
+    let mut every = Duration::from_secs(10);
+    loop {
+        let beat = Heartbeat {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: control.agent_id.clone(),
+            agent_version: concat!("hostplane-listener/", env!("CARGO_PKG_VERSION")).to_owned(),
+            mode: sink.mode().to_owned(),
+            cluster: sink.facts().await,
+            deployments: sink.observe().await,
+        };
+        match control.heartbeat(&beat).await {
+            Ok(answer) => {
+                every = Duration::from_secs(answer.heartbeat_interval_seconds.max(1));
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Batches log lines (up to the protocol's limit, or whatever came within half a
+/// second) and sends them; lines of deployments that are gone are dropped.
+async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<LogLine>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while batch.len() < MAX_LOG_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(line)) => batch.push(line),
+                _ => break,
+            }
+        }
+        let mut tries = 0;
+        loop {
+            match control.logs(batch.clone()).await {
+                Ok(_) => break,
+                Err(CallError::Refused { status: 404, .. }) => {
+                    // A deployment of the batch is gone: send the rest one by one.
+                    for line in batch.drain(..) {
+                        let _ = control.logs(vec![line]).await;
+                    }
+                    break;
+                }
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "sending logs failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, lines = batch.len(), "dropping log lines");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `hostplane listener`: the agent that runs a listener's deployments. It speaks the
+//! data-plane protocol to a control plane (`hostplane serve`) with a listener key and
+//! applies what it is told through a mode: `containers` runs deployments as containers
+//! on this machine's Docker or Podman engine.
+
+use crate::LogFormat;
+use agent::containers::{ContainerSettings, ContainerSink};
+use agent::control::ControlPlane;
+use agent::runner::{self, LoopSettings};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where deployments run. (The Kubernetes modes come with their own issue.)
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Containers on this machine's Docker or Podman engine (`DOCKER_HOST`).
+    Containers,
+}
+
+#[derive(Args)]
+pub struct ListenerArgs {
+    /// Base URL of the control plane (`hostplane serve`).
+    #[arg(long, env = "HOSTPLANE_CONTROL_PLANE_URL")]
+    control_plane_url: String,
+    /// The listener this agent runs (`POST /v2/listeners` made it).
+    #[arg(long, env = "HOSTPLANE_LISTENER_ID")]
+    listener_id: Uuid,
+    /// The listener key (`hostplane admin api-key create --listener ID`).
+    #[arg(long, env = "HOSTPLANE_LISTENER_KEY", hide_env_values = true)]
+    listener_key: String,
+    #[arg(
+        long,
+        env = "HOSTPLANE_LISTENER_MODE",
+        value_enum,
+        default_value = "containers"
+    )]
+    mode: Mode,
+    /// Names this agent replica; claims belong to it, so keep it stable across restarts
+    /// (default: the host name).
+    #[arg(long, env = "HOSTPLANE_AGENT_ID")]
+    agent_id: Option<String>,
+    /// containers: the address deployments answer on.
+    #[arg(long, env = "HOSTPLANE_CONTAINER_BIND", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// containers: the ports deployments get their address from (`LOW-HIGH`).
+    #[arg(long, env = "HOSTPLANE_CONTAINER_PORTS", default_value = "20000-20999",
+          value_parser = port_range)]
+    ports: (u16, u16),
+    /// containers: the image of each deployment's PostgreSQL (unless it brings its own
+    /// through `POSTGRES_URI_CUSTOM`).
+    #[arg(
+        long,
+        env = "HOSTPLANE_POSTGRES_IMAGE",
+        default_value = "docker.io/library/postgres:16"
+    )]
+    postgres_image: String,
+    /// containers: the image of each deployment's Redis (unless `REDIS_URI_CUSTOM`).
+    #[arg(
+        long,
+        env = "HOSTPLANE_REDIS_IMAGE",
+        default_value = "docker.io/library/redis:7"
+    )]
+    redis_image: String,
+    /// Seconds a new revision has to answer `GET /ok` before it counts as failed.
+    #[arg(long, env = "HOSTPLANE_HEALTH_TIMEOUT_SECS", default_value_t = 120)]
+    health_timeout_secs: u64,
+    /// Seconds the previous revision keeps running after traffic moved to the new one.
+    #[arg(long, env = "HOSTPLANE_DRAIN_SECS", default_value_t = 2)]
+    drain_secs: u64,
+    /// Seconds a stopping container gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "HOSTPLANE_STOP_TIMEOUT_SECS", default_value_t = 10)]
+    stop_timeout_secs: u64,
+    /// Log filter.
+    #[arg(long, env = "HOSTPLANE_LOG", default_value = "info")]
+    log: String,
+    #[arg(long, env = "HOSTPLANE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| "expected LOW-HIGH, e.g. 20000-20999".to_owned())?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("{lo}: {e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("{hi}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err("LOW must be at least 1 and at most HIGH".into());
+    }
+    Ok((lo, hi))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hostplane-listener".to_owned())
+}
+
+pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging(&args.log, args.log_format);
+    let agent_id = args.agent_id.clone().unwrap_or_else(host_name);
+    let control = ControlPlane::new(
+        &args.control_plane_url,
+        args.listener_id,
+        &args.listener_key,
+        &agent_id,
+    )?;
+    let sink: Arc<dyn runner::Sink> = match args.mode {
+        Mode::Containers => Arc::new(
+            ContainerSink::connect(ContainerSettings {
+                listener_id: args.listener_id,
+                bind: args.bind,
+                ports: args.ports,
+                postgres_image: args.postgres_image.clone(),
+                redis_image: args.redis_image.clone(),
+                health_timeout: Duration::from_secs(args.health_timeout_secs),
+                drain: Duration::from_secs(args.drain_secs),
+                stop_timeout: Duration::from_secs(args.stop_timeout_secs),
+            })
+            .await
+            .context(
+                "cannot reach the container engine: set DOCKER_HOST (e.g. \
+                 unix:///run/podman/podman.sock) or start Docker",
+            )?,
+        ),
+    };
+    tracing::info!(listener = %args.listener_id, agent = %agent_id, "listener agent starting");
+    runner::run(control, sink, LoopSettings::default()).await;
+    Ok(ExitCode::SUCCESS)
+}
