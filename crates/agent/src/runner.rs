@@ -43,10 +43,18 @@ impl LogSink {
             level: level.to_owned(),
             message,
         };
-        let _ = self.0.send(line).await;
+        self.send(line).await;
     }
 
-    pub async fn send(&self, line: LogLine) {
+    /// Sends a line, its message cut to the protocol's limit.
+    pub async fn send(&self, mut line: LogLine) {
+        if line.message.len() > MAX_LOG_MESSAGE_BYTES {
+            let mut end = MAX_LOG_MESSAGE_BYTES;
+            while !line.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.message.truncate(end);
+        }
         let _ = self.0.send(line).await;
     }
 }
@@ -314,15 +322,23 @@ async fn heartbeats(control: ControlPlane, sink: Arc<dyn Sink>) {
     }
 }
 
-/// Batches log lines (up to the protocol's limit, or whatever came within half a
-/// second) and sends them; lines of deployments that are gone are dropped.
+/// Bytes of messages in one batch, well under the control plane's default body limit
+/// (1 MiB).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Batches log lines (up to the protocol's limit and [`BATCH_BYTES`], or whatever came
+/// within half a second) and sends them; lines of deployments that are gone are dropped.
 async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<LogLine>) {
     while let Some(first) = rx.recv().await {
+        let mut size = first.message.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while batch.len() < MAX_LOG_BATCH {
+        while batch.len() < MAX_LOG_BATCH && size < BATCH_BYTES {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(line)) => batch.push(line),
+                Ok(Some(line)) => {
+                    size += line.message.len();
+                    batch.push(line);
+                }
                 _ => break,
             }
         }

@@ -131,6 +131,19 @@ fn images() -> &'static Images {
                  exec /bin/busybox httpd -f -p 8000 -h /www"
             )
         };
+        let idle = build(&dir.0, "idle", "exec /bin/busybox sleep 100000", None);
+        // Can this machine run a container at all? If not, say why here.
+        let out = Command::new("podman")
+            .args(["run", "--rm", "--entrypoint", "/bin/busybox", &idle, "true"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman cannot run a container here (is CONTAINERS_CONF={} in effect? \
+             scripts/test sets it):\n{}",
+            std::env::var("CONTAINERS_CONF").unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Images {
             v1: build(&dir.0, "v1", &serve("v1", 0), Some("v1")),
             v2: build(&dir.0, "v2", &serve("v2", 0), Some("v2")),
@@ -141,7 +154,7 @@ fn images() -> &'static Images {
                 "echo 'fatal: OPENAI_API_KEY is not set' >&2; exit 3",
                 None,
             ),
-            idle: build(&dir.0, "idle", "exec /bin/busybox sleep 100000", None),
+            idle,
         }
     })
 }

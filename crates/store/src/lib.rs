@@ -173,6 +173,8 @@ pub trait ListenerStore: Send + Sync {
     async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>>;
     /// The ids of every listener of the workspace, oldest first (for placement).
     async fn listener_ids(&self, workspace: Uuid) -> Result<Vec<Uuid>>;
+    /// The workspace's oldest listener.
+    async fn oldest_listener(&self, workspace: Uuid) -> Result<Option<Uuid>>;
     async fn patch_listener(
         &self,
         workspace: Uuid,

@@ -746,6 +746,10 @@ impl ContainerSink {
             let mut pending = String::new();
             while let Some(Ok(chunk)) = out.next().await {
                 pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                // A line that never ends is sent in pieces rather than kept growing.
+                if pending.len() > protocol::MAX_LOG_MESSAGE_BYTES && !pending.contains('\n') {
+                    pending.push('\n');
+                }
                 while let Some(at) = pending.find('\n') {
                     let line: String = pending.drain(..=at).collect();
                     let line = line.trim_end();

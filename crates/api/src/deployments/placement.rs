@@ -75,5 +75,5 @@ pub(crate) async fn place_on_listener(
 /// The listener a deployment of another source than `external_docker` runs on: the
 /// workspace's oldest, when it has one.
 pub(crate) async fn default_listener(app: &AppState, workspace: Uuid) -> ApiResult<Option<Uuid>> {
-    Ok(app.store.listener_ids(workspace).await?.first().copied())
+    Ok(app.store.oldest_listener(workspace).await?)
 }

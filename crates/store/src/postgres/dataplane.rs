@@ -522,20 +522,24 @@ impl crate::DataPlaneStore for PgStore {
         self.write(move |conn| {
             Box::pin(async move {
                 let now = now_micros();
-                let rows = sqlx::query(
+                use RevisionStatus::{AwaitingBuild, AwaitingDeploy, Building, Deploying};
+                let sql = format!(
                     "UPDATE revisions r SET \
-                       status = CASE r.status WHEN 'BUILDING' THEN 'AWAITING_BUILD' \
-                         ELSE 'AWAITING_DEPLOY' END, \
+                       status = CASE r.status WHEN '{}' THEN '{}' ELSE '{}' END, \
                        lease_holder = NULL, lease_expires_at = NULL, \
                        updated_at = GREATEST($1, r.updated_at + 1) \
                      FROM deployments d \
                      WHERE d.id = r.deployment_id AND r.lease_holder IS NOT NULL \
-                       AND r.lease_expires_at < $1 AND r.status IN ('BUILDING', 'DEPLOYING') \
+                       AND r.lease_expires_at < $1 AND r.status IN ('{}', '{}') \
                      RETURNING d.listener_id",
-                )
-                .bind(now)
-                .fetch_all(&mut *conn)
-                .await?;
+                    Building.as_str(),
+                    AwaitingBuild.as_str(),
+                    AwaitingDeploy.as_str(),
+                    Building.as_str(),
+                    Deploying.as_str(),
+                );
+                debug_assert_eq!(lifecycle::released_status(Deploying), Some(AwaitingDeploy));
+                let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
                 let mut listeners = std::collections::BTreeSet::new();
                 for row in &rows {
                     if let Some(l) = row.opt_uuid("listener_id")? {

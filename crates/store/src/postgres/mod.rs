@@ -345,6 +345,15 @@ impl crate::ListenerStore for PgStore {
         .await?)
     }
 
+    async fn oldest_listener(&self, workspace: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM listeners WHERE workspace_id = $1 ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(workspace)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn patch_listener(
         &self,
         workspace: Uuid,

@@ -446,6 +446,19 @@ impl crate::ListenerStore for SqliteStore {
             .collect()
     }
 
+    async fn oldest_listener(&self, workspace: Uuid) -> Result<Option<Uuid>> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM listeners WHERE workspace_id = ? ORDER BY created_at, id LIMIT 1",
+        )
+        .bind(workspace.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        id.map(|id| {
+            Uuid::parse_str(&id).map_err(|e| StoreError::Other(format!("listener id: {e}")))
+        })
+        .transpose()
+    }
+
     async fn patch_listener(
         &self,
         workspace: Uuid,
