@@ -109,11 +109,18 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSetti
     tokio::spawn(heartbeats(control.clone(), sink.clone()));
     let busy: Busy = Arc::default();
     let announced: Announced = Arc::default();
+    // Work skipped because its deployment was busy starts as soon as the busy task ends,
+    // not at the next change: the task wakes the loop.
+    let finished: Wake = Arc::default();
     let mut after = -1;
     let mut backoff = Duration::from_millis(500);
     let mut rounds = 0u64;
     loop {
-        let state = match control.desired(after, settings.wait).await {
+        let answer = tokio::select! {
+            answer = control.desired(after, settings.wait) => answer,
+            () = finished.notify.notified() => control.desired(-1, Duration::ZERO).await,
+        };
+        let state = match answer {
             Ok(state) => {
                 backoff = Duration::from_millis(500);
                 state
@@ -126,13 +133,23 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSetti
             }
         };
         after = state.generation;
-        reconcile(&control, &sink, &logs, &busy, &announced, &state).await;
+        reconcile(&control, &sink, &logs, &busy, &announced, &finished, &state).await;
         rounds += 1;
         if settings.rounds.is_some_and(|r| rounds >= r) {
             return;
         }
     }
 }
+
+/// Set when a round skipped work because its deployment was busy; the next task to end
+/// then wakes the loop.
+#[derive(Default)]
+struct Skipped {
+    skipped: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+type Wake = Arc<Skipped>;
 
 /// The task working on each deployment, and whether it is a teardown.
 type Busy = Arc<Mutex<HashMap<Uuid, (tokio::task::AbortHandle, bool)>>>;
@@ -147,18 +164,25 @@ async fn reconcile(
     logs: &LogSink,
     busy: &Busy,
     announced: &Announced,
+    finished: &Wake,
     state: &DesiredState,
 ) {
     let keep: HashSet<Uuid> = state.deployments.iter().map(|d| d.id).collect();
     for d in &state.deployments {
+        // Only the listener's own namespaces: a deployment left in one the listener no
+        // longer serves fails rather than runs.
+        let served = d
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| state.namespaces.contains(ns));
         let work = match (&d.revision, d.deleting) {
             (_, true) => Work::Delete,
             (Some(rev), false) => match rev.status.as_str() {
-                "AWAITING_DEPLOY" => Work::Claim(rev.clone()),
+                "AWAITING_DEPLOY" => Work::Claim(rev.clone(), served),
                 "DEPLOYING" if rev.lease_holder.as_deref() == Some(&control.agent_id) => {
-                    Work::Deploy(rev.clone())
+                    Work::Deploy(rev.clone(), served)
                 }
-                "DEPLOYED" => Work::Keep(rev.clone()),
+                "DEPLOYED" if served => Work::Keep(rev.clone()),
                 _ => continue,
             },
             (None, false) => continue,
@@ -168,9 +192,13 @@ async fn reconcile(
         };
         let teardown = matches!(work, Work::Delete);
         match tasks.get(&d.id) {
-            Some((_, true)) => continue,
             Some((running, false)) if teardown => running.abort(),
-            Some(_) => continue,
+            Some(_) => {
+                finished
+                    .skipped
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             None => {}
         }
         let id = d.id;
@@ -205,10 +233,11 @@ async fn reconcile(
     }
 }
 
+/// What a deployment needs; `bool`: its namespace is one the listener serves.
 enum Work {
     Delete,
-    Claim(DesiredRevision),
-    Deploy(DesiredRevision),
+    Claim(DesiredRevision, bool),
+    Deploy(DesiredRevision, bool),
     Keep(DesiredRevision),
 }
 
@@ -231,12 +260,14 @@ impl Work {
                 },
                 Err(e) => tracing::warn!(error = %e, deployment = %d.id, "teardown failed"),
             },
-            Work::Claim(rev) => match control.claim(rev.id).await {
-                Ok(_) => deploy_and_report(control, sink, logs, announced, d, &rev).await,
+            Work::Claim(rev, served) => match control.claim(rev.id).await {
+                Ok(_) => deploy_and_report(control, sink, logs, announced, d, &rev, served).await,
                 // Another replica won, or the revision moved on: the next state says.
                 Err(e) => tracing::debug!(error = %e, revision = %rev.id, "claim not taken"),
             },
-            Work::Deploy(rev) => deploy_and_report(control, sink, logs, announced, d, &rev).await,
+            Work::Deploy(rev, served) => {
+                deploy_and_report(control, sink, logs, announced, d, &rev, served).await
+            }
             Work::Keep(rev) => match sink.deploy(d, &rev, logs).await {
                 Ok(address) => announce(announced, d, rev.id, &address),
                 Err(f) => {
@@ -269,8 +300,19 @@ async fn deploy_and_report(
     announced: &Announced,
     d: &DesiredDeployment,
     rev: &DesiredRevision,
+    served: bool,
 ) {
-    let outcome = sink.deploy(d, rev, logs).await;
+    let outcome = if served {
+        sink.deploy(d, rev, logs).await
+    } else {
+        Err(Failure::new(
+            "NamespaceNotServed",
+            format!(
+                "namespace {:?} is not one of the listener's k8s_namespaces",
+                d.namespace.as_deref().unwrap_or_default()
+            ),
+        ))
+    };
     let report = match &outcome {
         Ok(_) => {
             control

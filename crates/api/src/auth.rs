@@ -64,20 +64,15 @@ async fn find_key(
     Ok((record, workspace))
 }
 
-/// Authenticates a data-plane request: only a key of `listener` itself passes. Its
-/// workspace.
+/// Authenticates a data-plane request: only a key of `listener` itself passes.
 pub async fn authenticate_listener(
     store: &dyn Store,
     headers: &HeaderMap,
     listener: Uuid,
-) -> ApiResult<Uuid> {
+) -> ApiResult<()> {
     let (record, _) = find_key(store, headers, None).await?;
     match record.scope() {
-        KeyScope::Listener {
-            workspace_id,
-            listener_id,
-            ..
-        } if listener_id == listener => Ok(workspace_id),
+        KeyScope::Listener { listener_id, .. } if listener_id == listener => Ok(()),
         KeyScope::Listener { .. } => Err(ApiError::Forbidden(format!(
             "This listener key does not have access to listener ID '{listener}'."
         ))),

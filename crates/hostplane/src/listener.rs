@@ -1,11 +1,13 @@
 //! `hostplane listener`: the agent that runs a listener's deployments. It speaks the
 //! data-plane protocol to a control plane (`hostplane serve`) with a listener key and
 //! applies what it is told through a mode: `containers` runs deployments as containers
-//! on this machine's Docker or Podman engine.
+//! on this machine's Docker or Podman engine; `render` writes their Kubernetes objects
+//! as files for a GitOps tool.
 
 use crate::LogFormat;
 use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
+use agent::kube::files::{FileSink, RenderSettings};
 use agent::runner::{self, LoopSettings};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -14,11 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Where deployments run. (The Kubernetes modes come with their own issue.)
+/// Where deployments run.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Containers on this machine's Docker or Podman engine (`DOCKER_HOST`).
     Containers,
+    /// Kubernetes manifests written to `--render-dir` for a GitOps tool to apply.
+    Render,
 }
 
 #[derive(Args)]
@@ -43,6 +47,9 @@ pub struct ListenerArgs {
     /// (default: the host name).
     #[arg(long, env = "HOSTPLANE_AGENT_ID")]
     agent_id: Option<String>,
+    /// render: the folder the manifests go to (`DIR/<namespace>/<deployment>/`).
+    #[arg(long, env = "HOSTPLANE_RENDER_DIR", required_if_eq("mode", "render"))]
+    render_dir: Option<std::path::PathBuf>,
     /// containers: the address deployments answer on.
     #[arg(long, env = "HOSTPLANE_CONTAINER_BIND", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
@@ -50,15 +57,15 @@ pub struct ListenerArgs {
     #[arg(long, env = "HOSTPLANE_CONTAINER_PORTS", default_value = "20000-20999",
           value_parser = port_range)]
     ports: (u16, u16),
-    /// containers: the image of each deployment's PostgreSQL (unless it brings its own
-    /// through `POSTGRES_URI_CUSTOM`).
+    /// The image of each deployment's PostgreSQL (unless it brings its own through
+    /// `POSTGRES_URI_CUSTOM`).
     #[arg(
         long,
         env = "HOSTPLANE_POSTGRES_IMAGE",
         default_value = "docker.io/library/postgres:16"
     )]
     postgres_image: String,
-    /// containers: the image of each deployment's Redis (unless `REDIS_URI_CUSTOM`).
+    /// The image of each deployment's Redis (unless `REDIS_URI_CUSTOM`).
     #[arg(
         long,
         env = "HOSTPLANE_REDIS_IMAGE",
@@ -128,6 +135,19 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
                  unix:///run/podman/podman.sock) or start Docker",
             )?,
         ),
+        Mode::Render => {
+            let dir = args.render_dir.clone().unwrap_or_default();
+            Arc::new(
+                FileSink::new(RenderSettings {
+                    listener_id: args.listener_id,
+                    listener_key: args.listener_key.clone(),
+                    dir: dir.clone(),
+                    postgres_image: args.postgres_image.clone(),
+                    redis_image: args.redis_image.clone(),
+                })
+                .with_context(|| format!("cannot create the render folder {}", dir.display()))?,
+            )
+        }
     };
     tracing::info!(listener = %args.listener_id, agent = %agent_id, "listener agent starting");
     runner::run(control, sink, LoopSettings::default()).await;

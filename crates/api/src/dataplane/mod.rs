@@ -49,11 +49,10 @@ impl DataPlaneConfig {
     }
 }
 
-/// An authenticated data-plane request: the listener it is for and its workspace,
-/// its query and its raw body.
+/// An authenticated data-plane request: the listener it is for (the key's own), its
+/// query and its raw body.
 pub struct Agent {
     pub listener_id: Uuid,
-    pub workspace_id: Uuid,
     query: Query,
     path: Vec<(String, String)>,
     body: axum::body::Bytes,
@@ -73,9 +72,7 @@ impl FromRequest<AppState> for Agent {
             })
             .unwrap_or_default();
         let listener_id = path_uuid(&path, "listener_id")?;
-        let workspace_id =
-            crate::auth::authenticate_listener(app.store.as_ref(), &parts.headers, listener_id)
-                .await?;
+        crate::auth::authenticate_listener(app.store.as_ref(), &parts.headers, listener_id).await?;
         let limit = app.config.max_body_bytes;
         let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
             ApiError::PayloadTooLarge(format!(
@@ -84,7 +81,6 @@ impl FromRequest<AppState> for Agent {
         })?;
         Ok(Agent {
             listener_id,
-            workspace_id,
             query: Query::parse(parts.uri.query()),
             path,
             body,
@@ -97,10 +93,6 @@ fn path_uuid(path: &[(String, String)], name: &str) -> ApiResult<Uuid> {
         .find(|(n, _)| n == name)
         .and_then(|(_, v)| Uuid::parse_str(v).ok())
         .ok_or_else(ApiError::route_not_found)
-}
-
-fn unprocessable(detail: String) -> ApiError {
-    ApiError::Unprocessable(detail)
 }
 
 /// Refuses any protocol version but ours, naming both.
@@ -122,24 +114,25 @@ impl Agent {
     /// The JSON body as `T`, after its `protocol_version` is checked.
     fn body<T: DeserializeOwned>(&self) -> ApiResult<T> {
         let value: serde_json::Value = serde_json::from_slice(&self.body)
-            .map_err(|e| unprocessable(format!("The body is not JSON: {e}.")))?;
+            .map_err(|e| ApiError::Unprocessable(format!("The body is not JSON: {e}.")))?;
         match value.get("protocol_version").map(serde_json::Value::as_u64) {
             Some(Some(v)) => check_version(v)?,
             _ => {
-                return Err(unprocessable(format!(
+                return Err(ApiError::Unprocessable(format!(
                     "The body needs an integer protocol_version (this server speaks version \
                      {PROTOCOL_VERSION})."
                 )))
             }
         }
-        serde_json::from_value(value).map_err(|e| unprocessable(format!("Invalid body: {e}.")))
+        serde_json::from_value(value)
+            .map_err(|e| ApiError::Unprocessable(format!("Invalid body: {e}.")))
     }
 
     /// The `protocol_version` query parameter of a GET, checked.
     fn query_version(&self) -> ApiResult<()> {
         match self.query.get("protocol_version").map(str::parse::<u64>) {
             Some(Ok(v)) => check_version(v),
-            _ => Err(unprocessable(format!(
+            _ => Err(ApiError::Unprocessable(format!(
                 "The query needs an integer protocol_version (this server speaks version \
                  {PROTOCOL_VERSION})."
             ))),
@@ -155,7 +148,7 @@ impl Agent {
                 .ok()
                 .filter(|n| *n >= min)
                 .ok_or_else(|| {
-                    unprocessable(format!(
+                    ApiError::Unprocessable(format!(
                         "Query parameter {name} must be an integer >= {min}."
                     ))
                 }),
@@ -165,7 +158,7 @@ impl Agent {
 
 fn agent_id(id: &str) -> ApiResult<&str> {
     if id.is_empty() || id.len() > 253 || id.chars().any(char::is_control) {
-        return Err(unprocessable(
+        return Err(ApiError::Unprocessable(
             "agent_id must be 1 to 253 characters without control characters.".into(),
         ));
     }
@@ -188,7 +181,7 @@ pub async fn heartbeat(State(app): State<AppState>, agent: Agent) -> ApiResult<R
     let beat: Heartbeat = agent.body()?;
     agent_id(&beat.agent_id)?;
     if beat.agent_version.is_empty() || beat.agent_version.len() > 128 {
-        return Err(unprocessable(
+        return Err(ApiError::Unprocessable(
             "agent_version must be 1 to 128 characters.".into(),
         ));
     }
@@ -422,7 +415,7 @@ pub async fn report(State(app): State<AppState>, agent: Agent) -> ApiResult<Resp
         ReportStatus::DeployFailed => RevisionStatus::DeployFailed,
     };
     if req.status == ReportStatus::Built && req.image.as_deref().is_none_or(str::is_empty) {
-        return Err(unprocessable(
+        return Err(ApiError::Unprocessable(
             "A BUILT report needs the image it built.".into(),
         ));
     }
@@ -532,7 +525,7 @@ pub async fn deleted(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
 pub async fn logs(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let batch: LogBatch = agent.body()?;
     if batch.lines.len() > MAX_LOG_BATCH {
-        return Err(unprocessable(format!(
+        return Err(ApiError::Unprocessable(format!(
             "A batch holds at most {MAX_LOG_BATCH} lines; this one has {}.",
             batch.lines.len()
         )));
