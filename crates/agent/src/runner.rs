@@ -194,9 +194,13 @@ async fn reconcile(
         match tasks.get(&d.id) {
             Some((running, false)) if teardown => running.abort(),
             Some(_) => {
-                finished
-                    .skipped
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                // A skipped check of what runs can wait for the next round; skipped
+                // changes should not.
+                if !matches!(work, Work::Keep(_)) {
+                    finished
+                        .skipped
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 continue;
             }
             None => {}

@@ -110,7 +110,11 @@ impl FileSink {
         std::fs::create_dir_all(&staging)?;
         for (name, content) in files {
             // Secrets are readable by the agent's user only.
-            let mode = if name.starts_with("secret-") { 0o600 } else { 0o644 };
+            let mode = if name.starts_with("secret-") {
+                0o600
+            } else {
+                0o644
+            };
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
