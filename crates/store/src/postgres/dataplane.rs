@@ -31,20 +31,24 @@ pub(super) async fn bump_listener(conn: &mut PgConnection, listener: Uuid) -> Re
     Ok(g.map(|g| (listener, g)).into_iter().collect())
 }
 
-/// Moves the generation of the listener `deployment` is placed on (if any).
+/// Moves the generation of the listener `deployment` is placed on (if any) and
+/// announces it at commit, in one statement.
 pub(super) async fn bump_for_deployment(
     conn: &mut PgConnection,
     deployment: Uuid,
 ) -> Result<Vec<Bump>> {
-    let listener: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT listener_id FROM deployments WHERE id = $1")
-            .bind(deployment)
-            .fetch_optional(&mut *conn)
-            .await?;
-    match listener.flatten() {
-        Some(l) => bump_listener(conn, l).await,
-        None => Ok(Vec::new()),
-    }
+    let row: Option<(Uuid, i64)> = sqlx::query_as(
+        "WITH b AS (UPDATE listeners SET generation = generation + 1 \
+           WHERE id = (SELECT listener_id FROM deployments WHERE id = $1) \
+           RETURNING id, generation) \
+         SELECT b.id, b.generation FROM b, \
+           LATERAL (SELECT pg_notify($2, b.id::text || ':' || b.generation::text)) n",
+    )
+    .bind(deployment)
+    .bind(CHANNEL)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.into_iter().collect())
 }
 
 /// Follows [`CHANNEL`] on a connection of its own and wakes local pollers; after a lost

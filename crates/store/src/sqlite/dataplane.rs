@@ -27,20 +27,27 @@ pub(super) async fn bump_listener(
     Ok(g.map(|g| (listener, g)).into_iter().collect())
 }
 
-/// Moves the generation of the listener `deployment` is placed on (if any).
+/// Moves the generation of the listener `deployment` is placed on (if any), in one
+/// statement: it runs inside the write lock of every deployment write.
 pub(super) async fn bump_for_deployment(
     conn: &mut SqliteConnection,
     deployment: Uuid,
 ) -> Result<Vec<Bump>> {
-    let listener: Option<Option<String>> =
-        sqlx::query_scalar("SELECT listener_id FROM deployments WHERE id = ?")
-            .bind(deployment.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    match listener.flatten().map(|l| Uuid::parse_str(&l)) {
-        Some(Ok(l)) => bump_listener(conn, l).await,
-        _ => Ok(Vec::new()),
-    }
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "UPDATE listeners SET generation = generation + 1 \
+         WHERE id = (SELECT listener_id FROM deployments WHERE id = ?) \
+         RETURNING id, generation",
+    )
+    .bind(deployment.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|(id, g)| {
+        Uuid::parse_str(&id)
+            .map(|id| (id, g))
+            .map_err(|e| StoreError::Other(format!("listener id: {e}")))
+    })
+    .into_iter()
+    .collect()
 }
 
 impl SqliteStore {
@@ -64,7 +71,7 @@ impl SqliteStore {
     }
 }
 
-/// The revision (prefixed `r_`) and its deployment's listener, status and active revision.
+/// From a revision `r` (`?1`) of a deployment `d` placed on the listener (`?2`).
 const REVISION_IN_LISTENER: &str = "FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
      WHERE r.id = ?1 AND d.listener_id = ?2";
 
