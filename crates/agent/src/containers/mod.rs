@@ -94,6 +94,14 @@ fn labels(settings: &ContainerSettings, deployment: Uuid, role: &str) -> HashMap
     ])
 }
 
+/// Containers come back after a crash or a reboot, until the agent stops them.
+fn restart_unless_stopped() -> RestartPolicy {
+    RestartPolicy {
+        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+        maximum_retry_count: None,
+    }
+}
+
 fn failure(reason: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(reason, e.to_string())
 }
@@ -270,6 +278,33 @@ impl ContainerSink {
             .map_err(|e| failure("ImagePullFailed", format!("image {image} is missing: {e}")))
     }
 
+    /// Creates the container `name` and starts it: its id.
+    async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, Failure> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| failure("ContainerCreateFailed", format!("{name}: {e}")))?;
+        self.docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| failure("ContainerStartFailed", format!("{name}: {e}")))?;
+        Ok(created.id)
+    }
+
     /// A running support container (`postgres` or `redis`) of the deployment; its env.
     async fn ensure_support(
         &self,
@@ -340,32 +375,12 @@ impl ContainerSink {
                     d.namespace.as_deref().unwrap_or("default")
                 )),
                 binds: Some(binds),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
+                restart_policy: Some(restart_unless_stopped()),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| failure("ContainerCreateFailed", format!("{name}: {e}")))?;
-        self.docker
-            .start_container(
-                &created.id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| failure("ContainerStartFailed", format!("{name}: {e}")))?;
+        self.create_and_start(&name, body).await?;
         Ok(env)
     }
 
@@ -528,33 +543,12 @@ impl ContainerSink {
                         host_port: Some(String::new()),
                     }]),
                 )])),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
+                restart_policy: Some(restart_unless_stopped()),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| failure("ContainerCreateFailed", format!("{name}: {e}")))?;
-        self.docker
-            .start_container(
-                &created.id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| failure("ContainerStartFailed", format!("{name}: {e}")))?;
-        Ok((created.id, false))
+        Ok((self.create_and_start(&name, body).await?, false))
     }
 
     /// The host address the container's port 8000 is published on.
