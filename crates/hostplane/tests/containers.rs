@@ -415,6 +415,14 @@ fn containers_end_to_end() {
         logs.stdout
     );
 
+    println!("an image that cannot be pulled: DEPLOY_FAILED with ImagePullFailed");
+    let missing = format!("localhost/hostplane-e2e-missing@sha256:{}", "0".repeat(64));
+    let run = deploy(&missing, true);
+    assert!(!run.ok, "{}", run.stdout);
+    assert_eq!(get_ok(port).as_deref(), Some("v2"));
+    let logs = cli.run(&["deploy", "logs", "--deployment-id", &dep, "--limit", "1"]);
+    assert!(logs.stdout.contains("ImagePullFailed"), "{}", logs.stdout);
+
     println!("kill -9 of the agent mid-rollout: it converges without duplicates");
     let run = deploy(&images.slow, false);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
