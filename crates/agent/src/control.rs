@@ -18,15 +18,6 @@ pub enum CallError {
     Transport(String),
 }
 
-impl CallError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            CallError::Refused { status, .. } => Some(*status),
-            CallError::Transport(_) => None,
-        }
-    }
-}
-
 pub type CallResult<T> = Result<T, CallError>;
 
 /// A client of one listener's data-plane routes.

@@ -83,26 +83,11 @@ pub trait Sink: Send + Sync + 'static {
     async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()>;
 }
 
-/// Settings of the loop.
-#[derive(Clone)]
-pub struct LoopSettings {
-    /// How long one desired-state long-poll may wait.
-    pub wait: Duration,
-    /// Stop after this many reconcile rounds (tests); `None` runs for ever.
-    pub rounds: Option<u64>,
-}
-
-impl Default for LoopSettings {
-    fn default() -> Self {
-        LoopSettings {
-            wait: Duration::from_secs(30),
-            rounds: None,
-        }
-    }
-}
+/// How long one desired-state long-poll may wait.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the agent until the process ends.
-pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSettings) {
+pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>) {
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
     let logs = LogSink(tx);
     tokio::spawn(ship_logs(control.clone(), rx));
@@ -114,10 +99,9 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSetti
     let finished: Wake = Arc::default();
     let mut after = -1;
     let mut backoff = Duration::from_millis(500);
-    let mut rounds = 0u64;
     loop {
         let answer = tokio::select! {
-            answer = control.desired(after, settings.wait) => answer,
+            answer = control.desired(after, WAIT) => answer,
             () = finished.notify.notified() => control.desired(-1, Duration::ZERO).await,
         };
         let state = match answer {
@@ -134,10 +118,6 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, settings: LoopSetti
         };
         after = state.generation;
         reconcile(&control, &sink, &logs, &busy, &announced, &finished, &state).await;
-        rounds += 1;
-        if settings.rounds.is_some_and(|r| rounds >= r) {
-            return;
-        }
     }
 }
 

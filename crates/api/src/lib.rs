@@ -176,12 +176,25 @@ fn dataplane_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 
 /// The data plane's router: its routes and its own document.
 fn dataplane_api() -> Router<AppState> {
-    dataplane_routes()
+    let routes = dataplane_routes()
+        .into_iter()
+        .map(|(t, handlers)| (format!("{}{t}", dataplane::PREFIX), handlers))
+        .chain([(
+            "/dataplane/openapi.json".to_owned(),
+            get(dataplane::openapi::serve),
+        )]);
+    router_of(routes)
+}
+
+/// A router of `routes`, with FastAPI's 405 and route templates for telemetry.
+fn router_of<S: AsRef<str>>(
+    routes: impl IntoIterator<Item = (S, MethodRouter<AppState>)>,
+) -> Router<AppState> {
+    routes
         .into_iter()
         .fold(Router::new(), |router, (template, handlers)| {
-            router.route(&format!("{}{template}", dataplane::PREFIX), handlers)
+            router.route(template.as_ref(), handlers)
         })
-        .route("/dataplane/openapi.json", get(dataplane::openapi::serve))
         .method_not_allowed_fallback(routing::method_not_allowed)
         .route_layer(axum::middleware::from_fn(telemetry::tag_route))
 }
@@ -202,13 +215,7 @@ pub fn route_templates() -> &'static [&'static str] {
 
 /// The compatible API, mounted at the root and under `/api-host`.
 fn compatible_api() -> Router<AppState> {
-    routes()
-        .into_iter()
-        .fold(Router::new(), |router, (template, handlers)| {
-            router.route(template, handlers)
-        })
-        .method_not_allowed_fallback(routing::method_not_allowed)
-        .route_layer(axum::middleware::from_fn(telemetry::tag_route))
+    router_of(routes())
 }
 
 async fn ok() -> Response {

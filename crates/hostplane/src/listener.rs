@@ -8,7 +8,7 @@ use crate::LogFormat;
 use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
 use agent::kube::files::{FileSink, RenderSettings};
-use agent::runner::{self, LoopSettings};
+use agent::runner;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
@@ -150,6 +150,6 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(listener = %args.listener_id, agent = %agent_id, "listener agent starting");
-    runner::run(control, sink, LoopSettings::default()).await;
+    runner::run(control, sink).await;
     Ok(ExitCode::SUCCESS)
 }

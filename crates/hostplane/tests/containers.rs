@@ -279,6 +279,12 @@ fn containers(deployment: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The names of the deployment's volumes, one a line.
+fn volumes(deployment: &str) -> String {
+    let filter = format!("label=hostplane.deployment-id={deployment}");
+    podman(&["volume", "ls", "--filter", &filter, "-q"])
+}
+
 /// Removes whatever the test's listener left behind, also when the test fails.
 struct Cleanup(String);
 
@@ -355,14 +361,8 @@ fn containers_end_to_end() {
     let mut roles: Vec<String> = containers(&dep).into_iter().map(|(r, _)| r).collect();
     roles.sort();
     assert_eq!(roles, ["api", "postgres", "redis"]);
-    let volumes = podman(&[
-        "volume",
-        "ls",
-        "--filter",
-        &format!("label=hostplane.deployment-id={dep}"),
-        "-q",
-    ]);
-    assert_eq!(volumes.lines().count(), 1, "{volumes}");
+    let kept = volumes(&dep);
+    assert_eq!(kept.lines().count(), 1, "{kept}");
 
     println!("update: a client polling the address the whole time never fails");
     let stop = Arc::new(AtomicBool::new(false));
@@ -472,13 +472,6 @@ fn containers_end_to_end() {
             == 404
     });
     assert_eq!(containers(&dep), Vec::<(String, String)>::new());
-    let volumes = podman(&[
-        "volume",
-        "ls",
-        "--filter",
-        &format!("label=hostplane.deployment-id={dep}"),
-        "-q",
-    ]);
-    assert_eq!(volumes, "");
+    assert_eq!(volumes(&dep), "");
     assert_eq!(get_ok(port), None, "the address is closed");
 }

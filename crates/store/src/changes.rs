@@ -49,7 +49,8 @@ impl Changes {
     }
 
     /// How many listeners have a poller waiting.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.lock()
             .values()
             .filter(|tx| tx.receiver_count() > 0)

@@ -235,7 +235,7 @@ impl crate::DataPlaneStore for SqliteStore {
         self.write(move |conn| {
             Box::pin(async move {
                 let sql = format!(
-                    "SELECT {}, d.active_revision_id AS d_active, \
+                    "SELECT {}, \
                        (SELECT created_at FROM revisions WHERE id = d.active_revision_id) \
                          AS d_active_created \
                      {REVISION_IN_LISTENER}",
