@@ -155,6 +155,14 @@ impl Renderer<'_> {
         labels
     }
 
+    /// Labels of a store's pod template: without the revision, so that a new revision
+    /// does not restart the deployment's PostgreSQL or Redis.
+    fn store_pod_labels(&self, component: &str) -> Map<String, Value> {
+        let mut labels = self.labels(component);
+        labels.remove(LABEL_REVISION);
+        labels
+    }
+
     /// The labels a selector matches on: fixed for the deployment's life.
     fn selector(&self, component: &str) -> Value {
         json!({
@@ -453,7 +461,7 @@ impl Renderer<'_> {
                     "replicas": 1,
                     "selector": {"matchLabels": self.selector("postgres")},
                     "template": {
-                        "metadata": {"labels": self.labels("postgres")},
+                        "metadata": {"labels": self.store_pod_labels("postgres")},
                         "spec": {"containers": [container]},
                     },
                     "volumeClaimTemplates": [{
@@ -485,7 +493,7 @@ impl Renderer<'_> {
                     "replicas": 1,
                     "selector": {"matchLabels": self.selector("redis")},
                     "template": {
-                        "metadata": {"labels": self.labels("redis")},
+                        "metadata": {"labels": self.store_pod_labels("redis")},
                         "spec": {"containers": [container]},
                     },
                 }}),
