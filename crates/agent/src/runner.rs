@@ -59,6 +59,22 @@ impl LogSink {
     }
 }
 
+/// The level of a log line, guessed from its text.
+pub fn level_of(text: &str) -> &'static str {
+    let upper = text.to_uppercase();
+    if upper.contains("CRITICAL") {
+        "CRITICAL"
+    } else if upper.contains("ERROR") {
+        "ERROR"
+    } else if upper.contains("WARNING") || upper.contains("WARN ") {
+        "WARNING"
+    } else if upper.contains("DEBUG") {
+        "DEBUG"
+    } else {
+        "INFO"
+    }
+}
+
 /// What a mode does with the desired state; the loop decides when.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
@@ -77,10 +93,10 @@ pub trait Sink: Send + Sync + 'static {
         logs: LogSink,
     ) -> Result<String, Failure>;
     /// Removes everything of the deployment.
-    async fn delete(&self, deployment: Uuid) -> anyhow::Result<()>;
+    async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()>;
     /// Removes what belongs to deployments that are not in `keep` (deleted while the
-    /// agent was away).
-    async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()>;
+    /// agent was away), in the listener's `namespaces`.
+    async fn prune(&self, keep: &HashSet<Uuid>, namespaces: &[String]) -> anyhow::Result<()>;
 }
 
 /// How long one desired-state long-poll may wait.
@@ -211,7 +227,7 @@ async fn reconcile(
     let idle = busy.lock().map(|b| b.is_empty()).unwrap_or(false);
     // Only when nothing is under way: a task may be creating what pruning would remove.
     if idle {
-        if let Err(e) = sink.prune(&keep).await {
+        if let Err(e) = sink.prune(&keep, &state.namespaces).await {
             tracing::warn!(error = %e, "pruning what no deployment needs failed");
         }
     }
@@ -235,7 +251,7 @@ impl Work {
         d: &DesiredDeployment,
     ) {
         match self {
-            Work::Delete => match sink.delete(d.id).await {
+            Work::Delete => match sink.delete(d).await {
                 Ok(()) => match control.deleted(d.id).await {
                     Ok(_) | Err(CallError::Refused { status: 404, .. }) => {
                         tracing::info!(deployment = %d.id, name = %d.name, "deleted");

@@ -1,13 +1,14 @@
 //! `hostplane listener`: the agent that runs a listener's deployments. It speaks the
 //! data-plane protocol to a control plane (`hostplane serve`) with a listener key and
-//! applies what it is told through a mode: `containers` runs deployments as containers
-//! on this machine's Docker or Podman engine; `render` writes their Kubernetes objects
-//! as files for a GitOps tool.
+//! applies what it is told through a mode: `native` applies their Kubernetes objects to
+//! a cluster; `containers` runs deployments as containers on this machine's Docker or
+//! Podman engine; `render` writes their Kubernetes objects as files for a GitOps tool.
 
 use crate::LogFormat;
 use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
 use agent::kube::files::{FileSink, RenderSettings};
+use agent::kube::native::{KubeSettings, KubeSink};
 use agent::runner;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -19,6 +20,9 @@ use uuid::Uuid;
 /// Where deployments run.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
+    /// A Kubernetes cluster, by server-side apply (`KUBECONFIG`, `~/.kube/config`, or the
+    /// pod's service account).
+    Native,
     /// Containers on this machine's Docker or Podman engine (`DOCKER_HOST`).
     Containers,
     /// Kubernetes manifests written to `--render-dir` for a GitOps tool to apply.
@@ -40,7 +44,7 @@ pub struct ListenerArgs {
         long,
         env = "HOSTPLANE_LISTENER_MODE",
         value_enum,
-        default_value = "containers"
+        default_value = "native"
     )]
     mode: Mode,
     /// Names this agent replica; claims belong to it, so keep it stable across restarts
@@ -72,9 +76,14 @@ pub struct ListenerArgs {
         default_value = "docker.io/library/redis:7"
     )]
     redis_image: String,
-    /// Seconds a new revision has to answer `GET /ok` before it counts as failed.
+    /// Seconds a new revision has to start (native: roll out) and answer `GET /ok`
+    /// before it counts as failed.
     #[arg(long, env = "HOSTPLANE_HEALTH_TIMEOUT_SECS", default_value_t = 120)]
     health_timeout_secs: u64,
+    /// native: whether `DEPLOYED` also waits for `GET /ok` through the deployment's
+    /// Service (by the API server's service proxy).
+    #[arg(long, env = "HOSTPLANE_OK_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    ok_check: bool,
     /// Seconds the previous revision keeps running after traffic moved to the new one.
     #[arg(long, env = "HOSTPLANE_DRAIN_SECS", default_value_t = 2)]
     drain_secs: u64,
@@ -118,6 +127,22 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         &agent_id,
     )?;
     let sink: Arc<dyn runner::Sink> = match args.mode {
+        Mode::Native => Arc::new(
+            KubeSink::connect(KubeSettings {
+                listener_id: args.listener_id,
+                listener_key: args.listener_key.clone(),
+                postgres_image: args.postgres_image.clone(),
+                redis_image: args.redis_image.clone(),
+                rollout_timeout: Duration::from_secs(args.health_timeout_secs),
+                check_ok: args.ok_check,
+                poll: Duration::from_secs(1),
+            })
+            .await
+            .context(
+                "cannot reach the Kubernetes API server: set KUBECONFIG, or run in a pod \
+                 with a service account",
+            )?,
+        ),
         Mode::Containers => Arc::new(
             ContainerSink::connect(ContainerSettings {
                 listener_id: args.listener_id,

@@ -22,7 +22,7 @@
 
 mod proxy;
 
-use crate::runner::{Failure, LogSink, Sink};
+use crate::runner::{level_of, Failure, LogSink, Sink};
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
@@ -117,6 +117,41 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl ContainerSink {
+    /// Stops and removes every container and volume of the deployment.
+    async fn teardown(&self, deployment: Uuid) -> anyhow::Result<()> {
+        if let Some(l) = self.live.lock().await.remove(&deployment) {
+            tracing::info!(name = %l.name, port = l.port, "closing the deployment's address");
+            l.proxy.stop();
+        }
+        if let Ok(mut ports) = self.ports.lock() {
+            ports.remove(&deployment);
+        }
+        let all = self
+            .ours(&[(LABEL_DEPLOYMENT, deployment.to_string())])
+            .await?;
+        let ids: Vec<String> = all.into_iter().filter_map(|c| c.id).collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.remove(id))).await;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_LISTENER}={}", self.settings.listener_id),
+                format!("{LABEL_DEPLOYMENT}={deployment}"),
+            ],
+        )]);
+        let volumes = self
+            .docker
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await?;
+        for v in volumes.volumes.unwrap_or_default() {
+            self.docker
+                .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Connects to `DOCKER_HOST` (default `/var/run/docker.sock`) and checks the engine
     /// answers.
     pub async fn connect(settings: ContainerSettings) -> anyhow::Result<Self> {
@@ -769,22 +804,6 @@ impl ContainerSink {
     }
 }
 
-/// A log line's level, from the usual words servers print.
-fn level_of(text: &str) -> &'static str {
-    let upper = text.to_uppercase();
-    if upper.contains("CRITICAL") {
-        "CRITICAL"
-    } else if upper.contains("ERROR") {
-        "ERROR"
-    } else if upper.contains("WARNING") || upper.contains("WARN ") {
-        "WARNING"
-    } else if upper.contains("DEBUG") {
-        "DEBUG"
-    } else {
-        "INFO"
-    }
-}
-
 /// One `GET /ok` on a fresh connection: true on a 200.
 async fn probe(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -932,41 +951,11 @@ impl Sink for ContainerSink {
         Ok(address(port))
     }
 
-    async fn delete(&self, deployment: Uuid) -> anyhow::Result<()> {
-        if let Some(l) = self.live.lock().await.remove(&deployment) {
-            tracing::info!(name = %l.name, port = l.port, "closing the deployment's address");
-            l.proxy.stop();
-        }
-        if let Ok(mut ports) = self.ports.lock() {
-            ports.remove(&deployment);
-        }
-        let all = self
-            .ours(&[(LABEL_DEPLOYMENT, deployment.to_string())])
-            .await?;
-        let ids: Vec<String> = all.into_iter().filter_map(|c| c.id).collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.remove(id))).await;
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_LISTENER}={}", self.settings.listener_id),
-                format!("{LABEL_DEPLOYMENT}={deployment}"),
-            ],
-        )]);
-        let volumes = self
-            .docker
-            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
-                filters: Some(filters),
-            }))
-            .await?;
-        for v in volumes.volumes.unwrap_or_default() {
-            self.docker
-                .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
-                .await?;
-        }
-        Ok(())
+    async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()> {
+        self.teardown(deployment.id).await
     }
 
-    async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()> {
+    async fn prune(&self, keep: &HashSet<Uuid>, _namespaces: &[String]) -> anyhow::Result<()> {
         let gone: HashSet<Uuid> = self
             .ours(&[])
             .await?
@@ -976,7 +965,7 @@ impl Sink for ContainerSink {
             .collect();
         for id in gone {
             tracing::info!(deployment = %id, "removing a deployment that no longer exists");
-            self.delete(id).await?;
+            self.teardown(id).await?;
         }
         Ok(())
     }

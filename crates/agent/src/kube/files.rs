@@ -249,11 +249,11 @@ impl Sink for FileSink {
         ))
     }
 
-    async fn delete(&self, deployment: Uuid) -> anyhow::Result<()> {
-        Ok(self.remove(deployment)?)
+    async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()> {
+        Ok(self.remove(deployment.id)?)
     }
 
-    async fn prune(&self, keep: &HashSet<Uuid>) -> anyhow::Result<()> {
+    async fn prune(&self, keep: &HashSet<Uuid>, _namespaces: &[String]) -> anyhow::Result<()> {
         for (id, _) in self.folders()? {
             if !keep.contains(&id) {
                 tracing::info!(deployment = %id, "removing the files of a deployment that no longer exists");

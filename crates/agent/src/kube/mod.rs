@@ -1,8 +1,10 @@
 //! Kubernetes: the pure render of a desired deployment into objects ([`render`]), a
 //! deterministic YAML writer ([`yaml`]) and the `render` mode's sink, which writes the
-//! objects as files for GitOps tools ([`files`]).
+//! objects as files for GitOps tools ([`files`]), and the `native` mode's sink, which applies them to
+//! a cluster and watches them roll out ([`native`]).
 
 pub mod files;
+pub mod native;
 pub mod render;
 pub mod yaml;
 

@@ -163,6 +163,17 @@ impl Renderer<'_> {
         labels
     }
 
+    /// Labels of the PostgreSQL volume claim: fixed for the deployment's life, since a
+    /// StatefulSet's claim templates cannot change.
+    fn claim_labels(&self) -> Value {
+        json!({
+            LABEL_COMPONENT: "postgres",
+            MANAGED_BY: "hostplane",
+            LABEL_DEPLOYMENT: self.d.id.to_string(),
+            LABEL_LISTENER: self.ctx.listener_id.to_string(),
+        })
+    }
+
     /// The labels a selector matches on: fixed for the deployment's life.
     fn selector(&self, component: &str) -> Value {
         json!({
@@ -465,7 +476,7 @@ impl Renderer<'_> {
                         "spec": {"containers": [container]},
                     },
                     "volumeClaimTemplates": [{
-                        "metadata": {"name": "data"},
+                        "metadata": {"name": "data", "labels": self.claim_labels()},
                         "spec": {"accessModes": ["ReadWriteOnce"],
                                  "resources": {"requests": {"storage": format!("{storage}Gi")}}},
                     }],

@@ -1,0 +1,402 @@
+//! `native` mode end to end: the real `hostplane serve`, the real `hostplane listener`
+//! against the in-repository fake Kubernetes API server (which plays the kubelet), and
+//! the official `langgraph deploy` without `--no-wait`. Deploy, update, an image that
+//! cannot be pulled, a crash loop, an unschedulable pod, a stale HPA removed, `kill -9`
+//! of the agent mid-rollout, delete; the exact apply sequence; and the RBAC Role of the
+//! install manifests checked against every request the agent made.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use fakekube::{Attributes, FakeKube, Fault};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::agent::listener_with_key;
+use support::cli::Cli;
+use support::{bin, free_port, sqlite_db, Db, Server};
+
+/// A running `hostplane listener` (native), its stdout lines collected.
+struct KubeAgent {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl KubeAgent {
+    fn start(server: &Server, db: &Db, kubeconfig: &Path, listener: &str, key: &str) -> Self {
+        let log = db.dir.0.join(format!("kube-agent-{}.log", free_port()));
+        let mut child = bin()
+            .args(["listener", "--control-plane-url", &server.url()])
+            .args(["--listener-id", listener, "--agent-id", "kube-agent"])
+            .args(["--health-timeout-secs", "15"])
+            .env("HOSTPLANE_LISTENER_KEY", key)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("HOSTPLANE_LISTENER_MODE")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        KubeAgent { child, lines }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cluster's objects other than pods, as `Kind/namespace/name`.
+fn inventory(fake: &FakeKube) -> Vec<String> {
+    fake.inventory()
+        .into_iter()
+        .filter(|o| !o.starts_with("Pod/"))
+        .collect()
+}
+
+fn pods(fake: &FakeKube, component: &str) -> Vec<Value> {
+    fake.objects("Pod", "ns")
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+        .collect()
+}
+
+fn api_image(fake: &FakeKube, name: &str) -> String {
+    fake.objects("Deployment", "ns")
+        .iter()
+        .find(|d| d["metadata"]["name"] == name)
+        .map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// One rule of a Role: API groups, resources, verbs.
+struct Rule {
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+}
+
+/// The rules of the listener's Role in the install manifests.
+fn role_rules() -> Vec<Rule> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/listener/role.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let role: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(role["kind"], "Role");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| Rule {
+            groups: strings(&r["apiGroups"]),
+            resources: strings(&r["resources"]),
+            verbs: strings(&r["verbs"]),
+        })
+        .collect()
+}
+
+#[test]
+fn native_mode_end_to_end() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+    let db = sqlite_db();
+    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "cluster-a");
+    let mut agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
+    let cli = Cli::new(&server);
+    let name = "kube-e2e";
+    // The CLI wants digests: `vN` becomes the digest of N repeated.
+    let image = |tag: &str| format!("registry.example/agent@sha256:{}", tag[1..].repeat(64));
+    for tag in ["v1", "v2", "v5"] {
+        fake.set_image_logs(&image(tag), &[&format!("INFO: serving {tag}")]);
+    }
+    let created = AtomicBool::new(false);
+    let deploy = |tag: &str, wait: bool| {
+        let image = image(tag);
+        let mut args = vec![
+            "deploy",
+            "--image-uri",
+            &image,
+            "--name",
+            name,
+            "--no-input",
+            "--json",
+        ];
+        if !created.swap(true, Ordering::Relaxed) {
+            args.extend(["--listener-id", listener.as_str()]);
+        }
+        if !wait {
+            args.push("--no-wait");
+        }
+        cli.run(&args)
+    };
+    let logs_of = |dep: &str| {
+        let run = cli.run(&["deploy", "logs", "--deployment-id", dep, "--limit", "100"]);
+        assert!(run.ok, "{}", run.stderr);
+        run.stdout
+    };
+
+    println!("deploy: applied, rolled out, /ok through the Service, then DEPLOYED");
+    let run = deploy("v1", true);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let dep = run.deployment_id();
+    let expected = [
+        "Deployment/ns/kube-e2e",
+        "Deployment/ns/kube-e2e-redis",
+        "PersistentVolumeClaim/ns/data-kube-e2e-postgres-0",
+        "Secret/ns/kube-e2e-env",
+        "Secret/ns/kube-e2e-postgres",
+        "Service/ns/kube-e2e",
+        "Service/ns/kube-e2e-postgres",
+        "Service/ns/kube-e2e-redis",
+        "StatefulSet/ns/kube-e2e-postgres",
+    ];
+    assert_eq!(inventory(&fake), expected);
+    // The first round's applies, in the render's order (later rounds apply the same
+    // objects again, which changes nothing).
+    let applies: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .take(8)
+        .map(|r| r.line())
+        .collect();
+    let q = "force=true&fieldManager=hostplane-listener";
+    assert_eq!(
+        applies,
+        [
+            format!("PATCH /api/v1/namespaces/ns/secrets/kube-e2e-env?&{q}"),
+            format!("PATCH /apis/apps/v1/namespaces/ns/deployments/kube-e2e?&{q}"),
+            format!("PATCH /api/v1/namespaces/ns/services/kube-e2e?&{q}"),
+            format!("PATCH /api/v1/namespaces/ns/secrets/kube-e2e-postgres?&{q}"),
+            format!("PATCH /apis/apps/v1/namespaces/ns/statefulsets/kube-e2e-postgres?&{q}"),
+            format!("PATCH /api/v1/namespaces/ns/services/kube-e2e-postgres?&{q}"),
+            format!("PATCH /apis/apps/v1/namespaces/ns/deployments/kube-e2e-redis?&{q}"),
+            format!("PATCH /api/v1/namespaces/ns/services/kube-e2e-redis?&{q}"),
+        ]
+    );
+    let proxied = fake
+        .requests()
+        .iter()
+        .rfind(|r| r.path == "/api/v1/namespaces/ns/services/kube-e2e:8000/proxy/ok")
+        .map(|r| r.status);
+    assert_eq!(proxied, Some(200), "the /ok check went through the Service");
+    wait_until("the address to be printed", 10, || {
+        agent.lines.lock().unwrap().iter().any(|l| {
+            l == &format!("hostplane listener: deployment kube-e2e ({dep}) answers at http://kube-e2e.ns.svc:8000")
+        })
+    });
+    wait_until("the pod's logs as deploy logs", 20, || {
+        logs_of(&dep).contains("serving v1")
+    });
+    let postgres_pod = pods(&fake, "postgres")[0]["metadata"]["uid"].clone();
+
+    println!("update: the new pod replaces the old one; the stores are not restarted");
+    let run = deploy("v2", true);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(api_image(&fake, name), image("v2"));
+    wait_until("the old API pod to go", 10, || {
+        pods(&fake, "api").len() == 1
+    });
+    assert_eq!(pods(&fake, "postgres")[0]["metadata"]["uid"], postgres_pod);
+    assert_eq!(inventory(&fake), expected);
+
+    println!("an image that cannot be pulled: DEPLOY_FAILED (ImagePullFailed), v2 keeps running");
+    fake.set_fault(&image("v3"), Some(Fault::ImagePull));
+    let run = deploy("v3", true);
+    assert!(!run.ok, "{}", run.stdout);
+    let logs = logs_of(&dep);
+    assert!(logs.contains("ImagePullFailed"), "{logs}");
+    assert!(logs.contains("Back-off pulling image"), "{logs}");
+    wait_until("the cluster to run v2 again", 20, || {
+        api_image(&fake, name) == image("v2")
+    });
+    wait_until("only v2's pod", 20, || {
+        let api = pods(&fake, "api");
+        api.len() == 1 && api[0]["spec"]["containers"][0]["image"] == image("v2")
+    });
+
+    println!("a crash loop: DEPLOY_FAILED (CrashLoopBackOff) with the exit code and last lines");
+    fake.set_fault(
+        &image("v4"),
+        Some(Fault::CrashLoop {
+            exit_code: 3,
+            logs: vec!["fatal: OPENAI_API_KEY is not set".into()],
+        }),
+    );
+    let run = deploy("v4", true);
+    assert!(!run.ok, "{}", run.stdout);
+    let logs = logs_of(&dep);
+    assert!(logs.contains("CrashLoopBackOff"), "{logs}");
+    assert!(logs.contains("exit code 3"), "{logs}");
+    assert!(logs.contains("fatal: OPENAI_API_KEY is not set"), "{logs}");
+    wait_until("the cluster to run v2 again", 20, || {
+        api_image(&fake, name) == image("v2")
+    });
+
+    println!("an autoscaled update adds an HPA; scaling back removes it");
+    let patch = |spec: Value| {
+        let (status, body) = server.call(
+            "PATCH",
+            &format!("/v2/deployments/{dep}"),
+            Some(json!({"source_config": {"resource_spec": spec},
+                        "source_revision_config": {"image_uri": image("v2")}})),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["latest_revision_id"].as_str().unwrap().to_owned()
+    };
+    let deployed = |rev: &str| {
+        let (_, r) = server.call(
+            "GET",
+            &format!("/v2/deployments/{dep}/revisions/{rev}"),
+            None,
+        );
+        r["status"] == "DEPLOYED"
+    };
+    let rev = patch(json!({"min_scale": 1, "max_scale": 3}));
+    wait_until("the autoscaled revision", 30, || deployed(&rev));
+    assert!(inventory(&fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
+    let rev = patch(json!({"min_scale": 1, "max_scale": 1}));
+    wait_until("the fixed-size revision", 30, || deployed(&rev));
+    assert_eq!(inventory(&fake), expected);
+
+    println!("kill -9 of the agent mid-rollout: it converges without duplicates");
+    fake.set_ready_after(Duration::from_secs(3));
+    let run = deploy("v5", false);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    wait_until("v5 to be applied", 20, || {
+        api_image(&fake, name) == image("v5")
+    });
+    agent.kill();
+    let agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+    let v5 = d["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("v5 to be deployed", 40, || deployed(&v5));
+    fake.set_ready_after(Duration::from_millis(300));
+    assert_eq!(inventory(&fake), expected);
+    wait_until("one API pod", 20, || pods(&fake, "api").len() == 1);
+
+    println!("unschedulable: DEPLOY_FAILED at the deadline with the scheduler's reason");
+    fake.set_fault(&image("v6"), Some(Fault::Unschedulable));
+    let run = deploy("v6", true);
+    assert!(!run.ok, "{}", run.stdout);
+    let logs = logs_of(&dep);
+    assert!(logs.contains("Unschedulable"), "{logs}");
+    assert!(logs.contains("Insufficient cpu"), "{logs}");
+
+    println!(
+        "bringing its own stores: the deployment's PostgreSQL and Redis go (the volume stays)"
+    );
+    let (status, body) = server.call(
+        "PATCH",
+        &format!("/v2/deployments/{dep}"),
+        Some(json!({
+            "source_revision_config": {"image_uri": image("v2")},
+            "secrets": [{"name": "POSTGRES_URI_CUSTOM", "value": "postgres://db.example/agent"},
+                        {"name": "REDIS_URI_CUSTOM", "value": "redis://cache.example"}],
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let own = body["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("the revision without stores", 30, || deployed(&own));
+    assert_eq!(
+        inventory(&fake),
+        [
+            "Deployment/ns/kube-e2e",
+            "PersistentVolumeClaim/ns/data-kube-e2e-postgres-0",
+            "Secret/ns/kube-e2e-env",
+            "Service/ns/kube-e2e",
+        ]
+    );
+
+    println!("delete: every object goes (the volume too), then the deployment");
+    let run = cli.run(&["deploy", "delete", &dep, "--force"]);
+    assert!(run.ok, "{}", run.stderr);
+    wait_until("the deployment to disappear", 60, || {
+        server
+            .call("GET", &format!("/v2/deployments/{dep}"), None)
+            .0
+            == 404
+    });
+    assert_eq!(fake.inventory(), Vec::<String>::new());
+    drop(agent);
+
+    println!("RBAC: the Role allows every request the agent made, and nothing it did not use");
+    let used: BTreeSet<Attributes> = fake
+        .requests()
+        .into_iter()
+        .flat_map(|r| r.attributes)
+        .collect();
+    let rules = role_rules();
+    for a in &used {
+        let allowed = rules.iter().any(|r| {
+            r.groups.contains(&a.group)
+                && r.resources.contains(&a.resource)
+                && r.verbs.contains(&a.verb)
+        });
+        assert!(allowed, "the Role does not allow {a:?}");
+    }
+    for r in &rules {
+        for group in &r.groups {
+            for resource in &r.resources {
+                for verb in &r.verbs {
+                    let needed = used
+                        .iter()
+                        .any(|a| &a.group == group && &a.resource == resource && &a.verb == verb);
+                    assert!(
+                        needed,
+                        "the Role grants {verb} on {group}/{resource}, which the agent never uses"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.status != 403 && r.status != 401),
+        "no request was refused"
+    );
+    drop(fake);
+    rt.shutdown_background();
+}
