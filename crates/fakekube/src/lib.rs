@@ -5,7 +5,8 @@
 //! proxy, and `/version`. A simulated kubelet and controllers make applied workloads
 //! real enough to observe: Deployments and StatefulSets get pods (rolling over on a new
 //! pod template), pods turn ready after a delay, statuses and PersistentVolumeClaims are
-//! filled in, and faults can be injected per image (image pull failure, crash loop,
+//! filled in, an `LGP` gets a Deployment and a Service as the official operator would
+//! make them, with its status, and faults can be injected per image (image pull failure, crash loop,
 //! unschedulable). Every request is logged with the authorization attributes Kubernetes
 //! would check for it, so tests can assert exact request sequences and RBAC rules.
 
@@ -196,19 +197,25 @@ impl Cluster {
         self.objects.insert(Self::key(r, ns, name), obj);
     }
 
-    /// Removes an object and what a controller owns through it (a workload's pods).
+    /// Removes an object and what it owns (a workload's pods, an `LGP`'s objects).
     fn remove(&mut self, r: &Resource, ns: &str, name: &str) -> Option<Value> {
         let gone = self.objects.remove(&Self::key(r, ns, name))?;
         if r.plural == "pods" {
             self.pods.remove(&(ns.to_owned(), name.to_owned()));
         }
-        let owned: Vec<String> = self
-            .of(resource_of_kind("Pod"), ns)
-            .filter(|p| owner(p) == Some((r.kind, name)))
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        let owned: Vec<(&'static Resource, String)> = self
+            .objects
+            .iter()
+            .filter(|((_, _, n, _), o)| n == ns && owner(o) == Some((r.kind, name)))
+            .filter_map(|((api, plural, _, child), _)| {
+                let res = RESOURCES
+                    .iter()
+                    .find(|x| x.api_version() == *api && x.plural == plural)?;
+                Some((res, child.clone()))
+            })
             .collect();
-        for pod in owned {
-            self.remove(resource_of_kind("Pod"), ns, &pod);
+        for (res, child) in owned {
+            self.remove(res, ns, &child);
         }
         Some(gone)
     }
@@ -710,16 +717,18 @@ fn apply(
         }
     }
     let meta = &mut obj["metadata"];
-    meta["labels"] = applied["metadata"]["labels"].clone();
-    let mut annotations = applied["metadata"]["annotations"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    annotations.insert("fake.hostplane.dev/manager".into(), json!(manager));
-    meta["annotations"] = Value::Object(annotations);
-    if meta["labels"].is_null() {
-        meta.as_object_mut().map(|m| m.remove("labels"));
+    for field in ["labels", "annotations"] {
+        match applied["metadata"].get(field) {
+            Some(v) => meta[field] = v.clone(),
+            None => {
+                meta.as_object_mut().map(|m| m.remove(field));
+            }
+        }
     }
+    meta["managedFields"] = json!([{
+        "manager": manager, "operation": "Apply", "apiVersion": r.api_version(),
+        "fieldsType": "FieldsV1", "time": now(),
+    }]);
     if r.generation {
         let generation = meta["generation"].as_i64().unwrap_or(0);
         if created || spec_before != obj.get("spec").cloned() {
@@ -841,6 +850,7 @@ async fn kubelet(cluster: Arc<Mutex<Cluster>>) {
         let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
         let namespaces: Vec<String> = c.namespaces.iter().cloned().collect();
         for ns in &namespaces {
+            lgp_operator(&mut c, ns);
             deployment_controller(&mut c, ns);
             statefulset_controller(&mut c, ns);
             run_pods(&mut c, ns);
@@ -1157,5 +1167,93 @@ fn workload_status(c: &mut Cluster, ns: &str) {
             }
             set_status(c, kind, ns, &name, Value::Object(status));
         }
+    }
+}
+
+/// The label the fake operator selects an `LGP`'s pods by.
+const LGP_LABEL: &str = "lgp.apps.langchain.ai/name";
+
+/// The official operator, as far as the agent can see it: each `LGP` gets a Deployment
+/// and a Service of its name (owned by it), and a status reporting the Deployment's
+/// rollout, once the Deployment controller has seen its current spec, and the
+/// in-cluster endpoint.
+fn lgp_operator(c: &mut Cluster, ns: &str) {
+    let lgps: Vec<Value> = c.of(resource_of_kind("LGP"), ns).cloned().collect();
+    for lgp in lgps {
+        let name = name_of(&lgp);
+        let server = &lgp["spec"]["serverSpec"];
+        let mut labels = server["labels"].as_object().cloned().unwrap_or_default();
+        labels.insert(LGP_LABEL.into(), json!(name));
+        let replicas = server["replicas"]
+            .as_i64()
+            .or_else(|| lgp["spec"]["autoscaling"]["minReplicas"].as_i64())
+            .unwrap_or(1);
+        let spec = json!({
+            "replicas": replicas,
+            "selector": {"matchLabels": {LGP_LABEL: name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "api-server", "image": server["image"],
+                                         "env": server["env"]}]},
+            },
+        });
+        let metadata = |kind_labels: Value| {
+            json!({
+                "name": name, "namespace": ns, "labels": kind_labels,
+                "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now(),
+                "ownerReferences": [{"apiVersion": "apps.langchain.ai/v1alpha1", "kind": "LGP",
+                                     "name": name, "controller": true}],
+            })
+        };
+        let deployments = resource_of_kind("Deployment");
+        let key = Cluster::key(deployments, ns, &name);
+        match c.objects.get(&key).cloned() {
+            Some(mut d) if d["spec"] != spec => {
+                let generation = d["metadata"]["generation"].as_i64().unwrap_or(0);
+                d["spec"] = spec;
+                d["metadata"]["generation"] = json!(generation + 1);
+                c.insert(deployments, ns, &name, d);
+            }
+            Some(_) => {}
+            None => {
+                let mut m = metadata(json!({LGP_LABEL: name}));
+                m["generation"] = json!(1);
+                let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": m, "spec": spec});
+                c.insert(deployments, ns, &name, d);
+            }
+        }
+        let services = resource_of_kind("Service");
+        if !c.objects.contains_key(&Cluster::key(services, ns, &name)) {
+            let svc = json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": metadata(json!({LGP_LABEL: name})),
+                "spec": {"selector": {LGP_LABEL: name},
+                         "ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
+            });
+            c.insert(services, ns, &name, svc);
+        }
+        let Some(d) = c.objects.get(&key) else {
+            continue;
+        };
+        let seen = d["status"]["observedGeneration"] == d["metadata"]["generation"];
+        let mut status = lgp["status"].as_object().cloned().unwrap_or_default();
+        if seen {
+            let ds = &d["status"];
+            status.insert(
+                "observedGeneration".into(),
+                lgp["metadata"]["generation"].clone(),
+            );
+            status.insert(
+                "deploymentStatus".into(),
+                json!({
+                    "replicas": ds["replicas"], "updatedReplicas": ds["updatedReplicas"],
+                    "readyReplicas": ds["readyReplicas"], "availableReplicas": ds["availableReplicas"],
+                }),
+            );
+        }
+        status.insert(
+            "endpoint".into(),
+            json!(format!("http://{name}.{ns}.svc.cluster.local:8000")),
+        );
+        set_status(c, "LGP", ns, &name, Value::Object(status));
     }
 }

@@ -1,14 +1,14 @@
 //! `hostplane listener`: the agent that runs a listener's deployments. It speaks the
 //! data-plane protocol to a control plane (`hostplane serve`) with a listener key and
 //! applies what it is told through a mode: `native` applies their Kubernetes objects to
-//! a cluster; `containers` runs deployments as containers on this machine's Docker or
+//! a cluster; `lgp` applies one `LGP` per deployment for the official operator; `containers` runs deployments as containers on this machine's Docker or
 //! Podman engine; `render` writes their Kubernetes objects as files for a GitOps tool.
 
 use crate::LogFormat;
 use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
 use agent::kube::files::{FileSink, RenderSettings};
-use agent::kube::native::{KubeSettings, KubeSink};
+use agent::kube::native::{Flavor, KubeSettings, KubeSink};
 use agent::runner;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -23,6 +23,9 @@ enum Mode {
     /// A Kubernetes cluster, by server-side apply (`KUBECONFIG`, `~/.kube/config`, or the
     /// pod's service account).
     Native,
+    /// A Kubernetes cluster that runs the official operator: one `LGP` object per
+    /// deployment (`apps.langchain.ai/v1alpha1`).
+    Lgp,
     /// Containers on this machine's Docker or Podman engine (`DOCKER_HOST`).
     Containers,
     /// Kubernetes manifests written to `--render-dir` for a GitOps tool to apply.
@@ -127,8 +130,13 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         &agent_id,
     )?;
     let sink: Arc<dyn runner::Sink> = match args.mode {
-        Mode::Native => Arc::new(
+        Mode::Native | Mode::Lgp => Arc::new(
             KubeSink::connect(KubeSettings {
+                flavor: if args.mode == Mode::Lgp {
+                    Flavor::Lgp
+                } else {
+                    Flavor::Native
+                },
                 listener_id: args.listener_id,
                 listener_key: args.listener_key.clone(),
                 postgres_image: args.postgres_image.clone(),

@@ -30,9 +30,22 @@ struct KubeAgent {
 
 impl KubeAgent {
     fn start(server: &Server, db: &Db, kubeconfig: &Path, listener: &str, key: &str) -> Self {
+        Self::start_mode(server, db, kubeconfig, listener, key, None)
+    }
+
+    /// With `--mode MODE`, or the default mode (native) when `None`.
+    fn start_mode(
+        server: &Server,
+        db: &Db,
+        kubeconfig: &Path,
+        listener: &str,
+        key: &str,
+        mode: Option<&str>,
+    ) -> Self {
         let log = db.dir.0.join(format!("kube-agent-{}.log", free_port()));
         let mut child = bin()
             .args(["listener", "--control-plane-url", &server.url()])
+            .args(mode.map(|m| ["--mode", m]).into_iter().flatten())
             .args(["--listener-id", listener, "--agent-id", "kube-agent"])
             .args(["--health-timeout-secs", "15"])
             .env("HOSTPLANE_LISTENER_KEY", key)
@@ -108,10 +121,11 @@ struct Rule {
     verbs: Vec<String>,
 }
 
-/// The rules of the listener's Role in the install manifests.
-fn role_rules() -> Vec<Rule> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/listener/role.yaml");
+/// The rules of a Role in the install manifests (`deploy/kubernetes/FILE`).
+fn role_rules(file: &str) -> Vec<Rule> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/kubernetes")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let role: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(role["kind"], "Role");
@@ -361,13 +375,20 @@ fn native_mode_end_to_end() {
     assert_eq!(fake.inventory(), Vec::<String>::new());
     drop(agent);
 
-    println!("RBAC: the Role allows every request the agent made, and nothing it did not use");
+    check_rbac(&fake, "listener/role.yaml");
+    drop(fake);
+    rt.shutdown_background();
+}
+
+/// The Role allows every request the agent made, and grants nothing it did not use.
+fn check_rbac(fake: &FakeKube, role: &str) {
+    println!("RBAC: {role} allows every request the agent made, and nothing it did not use");
     let used: BTreeSet<Attributes> = fake
         .requests()
         .into_iter()
         .flat_map(|r| r.attributes)
         .collect();
-    let rules = role_rules();
+    let rules = role_rules(role);
     for a in &used {
         let allowed = rules.iter().any(|r| {
             r.groups.contains(&a.group)
@@ -397,6 +418,100 @@ fn native_mode_end_to_end() {
             .all(|r| r.status != 403 && r.status != 401),
         "no request was refused"
     );
+}
+
+#[test]
+fn lgp_mode_end_to_end() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+    let db = sqlite_db();
+    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "cluster-lgp");
+    let agent = KubeAgent::start_mode(&server, &db, &kubeconfig, &listener, &key, Some("lgp"));
+    let cli = Cli::new(&server);
+    let image = |n: char| {
+        format!(
+            "registry.example/lgp-agent@sha256:{}",
+            n.to_string().repeat(64)
+        )
+    };
+    let lgp = || {
+        fake.objects("LGP", "ns")
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    println!("deploy: one LGP and its Secret; DEPLOYED once the operator reports the rollout");
+    let v1 = image('1');
+    let run = cli.run(&[
+        "deploy",
+        "--image-uri",
+        &v1,
+        "--name",
+        "lgp-e2e",
+        "--no-input",
+        "--json",
+        "--listener-id",
+        &listener,
+    ]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let dep = run.deployment_id();
+    assert_eq!(
+        inventory(&fake),
+        [
+            "Deployment/ns/lgp-e2e",
+            "LGP/ns/lgp-e2e",
+            "Secret/ns/lgp-e2e-env",
+            "Service/ns/lgp-e2e"
+        ]
+    );
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+    let spec = &lgp()["spec"];
+    assert_eq!(spec["serverSpec"]["image"], v1.as_str());
+    assert_eq!(
+        spec["serverSpec"]["labels"]["hostplane.dev/revision-id"],
+        d["latest_revision_id"]
+    );
+    assert_eq!(spec["database"]["enabled"], true);
+    assert_eq!(spec["redis"]["enabled"], true);
+    assert_eq!(spec["serverSpec"]["replicas"], 1);
+    assert!(fake.requests().iter().any(|r| {
+        r.path == "/api/v1/namespaces/ns/services/lgp-e2e:8000/proxy/ok" && r.status == 200
+    }));
+
+    println!("an image that cannot be pulled: DEPLOY_FAILED, and the LGP goes back to v1");
+    let v2 = image('2');
+    fake.set_fault(&v2, Some(Fault::ImagePull));
+    let run = cli.run(&[
+        "deploy",
+        "--image-uri",
+        &v2,
+        "--name",
+        "lgp-e2e",
+        "--no-input",
+        "--json",
+    ]);
+    assert!(!run.ok, "{}", run.stdout);
+    let logs = cli.run(&["deploy", "logs", "--deployment-id", &dep, "--limit", "20"]);
+    assert!(logs.stdout.contains("ImagePullFailed"), "{}", logs.stdout);
+    wait_until("the LGP to run v1 again", 20, || {
+        lgp()["spec"]["serverSpec"]["image"] == v1.as_str()
+    });
+
+    println!("delete: the LGP and the Secret go (the operator's objects with them)");
+    let run = cli.run(&["deploy", "delete", &dep, "--force"]);
+    assert!(run.ok, "{}", run.stderr);
+    wait_until("the deployment to disappear", 60, || {
+        server
+            .call("GET", &format!("/v2/deployments/{dep}"), None)
+            .0
+            == 404
+    });
+    assert_eq!(fake.inventory(), Vec::<String>::new());
+    drop(agent);
+    check_rbac(&fake, "listener-lgp/role.yaml");
     drop(fake);
     rt.shutdown_background();
 }

@@ -1,6 +1,9 @@
-//! `native` mode: the rendered objects go to the cluster by server-side apply (field
-//! manager `hostplane-listener`), through kube-rs with the usual configuration
-//! (`KUBECONFIG` or `~/.kube/config`, else the pod's service account).
+//! `native` and `lgp` modes: the rendered objects go to the cluster by server-side apply
+//! (field manager `hostplane-listener`), through kube-rs with the usual configuration
+//! (`KUBECONFIG` or `~/.kube/config`, else the pod's service account). `native` applies
+//! the workloads, Services, Secrets and stores itself; `lgp` applies one `LGP` (and the
+//! env Secret) for the official operator to expand, and reads the rollout from the
+//! status the operator reports.
 //!
 //! A revision is `DEPLOYED` once its objects are applied, its workloads rolled out
 //! (observed generation current, every replica updated and ready, no old pod left) and,
@@ -13,8 +16,8 @@
 //! pods' logs are followed and shipped as deploy logs.
 
 use super::render::{
-    base_name, render, Object, RenderContext, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_LISTENER,
-    LABEL_REVISION, MANAGED_BY,
+    base_name, render, render_lgp, Object, RenderContext, LABEL_COMPONENT, LABEL_DEPLOYMENT,
+    LABEL_LISTENER, LABEL_REVISION, MANAGED_BY,
 };
 use crate::runner::{level_of, Failure, LogSink, Sink};
 use async_trait::async_trait;
@@ -34,7 +37,16 @@ use uuid::Uuid;
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "hostplane-listener";
 
+/// What the agent applies: the objects themselves, or one `LGP` for the official
+/// operator to expand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Native,
+    Lgp,
+}
+
 pub struct KubeSettings {
+    pub flavor: Flavor,
     pub listener_id: Uuid,
     pub listener_key: String,
     pub postgres_image: String,
@@ -49,7 +61,7 @@ pub struct KubeSettings {
 
 /// The kinds a deployment's objects have, in the order a teardown deletes them
 /// (what depends on others first). Pods go with their workloads.
-const KINDS: [&str; 6] = [
+const NATIVE_KINDS: &[&str] = &[
     "HorizontalPodAutoscaler",
     "Deployment",
     "StatefulSet",
@@ -57,6 +69,8 @@ const KINDS: [&str; 6] = [
     "Secret",
     "PersistentVolumeClaim",
 ];
+/// In `lgp` mode the operator owns everything it makes from the `LGP`.
+const LGP_KINDS: &[&str] = &["LGP", "Secret"];
 
 fn api_resource(kind: &str) -> ApiResource {
     let (group, version, plural) = match kind {
@@ -131,6 +145,21 @@ impl KubeSink {
         Api::namespaced_with(self.client.clone(), namespace, &api_resource(kind))
     }
 
+    fn kinds(&self) -> &'static [&'static str] {
+        match self.settings.flavor {
+            Flavor::Native => NATIVE_KINDS,
+            Flavor::Lgp => LGP_KINDS,
+        }
+    }
+
+    /// The kind whose objects stand for the deployments, one each.
+    fn main_kind(&self) -> &'static str {
+        match self.settings.flavor {
+            Flavor::Native => "Deployment",
+            Flavor::Lgp => "LGP",
+        }
+    }
+
     fn objects(&self, d: &DesiredDeployment, rev: &DesiredRevision) -> Vec<Object> {
         let password = super::postgres_password(&self.settings.listener_key, d.id);
         let ctx = RenderContext {
@@ -139,7 +168,10 @@ impl KubeSink {
             postgres_image: &self.settings.postgres_image,
             redis_image: &self.settings.redis_image,
         };
-        render(d, rev, &ctx)
+        match self.settings.flavor {
+            Flavor::Native => render(d, rev, &ctx),
+            Flavor::Lgp => render_lgp(d, rev, &ctx),
+        }
     }
 
     /// Selects everything this listener made for deployment `id` (or, with `None`, for
@@ -179,11 +211,20 @@ impl KubeSink {
         objects: &[Object],
     ) -> Result<(), kube::Error> {
         let lp = ListParams::default().labels(&self.selector(Some(id)));
-        for kind in KINDS.iter().filter(|k| **k != "PersistentVolumeClaim") {
+        for kind in self
+            .kinds()
+            .iter()
+            .filter(|k| **k != "PersistentVolumeClaim")
+        {
             let api = self.api(kind, namespace);
             for live in api.list(&lp).await? {
+                // Only what this agent applied: another controller may copy our labels.
+                let applied = live.metadata.managed_fields.iter().flatten().any(|m| {
+                    m.manager.as_deref() == Some(FIELD_MANAGER)
+                        && m.operation.as_deref() == Some("Apply")
+                });
                 let name = live.metadata.name.unwrap_or_default();
-                if !objects.iter().any(|o| o.kind == *kind && o.name == name) {
+                if applied && !objects.iter().any(|o| o.kind == *kind && o.name == name) {
                     tracing::info!(kind, name, "deleting an object the revision no longer has");
                     api.delete(&name, &DeleteParams::background()).await?;
                 }
@@ -212,11 +253,11 @@ impl KubeSink {
             let mut stuck = None;
             for o in objects
                 .iter()
-                .filter(|o| matches!(o.kind, "Deployment" | "StatefulSet"))
+                .filter(|o| matches!(o.kind, "Deployment" | "StatefulSet" | "LGP"))
             {
                 match self.api(o.kind, namespace).get(&o.name).await {
                     Ok(live) => {
-                        if let Some(waiting) = rollout_pending(&live) {
+                        if let Some(waiting) = rollout_pending(o.kind, &live) {
                             pending.push(format!("{} {}: {waiting}", o.kind, o.name));
                         }
                     }
@@ -291,14 +332,36 @@ impl KubeSink {
         }
     }
 
+    /// The Service (and port) the deployment answers behind: ours, or the one the
+    /// operator reports as the `LGP`'s endpoint (`http://NAME[.NAMESPACE.svc...]:PORT`).
+    async fn service_of(&self, d: &DesiredDeployment, namespace: &str) -> Option<(String, u16)> {
+        let base = base_name(d);
+        if self.settings.flavor == Flavor::Native {
+            return Some((base, 8000));
+        }
+        let live = self.api("LGP", namespace).get(&base).await.ok()?;
+        let endpoint = live.data["status"]["endpoint"].as_str()?;
+        let rest = endpoint.strip_prefix("http://")?;
+        let (host, port) = rest.trim_end_matches('/').split_once(':')?;
+        let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+        let in_cluster = domain.is_empty()
+            || domain == namespace
+            || domain.starts_with(&format!("{namespace}.svc"));
+        if !in_cluster {
+            return None;
+        }
+        Some((name.to_owned(), port.parse().ok()?))
+    }
+
     /// Waits until `GET /ok` answers through the Service, by the API server's proxy.
     async fn await_ok(
         &self,
         namespace: &str,
         service: &str,
+        port: u16,
         deadline: Instant,
     ) -> Result<(), Failure> {
-        let path = format!("/api/v1/namespaces/{namespace}/services/{service}:8000/proxy/ok");
+        let path = format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/ok");
         loop {
             let request = http::Request::get(&path)
                 .body(Vec::new())
@@ -405,7 +468,7 @@ impl KubeSink {
     async fn teardown(&self, id: Uuid, namespace: &str) -> anyhow::Result<()> {
         self.stop_following(id);
         let lp = ListParams::default().labels(&self.selector(Some(id)));
-        for kind in KINDS {
+        for kind in self.kinds() {
             self.api(kind, namespace)
                 .delete_collection(&DeleteParams::background(), &lp)
                 .await?;
@@ -425,13 +488,22 @@ impl KubeSink {
     }
 }
 
-/// What still keeps a workload from being rolled out, if anything.
-fn rollout_pending(live: &DynamicObject) -> Option<String> {
-    let status = &live.data["status"];
+/// What still keeps a workload (or an `LGP`, by what its operator reports) from being
+/// rolled out, if anything.
+fn rollout_pending(kind: &str, live: &DynamicObject) -> Option<String> {
     let int = |v: &Value| v.as_i64().unwrap_or(0);
+    let spec = &live.data["spec"];
+    let (status, wanted) = if kind == "LGP" {
+        let wanted = spec["serverSpec"]["replicas"]
+            .as_i64()
+            .or_else(|| spec["autoscaling"]["minReplicas"].as_i64())
+            .unwrap_or(1);
+        (&live.data["status"]["deploymentStatus"], wanted)
+    } else {
+        (&live.data["status"], spec["replicas"].as_i64().unwrap_or(1))
+    };
     let generation = live.metadata.generation.unwrap_or(0);
-    let wanted = live.data["spec"]["replicas"].as_i64().unwrap_or(1);
-    let observed = int(&status["observedGeneration"]);
+    let observed = int(&live.data["status"]["observedGeneration"]);
     let (total, updated, ready) = (
         int(&status["replicas"]),
         int(&status["updatedReplicas"]),
@@ -509,7 +581,10 @@ fn pod_problem(pod: &Pod) -> Option<Problem> {
 #[async_trait]
 impl Sink for KubeSink {
     fn mode(&self) -> &'static str {
-        "native"
+        match self.settings.flavor {
+            Flavor::Native => "native",
+            Flavor::Lgp => "lgp",
+        }
     }
 
     async fn facts(&self) -> serde_json::Map<String, Value> {
@@ -532,7 +607,7 @@ impl Sink for KubeSink {
             ListParams::default().labels(&format!("{},{LABEL_COMPONENT}=api", self.selector(None)));
         let mut out = Vec::new();
         for ns in namespaces {
-            let Ok(list) = self.api("Deployment", &ns).list(&lp).await else {
+            let Ok(list) = self.api(self.main_kind(), &ns).list(&lp).await else {
                 continue;
             };
             for live in list {
@@ -547,7 +622,7 @@ impl Sink for KubeSink {
                 out.push(Observed {
                     deployment_id: id,
                     revision_id: labels.get(LABEL_REVISION).and_then(|v| v.parse().ok()),
-                    phase: if rollout_pending(&live).is_none() {
+                    phase: if rollout_pending(self.main_kind(), &live).is_none() {
                         "available".into()
                     } else {
                         "progressing".into()
@@ -582,7 +657,15 @@ impl Sink for KubeSink {
             self.await_rollout(d, rev, &namespace, &objects, deadline)
                 .await?;
             if self.settings.check_ok {
-                self.await_ok(&namespace, &base_name(d), deadline).await?;
+                match self.service_of(d, &namespace).await {
+                    Some((service, port)) => {
+                        self.await_ok(&namespace, &service, port, deadline).await?
+                    }
+                    None => {
+                        let note = "the operator reported no in-cluster endpoint; /ok not checked";
+                        logs.line(d.id, rev.id, "WARNING", note.to_owned()).await;
+                    }
+                }
             }
             Ok(())
         }
@@ -610,7 +693,7 @@ impl Sink for KubeSink {
         let lp = ListParams::default().labels(&self.selector(None));
         for ns in namespaces {
             let mut gone = BTreeSet::new();
-            for kind in KINDS {
+            for kind in self.kinds() {
                 for live in self.api(kind, ns).list(&lp).await? {
                     let id = live
                         .metadata

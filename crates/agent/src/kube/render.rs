@@ -34,6 +34,8 @@ pub const LABEL_DEPLOYMENT: &str = "hostplane.dev/deployment-id";
 pub const LABEL_REVISION: &str = "hostplane.dev/revision-id";
 pub const LABEL_LISTENER: &str = "hostplane.dev/listener-id";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// The official operator's custom resource.
+pub const LGP_API_VERSION: &str = "apps.langchain.ai/v1alpha1";
 
 /// Everything the render needs besides the deployment.
 pub struct RenderContext<'a> {
@@ -138,7 +140,17 @@ struct Renderer<'a> {
     namespace: String,
 }
 
-impl Renderer<'_> {
+impl<'a> Renderer<'a> {
+    fn new(d: &'a DesiredDeployment, rev: &'a DesiredRevision, ctx: &'a RenderContext<'a>) -> Self {
+        Renderer {
+            d,
+            rev,
+            ctx,
+            base: base_name(d),
+            namespace: d.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        }
+    }
+
     /// Labels of an object of `component`: the user's, then ours (which win).
     fn labels(&self, component: &str) -> Map<String, Value> {
         let mut labels = user_map(self.d, "labels");
@@ -376,9 +388,8 @@ impl Renderer<'_> {
         )
     }
 
-    fn render(&self) -> Vec<Object> {
-        let image = self.rev.image.clone().unwrap_or_default();
-        let mut out = Vec::new();
+    /// `<base>-env`: the deployment's secrets, which containers read by reference.
+    fn env_secret(&self) -> Object {
         let env_data: Map<String, Value> = {
             use base64::Engine;
             let mut pairs: Vec<(String, Value)> = self
@@ -393,23 +404,134 @@ impl Renderer<'_> {
             pairs.sort_by(|a, b| a.0.cmp(&b.0));
             pairs.into_iter().collect()
         };
-        out.push(self.object(
+        self.object(
             "Secret",
             "v1",
             &format!("{}-env", self.base),
             "api",
             json!({"type": "Opaque", "data": env_data}),
-        ));
-        let min = spec_i64(self.d, "min_scale").unwrap_or(1).max(0);
-        let max = spec_i64(self.d, "max_scale").unwrap_or(min).max(min);
+        )
+    }
+
+    /// `(min, max)` replicas of the server, or of the queue worker with `queue_`.
+    fn scales(&self, prefix: &str) -> (i64, i64) {
+        let min = spec_i64(self.d, &format!("{prefix}min_scale"))
+            .unwrap_or(1)
+            .max(0);
+        let max = spec_i64(self.d, &format!("{prefix}max_scale"))
+            .unwrap_or(min)
+            .max(min);
+        (min, max)
+    }
+
+    /// The `lgp` mode's objects: the env Secret and one `LGP` that the official
+    /// operator turns into the server, queue worker, stores and autoscalers. The
+    /// operator supplies `PORT`, the job count and the stores' URIs itself, so the
+    /// server's env keeps only ours and the user's (and the URIs the deployment brings).
+    fn lgp(&self) -> Vec<Object> {
+        let env: Vec<Value> = self
+            .env("api")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| match e["name"].as_str().unwrap_or_default() {
+                "PORT" | "N_JOBS_PER_WORKER" => false,
+                "POSTGRES_URI" => self.has_env("POSTGRES_URI_CUSTOM"),
+                "REDIS_URI" => self.has_env("REDIS_URI_CUSTOM"),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        let (min, max) = self.scales("");
+        let (qmin, qmax) = self.scales("queue_");
+        let mut server = json!({
+            "image": self.rev.image.clone().unwrap_or_default(),
+            "env": env,
+            "labels": self.labels("api"),
+            "resources": resources(self.d, "", 1.0, 1024),
+            "queueEnabled": self.queued(),
+        });
+        if self.queued() {
+            server["queueResources"] = resources(self.d, "queue_", 1.0, 1024);
+        }
+        if min == max {
+            server["replicas"] = json!(min);
+        }
+        let annotations = user_map(self.d, "annotations");
+        if !annotations.is_empty() {
+            server["annotations"] = Value::Object(annotations.clone());
+        }
+        if let Some(account) = spec_field(self.d, "service_account_name").and_then(Value::as_str) {
+            server["serviceAccountName"] = json!(account);
+        }
+        for (field, key) in [
+            ("image_pull_secrets", "imagePullSecrets"),
+            ("volumes", "volumes"),
+            ("volume_mounts", "volumeMounts"),
+            ("init_containers", "initContainers"),
+            ("sidecars", "sidecars"),
+        ] {
+            if let Some(list) = user_list(self.d, field) {
+                server[key] = list;
+            }
+        }
+        let autoscaling = if min < max || qmin < qmax {
+            json!({"enabled": true, "autoscalerType": "HPA",
+                   "minReplicas": min, "maxReplicas": max,
+                   "queueMinReplicas": qmin, "queueMaxReplicas": qmax})
+        } else {
+            json!({"enabled": false})
+        };
+        let mut spec = json!({
+            "serverSpec": server,
+            "autoscaling": autoscaling,
+            "database": {"enabled": !self.has_env("POSTGRES_URI_CUSTOM")},
+            "redis": {"enabled": !self.has_env("REDIS_URI_CUSTOM")},
+            "ingress": {"enabled": false},
+        });
+        if !self.has_env("POSTGRES_URI_CUSTOM") {
+            spec["database"]["storageSizeGi"] =
+                json!(spec_i64(self.d, "db_storage_gi").unwrap_or(10));
+            spec["database"]["resources"] = resources(self.d, "db_", 0.5, 1024);
+            if let Some(max) = spec_i64(self.d, "db_max_connections") {
+                spec["database"]["maxConnections"] = json!(max);
+            }
+        }
+        if !self.has_env("REDIS_URI_CUSTOM") {
+            spec["redis"]["resources"] = resources(self.d, "redis_", 0.5, 512);
+        }
+        // What the operator puts on everything it makes: the user's labels only, so that
+        // our selectors never match the operator's own objects.
+        let mut labels = user_map(self.d, "labels");
+        labels.retain(|k, _| k != MANAGED_BY && !k.starts_with("hostplane.dev/"));
+        if !labels.is_empty() {
+            spec["labels"] = Value::Object(labels);
+        }
+        if !annotations.is_empty() {
+            spec["annotations"] = Value::Object(annotations);
+        }
+        vec![
+            self.env_secret(),
+            self.object(
+                "LGP",
+                LGP_API_VERSION,
+                &self.base,
+                "api",
+                json!({"spec": spec}),
+            ),
+        ]
+    }
+
+    fn render(&self) -> Vec<Object> {
+        let image = self.rev.image.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        out.push(self.env_secret());
+        let (min, max) = self.scales("");
         let api = self.pod("api", &image, resources(self.d, "", 1.0, 1024));
         out.extend(self.workload(&self.base, "api", min, max, api));
         out.push(self.service(&self.base, "api", 8000));
         if self.queued() {
-            let qmin = spec_i64(self.d, "queue_min_scale").unwrap_or(1).max(0);
-            let qmax = spec_i64(self.d, "queue_max_scale")
-                .unwrap_or(qmin)
-                .max(qmin);
+            let (qmin, qmax) = self.scales("queue_");
             let queue = self.pod("queue", &image, resources(self.d, "queue_", 1.0, 1024));
             out.extend(self.workload(&format!("{}-queue", self.base), "queue", qmin, qmax, queue));
         }
@@ -520,12 +642,14 @@ pub fn render(
     revision: &DesiredRevision,
     ctx: &RenderContext<'_>,
 ) -> Vec<Object> {
-    Renderer {
-        d,
-        rev: revision,
-        ctx,
-        base: base_name(d),
-        namespace: d.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-    }
-    .render()
+    Renderer::new(d, revision, ctx).render()
+}
+
+/// The `lgp` mode's objects for `revision` of `d`: the env Secret and one `LGP`.
+pub fn render_lgp(
+    d: &DesiredDeployment,
+    revision: &DesiredRevision,
+    ctx: &RenderContext<'_>,
+) -> Vec<Object> {
+    Renderer::new(d, revision, ctx).lgp()
 }
