@@ -1,7 +1,8 @@
 //! `native` mode end to end: the real `hostplane serve`, the real `hostplane listener`
 //! against the in-repository fake Kubernetes API server (which plays the kubelet), and
 //! the official `langgraph deploy` without `--no-wait`. Deploy, update, an image that
-//! cannot be pulled, a crash loop, an unschedulable pod, a stale HPA removed, `kill -9`
+//! cannot be pulled, a crash loop, an unschedulable pod, a stale HPA removed, redeploy,
+//! `kill -9`
 //! of the agent mid-rollout, delete; the exact apply sequence; and the RBAC Role of the
 //! install manifests checked against every request the agent made.
 
@@ -194,6 +195,8 @@ fn native_mode_end_to_end() {
     let run = deploy("v1", true);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let dep = run.deployment_id();
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+    let first_rev = d["latest_revision_id"].as_str().unwrap().to_owned();
     let expected = [
         "Deployment/ns/kube-e2e",
         "Deployment/ns/kube-e2e-redis",
@@ -312,6 +315,18 @@ fn native_mode_end_to_end() {
     assert!(inventory(&fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
     let rev = patch(json!({"min_scale": 1, "max_scale": 1}));
     wait_until("the fixed-size revision", 30, || deployed(&rev));
+    assert_eq!(inventory(&fake), expected);
+
+    println!("redeploy of the first revision: a new revision runs v1 again");
+    let (status, body) = server.call(
+        "POST",
+        &format!("/v2/deployments/{dep}/revisions/{first_rev}/redeploy"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let again = body["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("the redeployed revision", 30, || deployed(&again));
+    assert_eq!(api_image(&fake, name), image("v1"));
     assert_eq!(inventory(&fake), expected);
 
     println!("kill -9 of the agent mid-rollout: it converges without duplicates");
