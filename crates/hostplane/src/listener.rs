@@ -57,6 +57,12 @@ pub struct ListenerArgs {
     /// render: the folder the manifests go to (`DIR/<namespace>/<deployment>/`).
     #[arg(long, env = "HOSTPLANE_RENDER_DIR", required_if_eq("mode", "render"))]
     render_dir: Option<std::path::PathBuf>,
+    /// render: read the cluster the files go to (as native mode connects) and count a
+    /// revision as deployed only once the GitOps tool applied it and it rolled out,
+    /// rather than once its files are written.
+    #[arg(long, env = "HOSTPLANE_RENDER_OBSERVE", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    render_observe: bool,
     /// containers: the address deployments answer on.
     #[arg(long, env = "HOSTPLANE_CONTAINER_BIND", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
@@ -120,6 +126,24 @@ fn host_name() -> String {
         .unwrap_or_else(|| "hostplane-listener".to_owned())
 }
 
+async fn kube_sink(args: &ListenerArgs, flavor: Flavor) -> anyhow::Result<KubeSink> {
+    KubeSink::connect(KubeSettings {
+        flavor,
+        listener_id: args.listener_id,
+        listener_key: args.listener_key.clone(),
+        postgres_image: args.postgres_image.clone(),
+        redis_image: args.redis_image.clone(),
+        rollout_timeout: Duration::from_secs(args.health_timeout_secs),
+        check_ok: args.ok_check,
+        poll: Duration::from_secs(1),
+    })
+    .await
+    .context(
+        "cannot reach the Kubernetes API server: set KUBECONFIG, or run in a pod with a \
+         service account",
+    )
+}
+
 pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging(&args.log, args.log_format);
     let agent_id = args.agent_id.clone().unwrap_or_else(host_name);
@@ -130,27 +154,8 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         &agent_id,
     )?;
     let sink: Arc<dyn runner::Sink> = match args.mode {
-        Mode::Native | Mode::Lgp => Arc::new(
-            KubeSink::connect(KubeSettings {
-                flavor: if args.mode == Mode::Lgp {
-                    Flavor::Lgp
-                } else {
-                    Flavor::Native
-                },
-                listener_id: args.listener_id,
-                listener_key: args.listener_key.clone(),
-                postgres_image: args.postgres_image.clone(),
-                redis_image: args.redis_image.clone(),
-                rollout_timeout: Duration::from_secs(args.health_timeout_secs),
-                check_ok: args.ok_check,
-                poll: Duration::from_secs(1),
-            })
-            .await
-            .context(
-                "cannot reach the Kubernetes API server: set KUBECONFIG, or run in a pod \
-                 with a service account",
-            )?,
-        ),
+        Mode::Native => Arc::new(kube_sink(&args, Flavor::Native).await?),
+        Mode::Lgp => Arc::new(kube_sink(&args, Flavor::Lgp).await?),
         Mode::Containers => Arc::new(
             ContainerSink::connect(ContainerSettings {
                 listener_id: args.listener_id,
@@ -170,16 +175,19 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         ),
         Mode::Render => {
             let dir = args.render_dir.clone().unwrap_or_default();
-            Arc::new(
-                FileSink::new(RenderSettings {
-                    listener_id: args.listener_id,
-                    listener_key: args.listener_key.clone(),
-                    dir: dir.clone(),
-                    postgres_image: args.postgres_image.clone(),
-                    redis_image: args.redis_image.clone(),
-                })
-                .with_context(|| format!("cannot create the render folder {}", dir.display()))?,
-            )
+            let files = FileSink::new(RenderSettings {
+                listener_id: args.listener_id,
+                listener_key: args.listener_key.clone(),
+                dir: dir.clone(),
+                postgres_image: args.postgres_image.clone(),
+                redis_image: args.redis_image.clone(),
+            })
+            .with_context(|| format!("cannot create the render folder {}", dir.display()))?;
+            if args.render_observe {
+                Arc::new(files.observing(kube_sink(&args, Flavor::Native).await?))
+            } else {
+                Arc::new(files)
+            }
         }
     };
     tracing::info!(listener = %args.listener_id, agent = %agent_id, "listener agent starting");

@@ -10,7 +10,7 @@
 
 mod support;
 
-use fakekube::{Attributes, FakeKube, Fault};
+use fakekube::{Attributes, FakeKube, Fault, Logged};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, free_port, sqlite_db, Db, Server};
+use support::{bin, free_port, http, sqlite_db, Db, Server};
 
 /// A running `hostplane listener` (native), its stdout lines collected.
 struct KubeAgent {
@@ -395,14 +395,17 @@ fn native_mode_end_to_end() {
     rt.shutdown_background();
 }
 
-/// The Role allows every request the agent made, and grants nothing it did not use.
+/// The Role allows every request the agent made (all the fake saw, but for the
+/// test's own applies as the GitOps tool, field manager `gitops`), and grants nothing
+/// the agent did not use.
 fn check_rbac(fake: &FakeKube, role: &str) {
-    println!("RBAC: {role} allows every request the agent made, and nothing it did not use");
-    let used: BTreeSet<Attributes> = fake
+    let requests: Vec<Logged> = fake
         .requests()
         .into_iter()
-        .flat_map(|r| r.attributes)
+        .filter(|r| !r.query.contains("fieldManager=gitops"))
         .collect();
+    println!("RBAC: {role} allows every request the agent made, and nothing it did not use");
+    let used: BTreeSet<Attributes> = requests.iter().flat_map(|r| r.attributes.clone()).collect();
     let rules = role_rules(role);
     for a in &used {
         let allowed = rules.iter().any(|r| {
@@ -527,6 +530,123 @@ fn lgp_mode_end_to_end() {
     assert_eq!(fake.inventory(), Vec::<String>::new());
     drop(agent);
     check_rbac(&fake, "listener-lgp/role.yaml");
+    drop(fake);
+    rt.shutdown_background();
+}
+
+/// Plays the GitOps tool: applies every file of a rendered folder to the fake cluster.
+fn gitops_apply(fake: &FakeKube, folder: &Path) {
+    let port: u16 = fake.url.rsplit(':').next().unwrap().parse().unwrap();
+    let auth = format!("Bearer {}", fakekube::TOKEN);
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() == "kustomization.yaml" {
+            continue;
+        }
+        let doc: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let (prefix, plural) = match doc["kind"].as_str().unwrap() {
+            "Secret" => ("/api/v1", "secrets"),
+            "Service" => ("/api/v1", "services"),
+            "Deployment" => ("/apis/apps/v1", "deployments"),
+            "StatefulSet" => ("/apis/apps/v1", "statefulsets"),
+            "HorizontalPodAutoscaler" => ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+            other => panic!("unexpected kind {other}"),
+        };
+        let target = format!(
+            "{prefix}/namespaces/{}/{plural}/{}?fieldManager=gitops&force=true",
+            doc["metadata"]["namespace"].as_str().unwrap(),
+            doc["metadata"]["name"].as_str().unwrap()
+        );
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/apply-patch+yaml"),
+        ];
+        let (status, body) = http(port, "PATCH", &target, &headers, &doc.to_string());
+        assert!(status == 200 || status == 201, "{target}: {status} {body}");
+    }
+}
+
+#[test]
+fn render_mode_observes_the_cluster() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+    let db = sqlite_db();
+    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "gitops-observed");
+    let out = db.dir.0.join("manifests");
+    let log = db.dir.0.join("render-agent.log");
+    let mut agent = bin()
+        .args([
+            "listener",
+            "--mode",
+            "render",
+            "--render-observe",
+            "--control-plane-url",
+            &server.url(),
+        ])
+        .args(["--listener-id", &listener, "--agent-id", "render-observer"])
+        .arg("--render-dir")
+        .arg(&out)
+        .env("HOSTPLANE_LISTENER_KEY", &key)
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let image = format!("registry.example/observed@sha256:{}", "7".repeat(64));
+    fake.set_image_logs(&image, &["INFO: observed and serving"]);
+    let (status, d) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({
+            "name": "observed", "source": "external_docker",
+            "source_config": {"listener_id": listener},
+            "source_revision_config": {"image_uri": image},
+            "secrets": [],
+        })),
+    );
+    assert_eq!(status, 201, "{d}");
+    let dep = d["id"].as_str().unwrap().to_owned();
+    let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
+    let status_of = || {
+        server
+            .call(
+                "GET",
+                &format!("/v2/deployments/{dep}/revisions/{rev}"),
+                None,
+            )
+            .1["status"]
+            .clone()
+    };
+    let folder = out.join("ns").join("observed");
+    wait_until("the files", 20, || {
+        folder.join("kustomization.yaml").exists()
+    });
+
+    println!("written but not applied: the revision waits");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status_of(), "DEPLOYING");
+
+    println!("applied by the GitOps tool and rolled out: DEPLOYED, the pod's logs shipped");
+    gitops_apply(&fake, &folder);
+    wait_until("DEPLOYED", 30, || status_of() == "DEPLOYED");
+    wait_until("the pod's logs", 20, || {
+        let (_, logs) = server.call(
+            "POST",
+            &format!("/v1/projects/{dep}/revisions/{rev}/deploy_logs"),
+            Some(json!({})),
+        );
+        logs.to_string().contains("observed and serving")
+    });
+    wait_until("a heartbeat to report what runs", 30, || {
+        fake.requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/apis/apps/v1/namespaces/ns/deployments")
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    check_rbac(&fake, "render-observer/role.yaml");
     drop(fake);
     rt.shutdown_background();
 }

@@ -3,9 +3,12 @@
 //! `DIR/<namespace>/<deployment name>/<kind>-<name>.yaml` and a `kustomization.yaml`
 //! listing them, byte for byte the same for the same desired state. A deployment's
 //! folder is replaced as a whole (written beside it, then renamed), so a reader never
-//! sees half of one. Nothing here can see the cluster: a revision counts as `DEPLOYED`
-//! once its files are written, and the tool that applies them owns the rollout.
+//! sees half of one. Unless the agent can read the cluster (`--render-observe`), a
+//! revision counts as `DEPLOYED` once its files are written, and the tool that applies
+//! them owns the rollout; with it, `DEPLOYED` waits until the tool has applied the
+//! revision and it rolled out, as in `native` mode.
 
+use super::native::KubeSink;
 use super::render::{base_name, render, RenderContext};
 use super::yaml::to_yaml;
 use crate::runner::{Failure, LogSink, Sink};
@@ -30,6 +33,9 @@ pub struct RenderSettings {
 
 pub struct FileSink {
     settings: RenderSettings,
+    /// When the agent can read the cluster the files go to: a revision counts as
+    /// `DEPLOYED` once the GitOps tool has applied it and it rolled out.
+    observer: Option<KubeSink>,
     /// What each deployment's folder holds now: (revision, folder).
     written: Mutex<HashMap<Uuid, (Uuid, PathBuf)>>,
 }
@@ -39,8 +45,15 @@ impl FileSink {
         std::fs::create_dir_all(&settings.dir)?;
         Ok(FileSink {
             settings,
+            observer: None,
             written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits for each written revision to roll out in the cluster `observer` reads.
+    pub fn observing(mut self, observer: KubeSink) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The files of one deployment: name → content, and the kustomization.
@@ -197,6 +210,9 @@ impl Sink for FileSink {
     }
 
     async fn observe(&self) -> Vec<Observed> {
+        if let Some(observer) = &self.observer {
+            return observer.observe().await;
+        }
         let written = self.written.lock().map(|w| w.clone()).unwrap_or_default();
         written
             .into_iter()
@@ -240,6 +256,9 @@ impl Sink for FileSink {
         }
         if let Ok(mut w) = self.written.lock() {
             w.insert(d.id, (rev.id, folder.clone()));
+        }
+        if let Some(observer) = &self.observer {
+            return observer.rollout(d, rev, logs, false).await;
         }
         Ok(format!(
             "http://{}.{}.svc:8000 (files in {})",

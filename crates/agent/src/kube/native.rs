@@ -257,7 +257,7 @@ impl KubeSink {
             {
                 match self.api(o.kind, namespace).get(&o.name).await {
                     Ok(live) => {
-                        if let Some(waiting) = rollout_pending(o.kind, &live) {
+                        if let Some(waiting) = rollout_pending(o.kind, &live, Some(rev.id)) {
                             pending.push(format!("{} {}: {waiting}", o.kind, o.name));
                         }
                     }
@@ -463,6 +463,56 @@ impl KubeSink {
         }
     }
 
+    /// Brings `rev` of `d` up and waits until it runs: applies its objects (unless
+    /// someone else does, as in `render` mode), then waits for the rollout and `/ok`,
+    /// and follows the pods' logs. The address it answers at.
+    pub async fn rollout(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        logs: LogSink,
+        apply: bool,
+    ) -> Result<String, Failure> {
+        let namespace = d.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        if let Ok(mut n) = self.namespaces.lock() {
+            n.insert(namespace.clone());
+        }
+        let deadline = Instant::now() + self.settings.rollout_timeout;
+        let objects = self.objects(d, rev);
+        let outcome: Result<(), Failure> = async {
+            if apply {
+                self.apply(&objects, &namespace).await?;
+                self.remove_stale(d.id, &namespace, &objects)
+                    .await
+                    .map_err(|e| Failure::new("ApplyFailed", describe(&e)))?;
+            }
+            self.await_rollout(d, rev, &namespace, &objects, deadline)
+                .await?;
+            if self.settings.check_ok {
+                match self.service_of(d, &namespace).await {
+                    Some((service, port)) => {
+                        self.await_ok(&namespace, &service, port, deadline).await?
+                    }
+                    None => {
+                        let note = "the operator reported no in-cluster endpoint; /ok not checked";
+                        logs.line(d.id, rev.id, "WARNING", note.to_owned()).await;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Ok(mut f) = self.failures.lock() {
+            match &outcome {
+                Ok(()) => f.remove(&d.id),
+                Err(e) => f.insert(d.id, format!("{}: {}", e.reason, e.message)),
+            };
+        }
+        outcome?;
+        self.follow_logs(d, rev, logs);
+        Ok(format!("http://{}.{namespace}.svc:8000", base_name(d)))
+    }
+
     /// Deletes every object of deployment `id` in `namespace` and waits until its pods
     /// are gone.
     async fn teardown(&self, id: Uuid, namespace: &str) -> anyhow::Result<()> {
@@ -490,7 +540,7 @@ impl KubeSink {
 
 /// What still keeps a workload (or an `LGP`, by what its operator reports) from being
 /// rolled out, if anything.
-fn rollout_pending(kind: &str, live: &DynamicObject) -> Option<String> {
+fn rollout_pending(kind: &str, live: &DynamicObject, revision: Option<Uuid>) -> Option<String> {
     let int = |v: &Value| v.as_i64().unwrap_or(0);
     let spec = &live.data["spec"];
     let (status, wanted) = if kind == "LGP" {
@@ -504,6 +554,15 @@ fn rollout_pending(kind: &str, live: &DynamicObject) -> Option<String> {
     };
     let generation = live.metadata.generation.unwrap_or(0);
     let observed = int(&live.data["status"]["observedGeneration"]);
+    let live_revision = live
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_REVISION))
+        .and_then(|r| r.parse::<Uuid>().ok());
+    if let Some(wanted) = revision.filter(|r| live_revision != Some(*r)) {
+        return Some(format!("revision {wanted} is not applied yet"));
+    }
     let (total, updated, ready) = (
         int(&status["replicas"]),
         int(&status["updatedReplicas"]),
@@ -622,7 +681,7 @@ impl Sink for KubeSink {
                 out.push(Observed {
                     deployment_id: id,
                     revision_id: labels.get(LABEL_REVISION).and_then(|v| v.parse().ok()),
-                    phase: if rollout_pending(self.main_kind(), &live).is_none() {
+                    phase: if rollout_pending(self.main_kind(), &live, None).is_none() {
                         "available".into()
                     } else {
                         "progressing".into()
@@ -643,42 +702,7 @@ impl Sink for KubeSink {
         rev: &DesiredRevision,
         logs: LogSink,
     ) -> Result<String, Failure> {
-        let namespace = d.namespace.clone().unwrap_or_else(|| "default".to_owned());
-        if let Ok(mut n) = self.namespaces.lock() {
-            n.insert(namespace.clone());
-        }
-        let deadline = Instant::now() + self.settings.rollout_timeout;
-        let objects = self.objects(d, rev);
-        let outcome: Result<(), Failure> = async {
-            self.apply(&objects, &namespace).await?;
-            self.remove_stale(d.id, &namespace, &objects)
-                .await
-                .map_err(|e| Failure::new("ApplyFailed", describe(&e)))?;
-            self.await_rollout(d, rev, &namespace, &objects, deadline)
-                .await?;
-            if self.settings.check_ok {
-                match self.service_of(d, &namespace).await {
-                    Some((service, port)) => {
-                        self.await_ok(&namespace, &service, port, deadline).await?
-                    }
-                    None => {
-                        let note = "the operator reported no in-cluster endpoint; /ok not checked";
-                        logs.line(d.id, rev.id, "WARNING", note.to_owned()).await;
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if let Ok(mut f) = self.failures.lock() {
-            match &outcome {
-                Ok(()) => f.remove(&d.id),
-                Err(e) => f.insert(d.id, format!("{}: {}", e.reason, e.message)),
-            };
-        }
-        outcome?;
-        self.follow_logs(d, rev, logs);
-        Ok(format!("http://{}.{namespace}.svc:8000", base_name(d)))
+        self.rollout(d, rev, logs, true).await
     }
 
     async fn delete(&self, d: &DesiredDeployment) -> anyhow::Result<()> {
