@@ -650,3 +650,56 @@ fn render_mode_observes_the_cluster() {
     drop(fake);
     rt.shutdown_background();
 }
+
+#[test]
+fn a_refused_apply_fails_the_revision_with_the_api_servers_words() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+    fake.forbid(Attributes {
+        verb: "create".into(),
+        group: "apps".into(),
+        resource: "deployments".into(),
+        namespace: "ns".into(),
+    });
+    let db = sqlite_db();
+    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "cluster-forbidden");
+    let _agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
+    let (status, d) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({
+            "name": "refused", "source": "external_docker",
+            "source_config": {"listener_id": listener},
+            "source_revision_config": {"image_uri": format!("registry.example/r@sha256:{}", "8".repeat(64))},
+            "secrets": [],
+        })),
+    );
+    assert_eq!(status, 201, "{d}");
+    let dep = d["id"].as_str().unwrap().to_owned();
+    let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("DEPLOY_FAILED", 30, || {
+        server
+            .call(
+                "GET",
+                &format!("/v2/deployments/{dep}/revisions/{rev}"),
+                None,
+            )
+            .1["status"]
+            == "DEPLOY_FAILED"
+    });
+    let (_, logs) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep}/revisions/{rev}/deploy_logs"),
+        Some(json!({})),
+    );
+    let text = logs.to_string();
+    assert!(text.contains("ApplyFailed"), "{text}");
+    assert!(
+        text.contains("cannot create resource \\\"deployments\\\" in API group \\\"apps\\\""),
+        "{text}"
+    );
+    drop(fake);
+    rt.shutdown_background();
+}

@@ -187,18 +187,35 @@ impl KubeSink {
         s
     }
 
-    async fn apply(&self, objects: &[Object], namespace: &str) -> Result<(), Failure> {
+    /// Applies every object; an API server that is briefly away (a connection error, a
+    /// 5xx, 429) is retried until the deadline, a refusal (403, 422...) fails at once.
+    async fn apply(
+        &self,
+        objects: &[Object],
+        namespace: &str,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         for o in objects {
-            self.api(o.kind, namespace)
-                .patch(&o.name, &params, &Patch::Apply(&o.doc))
-                .await
-                .map_err(|e| {
-                    Failure::new(
+            let api = self.api(o.kind, namespace);
+            loop {
+                let e = match api.patch(&o.name, &params, &Patch::Apply(&o.doc)).await {
+                    Ok(_) => break,
+                    Err(e) => e,
+                };
+                let transient = match &e {
+                    kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+                    _ => true,
+                };
+                if !transient || Instant::now() >= deadline {
+                    return Err(Failure::new(
                         "ApplyFailed",
                         format!("{} {}: {}", o.kind, o.name, describe(&e)),
-                    )
-                })?;
+                    ));
+                }
+                tracing::warn!(kind = o.kind, name = %o.name, error = %describe(&e), "apply failed; retrying");
+                tokio::time::sleep(self.settings.poll).await;
+            }
         }
         Ok(())
     }
@@ -481,7 +498,7 @@ impl KubeSink {
         let objects = self.objects(d, rev);
         let outcome: Result<(), Failure> = async {
             if apply {
-                self.apply(&objects, &namespace).await?;
+                self.apply(&objects, &namespace, deadline).await?;
                 self.remove_stale(d.id, &namespace, &objects)
                     .await
                     .map_err(|e| Failure::new("ApplyFailed", describe(&e)))?;
