@@ -11,17 +11,20 @@ mod common;
 
 use common::{cases, id};
 use hostplane_agent::kube::files::{FileSink, RenderSettings};
+use hostplane_agent::kube::RenderInputs;
 use std::path::PathBuf;
 use uuid::Uuid;
 
 fn sink() -> FileSink {
     let dir = std::env::temp_dir().join(format!("hostplane-render-{}", Uuid::new_v4()));
     let sink = FileSink::new(RenderSettings {
-        listener_id: id(999),
-        listener_key: "hp_golden_listener_key".into(),
+        inputs: RenderInputs {
+            listener_id: id(999),
+            listener_key: "hp_golden_listener_key".into(),
+            postgres_image: "docker.io/library/postgres:16".into(),
+            redis_image: "docker.io/library/redis:7".into(),
+        },
         dir: dir.clone(),
-        postgres_image: "docker.io/library/postgres:16".into(),
-        redis_image: "docker.io/library/redis:7".into(),
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(dir);

@@ -9,6 +9,7 @@ use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
 use agent::kube::files::{FileSink, RenderSettings};
 use agent::kube::native::{Flavor, KubeSettings, KubeSink};
+use agent::kube::RenderInputs;
 use agent::runner;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -126,13 +127,19 @@ fn host_name() -> String {
         .unwrap_or_else(|| "hostplane-listener".to_owned())
 }
 
-async fn kube_sink(args: &ListenerArgs, flavor: Flavor) -> anyhow::Result<KubeSink> {
-    KubeSink::connect(KubeSettings {
-        flavor,
+fn render_inputs(args: &ListenerArgs) -> RenderInputs {
+    RenderInputs {
         listener_id: args.listener_id,
         listener_key: args.listener_key.clone(),
         postgres_image: args.postgres_image.clone(),
         redis_image: args.redis_image.clone(),
+    }
+}
+
+async fn kube_sink(args: &ListenerArgs, flavor: Flavor) -> anyhow::Result<KubeSink> {
+    KubeSink::connect(KubeSettings {
+        flavor,
+        inputs: render_inputs(args),
         rollout_timeout: Duration::from_secs(args.health_timeout_secs),
         check_ok: args.ok_check,
         poll: Duration::from_secs(1),
@@ -176,11 +183,8 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         Mode::Render => {
             let dir = args.render_dir.clone().unwrap_or_default();
             let files = FileSink::new(RenderSettings {
-                listener_id: args.listener_id,
-                listener_key: args.listener_key.clone(),
+                inputs: render_inputs(&args),
                 dir: dir.clone(),
-                postgres_image: args.postgres_image.clone(),
-                redis_image: args.redis_image.clone(),
             })
             .with_context(|| format!("cannot create the render folder {}", dir.display()))?;
             if args.render_observe {

@@ -14,7 +14,7 @@ use fakekube::{Attributes, FakeKube, Fault, Logged};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,19 +30,16 @@ struct KubeAgent {
 }
 
 impl KubeAgent {
-    fn start(server: &Server, db: &Db, kubeconfig: &Path, listener: &str, key: &str) -> Self {
-        Self::start_mode(server, db, kubeconfig, listener, key, None)
-    }
-
     /// With `--mode MODE`, or the default mode (native) when `None`.
-    fn start_mode(
-        server: &Server,
-        db: &Db,
-        kubeconfig: &Path,
-        listener: &str,
-        key: &str,
-        mode: Option<&str>,
-    ) -> Self {
+    fn start(setup: &Setup, mode: Option<&str>) -> Self {
+        let Setup {
+            server,
+            db,
+            kubeconfig,
+            listener,
+            key,
+            ..
+        } = setup;
         let log = db.dir.0.join(format!("kube-agent-{}.log", free_port()));
         let mut child = bin()
             .args(["listener", "--control-plane-url", &server.url()])
@@ -115,6 +112,53 @@ fn api_image(fake: &FakeKube, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A fake cluster with the namespace `ns`, a control plane on SQLite, and a listener
+/// serving `ns` with its key.
+struct Setup {
+    fake: FakeKube,
+    server: Server,
+    db: Db,
+    kubeconfig: PathBuf,
+    listener: String,
+    key: String,
+    /// Runs the fake; dropped last.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    fn new(compute_id: &str) -> Setup {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+        let db = sqlite_db();
+        let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
+        let server = Server::start(&db);
+        let (listener, key) = listener_with_key(&server, &db, compute_id);
+        Setup {
+            fake,
+            server,
+            db,
+            kubeconfig,
+            listener,
+            key,
+            _rt: rt,
+        }
+    }
+
+    /// Deletes a deployment with the official CLI; it disappears once the agent
+    /// confirmed, and nothing is left in the cluster.
+    fn delete(&self, cli: &Cli, dep: &str) {
+        let run = cli.run(&["deploy", "delete", dep, "--force"]);
+        assert!(run.ok, "{}", run.stderr);
+        wait_until("the deployment to disappear", 60, || {
+            self.server
+                .call("GET", &format!("/v2/deployments/{dep}"), None)
+                .0
+                == 404
+        });
+        assert_eq!(self.fake.inventory(), Vec::<String>::new());
+    }
+}
+
 /// One rule of a Role: API groups, resources, verbs.
 struct Rule {
     groups: Vec<String>,
@@ -151,14 +195,15 @@ fn role_rules(file: &str) -> Vec<Rule> {
 
 #[test]
 fn native_mode_end_to_end() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
-    let db = sqlite_db();
-    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-    let server = Server::start(&db);
-    let (listener, key) = listener_with_key(&server, &db, "cluster-a");
-    let mut agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
-    let cli = Cli::new(&server);
+    let setup = Setup::new("cluster-a");
+    let Setup {
+        fake,
+        server,
+        listener,
+        ..
+    } = &setup;
+    let mut agent = KubeAgent::start(&setup, None);
+    let cli = Cli::new(server);
     let name = "kube-e2e";
     // The CLI wants digests: `vN` becomes the digest of N repeated.
     let image = |tag: &str| format!("registry.example/agent@sha256:{}", tag[1..].repeat(64));
@@ -208,7 +253,7 @@ fn native_mode_end_to_end() {
         "Service/ns/kube-e2e-redis",
         "StatefulSet/ns/kube-e2e-postgres",
     ];
-    assert_eq!(inventory(&fake), expected);
+    assert_eq!(inventory(fake), expected);
     // The first round's applies, in the render's order (later rounds apply the same
     // objects again, which changes nothing).
     let applies: Vec<String> = fake
@@ -246,17 +291,15 @@ fn native_mode_end_to_end() {
     wait_until("the pod's logs as deploy logs", 20, || {
         logs_of(&dep).contains("serving v1")
     });
-    let postgres_pod = pods(&fake, "postgres")[0]["metadata"]["uid"].clone();
+    let postgres_pod = pods(fake, "postgres")[0]["metadata"]["uid"].clone();
 
     println!("update: the new pod replaces the old one; the stores are not restarted");
     let run = deploy("v2", true);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
-    assert_eq!(api_image(&fake, name), image("v2"));
-    wait_until("the old API pod to go", 10, || {
-        pods(&fake, "api").len() == 1
-    });
-    assert_eq!(pods(&fake, "postgres")[0]["metadata"]["uid"], postgres_pod);
-    assert_eq!(inventory(&fake), expected);
+    assert_eq!(api_image(fake, name), image("v2"));
+    wait_until("the old API pod to go", 10, || pods(fake, "api").len() == 1);
+    assert_eq!(pods(fake, "postgres")[0]["metadata"]["uid"], postgres_pod);
+    assert_eq!(inventory(fake), expected);
 
     println!("an image that cannot be pulled: DEPLOY_FAILED (ImagePullFailed), v2 keeps running");
     fake.set_fault(&image("v3"), Some(Fault::ImagePull));
@@ -266,10 +309,10 @@ fn native_mode_end_to_end() {
     assert!(logs.contains("ImagePullFailed"), "{logs}");
     assert!(logs.contains("Back-off pulling image"), "{logs}");
     wait_until("the cluster to run v2 again", 20, || {
-        api_image(&fake, name) == image("v2")
+        api_image(fake, name) == image("v2")
     });
     wait_until("only v2's pod", 20, || {
-        let api = pods(&fake, "api");
+        let api = pods(fake, "api");
         api.len() == 1 && api[0]["spec"]["containers"][0]["image"] == image("v2")
     });
 
@@ -288,7 +331,7 @@ fn native_mode_end_to_end() {
     assert!(logs.contains("exit code 3"), "{logs}");
     assert!(logs.contains("fatal: OPENAI_API_KEY is not set"), "{logs}");
     wait_until("the cluster to run v2 again", 20, || {
-        api_image(&fake, name) == image("v2")
+        api_image(fake, name) == image("v2")
     });
 
     println!("an autoscaled update adds an HPA; scaling back removes it");
@@ -312,10 +355,10 @@ fn native_mode_end_to_end() {
     };
     let rev = patch(json!({"min_scale": 1, "max_scale": 3}));
     wait_until("the autoscaled revision", 30, || deployed(&rev));
-    assert!(inventory(&fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
+    assert!(inventory(fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
     let rev = patch(json!({"min_scale": 1, "max_scale": 1}));
     wait_until("the fixed-size revision", 30, || deployed(&rev));
-    assert_eq!(inventory(&fake), expected);
+    assert_eq!(inventory(fake), expected);
 
     println!("redeploy of the first revision: a new revision runs v1 again");
     let (status, body) = server.call(
@@ -326,24 +369,24 @@ fn native_mode_end_to_end() {
     assert_eq!(status, 200, "{body}");
     let again = body["latest_revision_id"].as_str().unwrap().to_owned();
     wait_until("the redeployed revision", 30, || deployed(&again));
-    assert_eq!(api_image(&fake, name), image("v1"));
-    assert_eq!(inventory(&fake), expected);
+    assert_eq!(api_image(fake, name), image("v1"));
+    assert_eq!(inventory(fake), expected);
 
     println!("kill -9 of the agent mid-rollout: it converges without duplicates");
     fake.set_ready_after(Duration::from_secs(3));
     let run = deploy("v5", false);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     wait_until("v5 to be applied", 20, || {
-        api_image(&fake, name) == image("v5")
+        api_image(fake, name) == image("v5")
     });
     agent.kill();
-    let agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
+    let agent = KubeAgent::start(&setup, None);
     let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
     let v5 = d["latest_revision_id"].as_str().unwrap().to_owned();
     wait_until("v5 to be deployed", 40, || deployed(&v5));
     fake.set_ready_after(Duration::from_millis(300));
-    assert_eq!(inventory(&fake), expected);
-    wait_until("one API pod", 20, || pods(&fake, "api").len() == 1);
+    assert_eq!(inventory(fake), expected);
+    wait_until("one API pod", 20, || pods(fake, "api").len() == 1);
 
     println!("unschedulable: DEPLOY_FAILED at the deadline with the scheduler's reason");
     fake.set_fault(&image("v6"), Some(Fault::Unschedulable));
@@ -369,7 +412,7 @@ fn native_mode_end_to_end() {
     let own = body["latest_revision_id"].as_str().unwrap().to_owned();
     wait_until("the revision without stores", 30, || deployed(&own));
     assert_eq!(
-        inventory(&fake),
+        inventory(fake),
         [
             "Deployment/ns/kube-e2e",
             "PersistentVolumeClaim/ns/data-kube-e2e-postgres-0",
@@ -379,20 +422,10 @@ fn native_mode_end_to_end() {
     );
 
     println!("delete: every object goes (the volume too), then the deployment");
-    let run = cli.run(&["deploy", "delete", &dep, "--force"]);
-    assert!(run.ok, "{}", run.stderr);
-    wait_until("the deployment to disappear", 60, || {
-        server
-            .call("GET", &format!("/v2/deployments/{dep}"), None)
-            .0
-            == 404
-    });
-    assert_eq!(fake.inventory(), Vec::<String>::new());
+    setup.delete(&cli, &dep);
     drop(agent);
 
-    check_rbac(&fake, "listener/role.yaml");
-    drop(fake);
-    rt.shutdown_background();
+    check_rbac(fake, "listener/role.yaml");
 }
 
 /// The Role allows every request the agent made (all the fake saw, but for the
@@ -440,14 +473,15 @@ fn check_rbac(fake: &FakeKube, role: &str) {
 
 #[test]
 fn lgp_mode_end_to_end() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
-    let db = sqlite_db();
-    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-    let server = Server::start(&db);
-    let (listener, key) = listener_with_key(&server, &db, "cluster-lgp");
-    let agent = KubeAgent::start_mode(&server, &db, &kubeconfig, &listener, &key, Some("lgp"));
-    let cli = Cli::new(&server);
+    let setup = Setup::new("cluster-lgp");
+    let Setup {
+        fake,
+        server,
+        listener,
+        ..
+    } = &setup;
+    let agent = KubeAgent::start(&setup, Some("lgp"));
+    let cli = Cli::new(server);
     let image = |n: char| {
         format!(
             "registry.example/lgp-agent@sha256:{}",
@@ -472,12 +506,12 @@ fn lgp_mode_end_to_end() {
         "--no-input",
         "--json",
         "--listener-id",
-        &listener,
+        listener,
     ]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let dep = run.deployment_id();
     assert_eq!(
-        inventory(&fake),
+        inventory(fake),
         [
             "Deployment/ns/lgp-e2e",
             "LGP/ns/lgp-e2e",
@@ -519,19 +553,9 @@ fn lgp_mode_end_to_end() {
     });
 
     println!("delete: the LGP and the Secret go (the operator's objects with them)");
-    let run = cli.run(&["deploy", "delete", &dep, "--force"]);
-    assert!(run.ok, "{}", run.stderr);
-    wait_until("the deployment to disappear", 60, || {
-        server
-            .call("GET", &format!("/v2/deployments/{dep}"), None)
-            .0
-            == 404
-    });
-    assert_eq!(fake.inventory(), Vec::<String>::new());
+    setup.delete(&cli, &dep);
     drop(agent);
-    check_rbac(&fake, "listener-lgp/role.yaml");
-    drop(fake);
-    rt.shutdown_background();
+    check_rbac(fake, "listener-lgp/role.yaml");
 }
 
 /// Plays the GitOps tool: applies every file of a rendered folder to the fake cluster.
@@ -568,12 +592,16 @@ fn gitops_apply(fake: &FakeKube, folder: &Path) {
 
 #[test]
 fn render_mode_observes_the_cluster() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
-    let db = sqlite_db();
-    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-    let server = Server::start(&db);
-    let (listener, key) = listener_with_key(&server, &db, "gitops-observed");
+    let setup = Setup::new("gitops-observed");
+    let Setup {
+        fake,
+        server,
+        db,
+        kubeconfig,
+        listener,
+        key,
+        ..
+    } = &setup;
     let out = db.dir.0.join("manifests");
     let log = db.dir.0.join("render-agent.log");
     let mut agent = bin()
@@ -585,11 +613,11 @@ fn render_mode_observes_the_cluster() {
             "--control-plane-url",
             &server.url(),
         ])
-        .args(["--listener-id", &listener, "--agent-id", "render-observer"])
+        .args(["--listener-id", listener, "--agent-id", "render-observer"])
         .arg("--render-dir")
         .arg(&out)
-        .env("HOSTPLANE_LISTENER_KEY", &key)
-        .env("KUBECONFIG", &kubeconfig)
+        .env("HOSTPLANE_LISTENER_KEY", key)
+        .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -629,7 +657,7 @@ fn render_mode_observes_the_cluster() {
     assert_eq!(status_of(), "DEPLOYING");
 
     println!("applied by the GitOps tool and rolled out: DEPLOYED, the pod's logs shipped");
-    gitops_apply(&fake, &folder);
+    gitops_apply(fake, &folder);
     wait_until("DEPLOYED", 30, || status_of() == "DEPLOYED");
     wait_until("the pod's logs", 20, || {
         let (_, logs) = server.call(
@@ -646,26 +674,25 @@ fn render_mode_observes_the_cluster() {
     });
     let _ = agent.kill();
     let _ = agent.wait();
-    check_rbac(&fake, "render-observer/role.yaml");
-    drop(fake);
-    rt.shutdown_background();
+    check_rbac(fake, "render-observer/role.yaml");
 }
 
 #[test]
 fn a_refused_apply_fails_the_revision_with_the_api_servers_words() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
+    let setup = Setup::new("cluster-forbidden");
+    let Setup {
+        fake,
+        server,
+        listener,
+        ..
+    } = &setup;
     fake.forbid(Attributes {
         verb: "create".into(),
         group: "apps".into(),
         resource: "deployments".into(),
         namespace: "ns".into(),
     });
-    let db = sqlite_db();
-    let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-    let server = Server::start(&db);
-    let (listener, key) = listener_with_key(&server, &db, "cluster-forbidden");
-    let _agent = KubeAgent::start(&server, &db, &kubeconfig, &listener, &key);
+    let _agent = KubeAgent::start(&setup, None);
     let (status, d) = server.call(
         "POST",
         "/v2/deployments",
@@ -700,6 +727,4 @@ fn a_refused_apply_fails_the_revision_with_the_api_servers_words() {
         text.contains("cannot create resource \\\"deployments\\\" in API group \\\"apps\\\""),
         "{text}"
     );
-    drop(fake);
-    rt.shutdown_background();
 }

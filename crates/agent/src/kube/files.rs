@@ -9,8 +9,9 @@
 //! revision and it rolled out, as in `native` mode.
 
 use super::native::KubeSink;
-use super::render::{base_name, render, RenderContext};
+use super::render::base_name;
 use super::yaml::to_yaml;
+use super::RenderInputs;
 use crate::runner::{Failure, LogSink, Sink};
 use async_trait::async_trait;
 use protocol::{DesiredDeployment, DesiredRevision, Observed};
@@ -24,11 +25,8 @@ use uuid::Uuid;
 const MARK: &str = "# Written by hostplane listener for deployment ";
 
 pub struct RenderSettings {
-    pub listener_id: Uuid,
-    pub listener_key: String,
+    pub inputs: RenderInputs,
     pub dir: PathBuf,
-    pub postgres_image: String,
-    pub redis_image: String,
 }
 
 pub struct FileSink {
@@ -58,14 +56,10 @@ impl FileSink {
 
     /// The files of one deployment: name → content, and the kustomization.
     pub fn files(&self, d: &DesiredDeployment, rev: &DesiredRevision) -> Vec<(String, String)> {
-        let password = super::postgres_password(&self.settings.listener_key, d.id);
-        let ctx = RenderContext {
-            listener_id: self.settings.listener_id,
-            postgres_password: &password,
-            postgres_image: &self.settings.postgres_image,
-            redis_image: &self.settings.redis_image,
-        };
-        let mut files: Vec<(String, String)> = render(d, rev, &ctx)
+        let mut files: Vec<(String, String)> = self
+            .settings
+            .inputs
+            .objects(d, rev, false)
             .into_iter()
             .map(|o| {
                 let kind = o.kind.to_ascii_lowercase();

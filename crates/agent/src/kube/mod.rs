@@ -18,3 +18,36 @@ pub fn postgres_password(listener_key: &str, deployment: uuid::Uuid) -> String {
     let bytes = mac.finalize().into_bytes();
     bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
+
+/// What the render takes from the agent's settings, whatever the mode.
+#[derive(Debug, Clone)]
+pub struct RenderInputs {
+    pub listener_id: uuid::Uuid,
+    /// The listener key, from which each deployment's PostgreSQL password is derived.
+    pub listener_key: String,
+    pub postgres_image: String,
+    pub redis_image: String,
+}
+
+impl RenderInputs {
+    /// The objects of `rev` of `d`: all of them, or (`lgp`) the env Secret and one `LGP`.
+    pub fn objects(
+        &self,
+        d: &protocol::DesiredDeployment,
+        rev: &protocol::DesiredRevision,
+        lgp: bool,
+    ) -> Vec<render::Object> {
+        let password = postgres_password(&self.listener_key, d.id);
+        let ctx = render::RenderContext {
+            listener_id: self.listener_id,
+            postgres_password: &password,
+            postgres_image: &self.postgres_image,
+            redis_image: &self.redis_image,
+        };
+        if lgp {
+            render::render_lgp(d, rev, &ctx)
+        } else {
+            render::render(d, rev, &ctx)
+        }
+    }
+}

@@ -16,9 +16,10 @@
 //! pods' logs are followed and shipped as deploy logs.
 
 use super::render::{
-    base_name, render, render_lgp, Object, RenderContext, LABEL_COMPONENT, LABEL_DEPLOYMENT,
-    LABEL_LISTENER, LABEL_REVISION, MANAGED_BY,
+    base_name, Object, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_LISTENER, LABEL_REVISION,
+    MANAGED_BY,
 };
+use super::RenderInputs;
 use crate::runner::{level_of, Failure, LogSink, Sink};
 use async_trait::async_trait;
 use futures_util::{AsyncBufReadExt, StreamExt};
@@ -47,10 +48,7 @@ pub enum Flavor {
 
 pub struct KubeSettings {
     pub flavor: Flavor,
-    pub listener_id: Uuid,
-    pub listener_key: String,
-    pub postgres_image: String,
-    pub redis_image: String,
+    pub inputs: RenderInputs,
     /// How long a revision has to roll out and answer `/ok`.
     pub rollout_timeout: Duration,
     /// Whether `DEPLOYED` waits for `GET /ok` through the Service.
@@ -161,17 +159,8 @@ impl KubeSink {
     }
 
     fn objects(&self, d: &DesiredDeployment, rev: &DesiredRevision) -> Vec<Object> {
-        let password = super::postgres_password(&self.settings.listener_key, d.id);
-        let ctx = RenderContext {
-            listener_id: self.settings.listener_id,
-            postgres_password: &password,
-            postgres_image: &self.settings.postgres_image,
-            redis_image: &self.settings.redis_image,
-        };
-        match self.settings.flavor {
-            Flavor::Native => render(d, rev, &ctx),
-            Flavor::Lgp => render_lgp(d, rev, &ctx),
-        }
+        let lgp = self.settings.flavor == Flavor::Lgp;
+        self.settings.inputs.objects(d, rev, lgp)
     }
 
     /// Selects everything this listener made for deployment `id` (or, with `None`, for
@@ -179,7 +168,7 @@ impl KubeSink {
     fn selector(&self, id: Option<Uuid>) -> String {
         let mut s = format!(
             "{MANAGED_BY}=hostplane,{LABEL_LISTENER}={}",
-            self.settings.listener_id
+            self.settings.inputs.listener_id
         );
         if let Some(id) = id {
             s.push_str(&format!(",{LABEL_DEPLOYMENT}={id}"));
