@@ -2,9 +2,73 @@
 
 use crate::error::{ApiError, ApiResult};
 use axum::http::HeaderMap;
-use store::{KeyScope, Plan, Store};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use store::{ApiKey, KeyScope, Plan, Store, WorkspaceAccess};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
+
+/// Keys that authenticated recently, by key hash and requested workspace, so that a
+/// request needs no database round trip for its key. An entry lives `ttl` at most: a key
+/// revoked elsewhere (`hostplane admin api-key revoke`, a listener deleted through
+/// another replica, a workspace removed) stops working within that time on every server,
+/// and at once on a server that revokes it itself ([`KeyCache::forget_all`]). Unknown
+/// and revoked keys are never remembered: every failed attempt asks the database.
+pub struct KeyCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<(String, Option<Uuid>), Entry>>,
+}
+
+type Entry = (Instant, ApiKey, Option<WorkspaceAccess>);
+
+/// Entries kept at most; past it the cache starts over.
+const MAX_ENTRIES: usize = 10_000;
+
+impl KeyCache {
+    /// A cache whose entries live `ttl` (zero: nothing is remembered).
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(
+        &self,
+        hash: &str,
+        requested: Option<Uuid>,
+    ) -> Option<(ApiKey, Option<WorkspaceAccess>)> {
+        let entries = self.entries.lock().ok()?;
+        let (at, key, workspace) = entries.get(&(hash.to_owned(), requested))?;
+        (at.elapsed() < self.ttl).then(|| (key.clone(), *workspace))
+    }
+
+    fn put(
+        &self,
+        hash: String,
+        requested: Option<Uuid>,
+        key: &ApiKey,
+        workspace: Option<WorkspaceAccess>,
+    ) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert((hash, requested), (Instant::now(), key.clone(), workspace));
+        }
+    }
+
+    /// Forgets every key: called after this server revoked some.
+    pub fn forget_all(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}
 
 /// The workspace a request acts in.
 #[derive(Debug, Clone, Copy)]
@@ -45,12 +109,16 @@ fn no_access(workspace: &str) -> ApiError {
 /// The live key the request carries, looked up with the workspace it would act in.
 async fn find_key(
     store: &dyn Store,
+    keys: &KeyCache,
     headers: &HeaderMap,
     requested: Option<Uuid>,
-) -> ApiResult<(store::ApiKey, Option<store::WorkspaceAccess>)> {
+) -> ApiResult<(ApiKey, Option<WorkspaceAccess>)> {
     let key =
         credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
     let hash = store::hash_key(&key);
+    if let Some(known) = keys.get(&hash, requested) {
+        return Ok(known);
+    }
     // One round trip: the key and the workspace it would act in.
     let (record, workspace) = store
         .authenticate(&hash, requested)
@@ -61,16 +129,18 @@ async fn find_key(
     if !bool::from(record.key_hash.as_bytes().ct_eq(hash.as_bytes())) {
         return Err(ApiError::Unauthorized(INVALID_KEY.into()));
     }
+    keys.put(hash, requested, &record, workspace);
     Ok((record, workspace))
 }
 
 /// Authenticates a data-plane request: only a key of `listener` itself passes.
 pub async fn authenticate_listener(
     store: &dyn Store,
+    keys: &KeyCache,
     headers: &HeaderMap,
     listener: Uuid,
 ) -> ApiResult<()> {
-    let (record, _) = find_key(store, headers, None).await?;
+    let (record, _) = find_key(store, keys, headers, None).await?;
     match record.scope() {
         KeyScope::Listener { listener_id, .. } if listener_id == listener => Ok(()),
         KeyScope::Listener { .. } => Err(ApiError::Forbidden(format!(
@@ -81,7 +151,11 @@ pub async fn authenticate_listener(
 }
 
 /// Authenticates the request and resolves its workspace.
-pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<Tenant> {
+pub async fn authenticate(
+    store: &dyn Store,
+    keys: &KeyCache,
+    headers: &HeaderMap,
+) -> ApiResult<Tenant> {
     let tenant_header = headers
         .get("x-tenant-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
@@ -90,7 +164,7 @@ pub async fn authenticate(store: &dyn Store, headers: &HeaderMap) -> ApiResult<T
         .as_deref()
         .map(|t| Uuid::parse_str(t).map_err(|_| t.to_owned()));
     let (record, workspace) =
-        find_key(store, headers, requested.clone().and_then(Result::ok)).await?;
+        find_key(store, keys, headers, requested.clone().and_then(Result::ok)).await?;
     let requested = match requested {
         Some(Ok(id)) => Some(id),
         Some(Err(text)) => return Err(no_access(&text)),

@@ -50,6 +50,9 @@ pub struct ApiConfig {
     pub dataplane: dataplane::DataPlaneConfig,
     /// Set when the server begins to shut down: long-polls answer at once.
     pub closing: Arc<std::sync::atomic::AtomicBool>,
+    /// How long an authenticated key is remembered ([`auth::KeyCache`]); zero (the
+    /// library's default; the binary sets 1 s): never.
+    pub key_cache_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             secrets: secrets::SecretBox::generate(),
             dataplane: dataplane::DataPlaneConfig::default(),
             closing: Arc::default(),
+            key_cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -88,6 +92,7 @@ impl<T: serde::Serialize> Page<T> {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub keys: Arc<auth::KeyCache>,
     pub config: Arc<ApiConfig>,
     pub secrets: secrets::SecretBox,
 }
@@ -238,6 +243,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let secrets = config.secrets.clone();
     let state = AppState {
         store,
+        keys: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
         config: Arc::new(config),
         secrets,
     };

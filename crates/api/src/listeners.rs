@@ -213,7 +213,11 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
         .delete_listener(call.tenant.workspace_id, id)
         .await
     {
-        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(true) => {
+            // Its keys were revoked with it: no request may pass on a remembered one.
+            app.keys.forget_all();
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Ok(false) => Err(not_found(id)),
         Err(StoreError::InUse) => Err(ApiError::Conflict(format!(
             "Listener ID {id} is used by deployments and cannot be deleted."

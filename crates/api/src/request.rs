@@ -81,7 +81,7 @@ impl<const BODY: bool> FromRequest<AppState> for Call<BODY> {
                 return Err(ApiError::BadRequest(UNPARSEABLE_DETAIL.into()))
             }
         };
-        let tenant = authenticate(app.store.as_ref(), &parts.headers).await?;
+        let tenant = authenticate(app.store.as_ref(), &app.keys, &parts.headers).await?;
         Ok(Call {
             tenant,
             body,

@@ -136,6 +136,12 @@ struct ServeArgs {
     /// Most bytes of uploaded source tarballs kept per workspace.
     #[arg(long, env = "HOSTPLANE_UPLOAD_QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     upload_quota_bytes: u64,
+    /// Milliseconds an authenticated API key is remembered, so that requests skip the
+    /// database for it; a key revoked elsewhere (`admin api-key revoke`, another replica)
+    /// stops working within this time. 0 asks the database on every request.
+    #[arg(long, env = "HOSTPLANE_KEY_CACHE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    key_cache_ms: u64,
     /// Key that encrypts deployment secrets at rest; the same on every replica.
     #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
@@ -327,6 +333,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             log_retention: args.log_retention_lines,
         },
         closing: Default::default(),
+        key_cache_ttl: Duration::from_millis(args.key_cache_ms),
     };
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)

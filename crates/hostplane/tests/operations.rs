@@ -13,10 +13,15 @@ fn get(server: &Server, key: &str, path: &str) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-/// `hostplane admin api-key revoke` stops a key at once on every running server.
-fn revocation(db: Db, replicas: usize) {
+/// `hostplane admin api-key revoke` stops a key on every running server within the key
+/// cache's lifetime (`HOSTPLANE_KEY_CACHE_MS`, 1 s by default), and at once with the
+/// cache off.
+fn revocation(db: Db, replicas: usize, cache_ms: Option<&str>) {
+    let extra: Vec<&str> = cache_ms
+        .map(|ms| vec!["--key-cache-ms", ms])
+        .unwrap_or_default();
     let servers: Vec<Server> = (0..replicas)
-        .map(|_| Server::start_with(&db, &[], "revocation-key"))
+        .map(|_| Server::start_with(&db, &extra, "revocation-key"))
         .collect();
     let ws = admin(&db, &["workspace", "list"])[0]["id"]
         .as_str()
@@ -27,7 +32,30 @@ fn revocation(db: Db, replicas: usize) {
     for s in &servers {
         assert_eq!(get(s, value, "/v2/listeners").0, 200);
     }
+    let revoked = std::time::Instant::now();
     admin(&db, &["api-key", "revoke", key["id"].as_str().unwrap()]);
+    let bound = match cache_ms {
+        Some("0") => std::time::Duration::ZERO,
+        _ => std::time::Duration::from_millis(1000),
+    };
+    for s in &servers {
+        // Refused by the time the bound has passed (and from then on)...
+        loop {
+            let answer = get(s, value, "/v2/listeners");
+            if answer.0 == 401 {
+                assert_eq!(answer, (401, json!({"detail": "Invalid API key"})));
+                break;
+            }
+            assert_eq!(answer.0, 200);
+            assert!(
+                revoked.elapsed() <= bound,
+                "the revoked key still worked after {:?}",
+                revoked.elapsed()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(bound);
     for s in &servers {
         assert_eq!(
             get(s, value, "/v2/listeners"),
@@ -40,12 +68,17 @@ fn revocation(db: Db, replicas: usize) {
 
 #[test]
 fn revocation_sqlite() {
-    revocation(sqlite_db(), 1);
+    revocation(sqlite_db(), 1, None);
 }
 
 #[test]
 fn revocation_two_replicas_postgres() {
-    revocation(postgres_db(), 2);
+    revocation(postgres_db(), 2, None);
+}
+
+#[test]
+fn revocation_without_key_cache_is_immediate() {
+    revocation(sqlite_db(), 1, Some("0"));
 }
 
 /// Each request is logged once with its id, method, route template and status, in text

@@ -72,7 +72,13 @@ impl FromRequest<AppState> for Agent {
             })
             .unwrap_or_default();
         let listener_id = path_uuid(&path, "listener_id")?;
-        crate::auth::authenticate_listener(app.store.as_ref(), &parts.headers, listener_id).await?;
+        crate::auth::authenticate_listener(
+            app.store.as_ref(),
+            &app.keys,
+            &parts.headers,
+            listener_id,
+        )
+        .await?;
         let limit = app.config.max_body_bytes;
         let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
             ApiError::PayloadTooLarge(format!(

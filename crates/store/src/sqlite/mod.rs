@@ -16,10 +16,14 @@ use std::time::Duration;
 use uuid::Uuid;
 
 mod dataplane;
+mod reads;
 use dataplane::bump_for_deployment;
+use reads::Readers;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The hot reads, on the calling thread (see `reads.rs`).
+    readers: Readers,
     /// Wake-ups for desired-state long-polls (one process serves an SQLite file).
     changes: std::sync::Arc<crate::changes::Changes>,
     /// Listener creates go through one writer that commits them in batches.
@@ -113,7 +117,15 @@ impl SqliteStore {
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(format!("bad SQLite URL: {e}")))?;
-        create_owner_only(connect.get_filename())?;
+        let file = connect.get_filename().to_path_buf();
+        if file.as_os_str().is_empty() || file == std::path::Path::new(":memory:") {
+            return Err(StoreError::Other(
+                "SQLite needs a database file (sqlite://PATH): an in-memory database would \
+                 lose everything at exit"
+                    .into(),
+            ));
+        }
+        create_owner_only(&file)?;
         let connect = connect
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -129,10 +141,12 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
+        let readers = Readers::open(file)?;
         let (creates, jobs) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(create_writer(pool.clone(), jobs));
         Ok(SqliteStore {
             pool,
+            readers,
             creates,
             changes: Default::default(),
         })
@@ -308,7 +322,7 @@ impl crate::IdentityStore for SqliteStore {
         key_hash: &str,
         requested: Option<Uuid>,
     ) -> Result<Option<(ApiKey, Option<WorkspaceAccess>)>> {
-        let row = sqlx::query(
+        self.readers.optional(
             "SELECT k.id, k.key_hash, k.org_id, k.workspace_id, k.listener_id, k.created_at, \
                k.revoked_at, \
                w.org_id AS ws_org, o.plan AS ws_plan \
@@ -316,12 +330,9 @@ impl crate::IdentityStore for SqliteStore {
              LEFT JOIN workspaces w ON w.id = COALESCE(k.workspace_id, ?2) \
              LEFT JOIN organizations o ON o.id = w.org_id \
              WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
+            (key_hash, requested.map(|r| r.to_string())),
+            |r| crate::rows::authenticated(r),
         )
-        .bind(key_hash)
-        .bind(requested.map(|r| r.to_string()))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(crate::rows::authenticated).transpose()
     }
 
     async fn get_workspace(&self, id: Uuid) -> Result<Option<(Workspace, Plan)>> {
@@ -366,61 +377,23 @@ impl crate::ListenerStore for SqliteStore {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Listener>> {
-        // The page comes back as one JSON value: sqlx hands each row of a result from
-        // SQLite's thread to ours separately, which cost more than the query itself.
-        let page: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, workspace_id, compute_type, compute_id, \
-             version, \
-               k8s_namespaces, created_at, updated_at) ORDER BY created_at, id) FROM \
-             (SELECT * FROM listeners WHERE workspace_id = ? ORDER BY created_at, id LIMIT ? \
-             OFFSET ?)",
-        )
-        .bind(workspace.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_one(&self.pool)
-        .await?;
-        type Packed = (
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
+        let sql = format!(
+            "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = ? \
+             ORDER BY created_at, id LIMIT ? OFFSET ?"
         );
-        let rows: Vec<Packed> = serde_json::from_str(&page)
-            .map_err(|e| StoreError::Other(format!("listener page: {e}")))?;
-        rows.into_iter()
-            .map(
-                |(id, ws, compute_type, compute_id, version, ns, created, updated)| {
-                    let uuid =
-                        |t: &str| Uuid::parse_str(t).map_err(|e| StoreError::Other(e.to_string()));
-                    Ok(Listener {
-                        id: uuid(&id)?,
-                        workspace_id: uuid(&ws)?,
-                        compute_type,
-                        compute_id,
-                        version,
-                        k8s_namespaces: namespaces_from_text(ns)?,
-                        created_at: micros_to_time(created)?,
-                        updated_at: micros_to_time(updated)?,
-                    })
-                },
-            )
-            .collect()
+        self.readers
+            .all(&sql, (workspace.to_string(), limit, offset), |r| {
+                listener(r)
+            })
     }
 
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>> {
         let sql =
             format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ? AND workspace_id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(workspace.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(listener).transpose()
+        self.readers
+            .optional(&sql, (id.to_string(), workspace.to_string()), |r| {
+                listener(r)
+            })
     }
 
     async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>> {
@@ -684,32 +657,29 @@ impl crate::DeploymentStore for SqliteStore {
                AND (?8 IS NULL OR id IN (SELECT value FROM json_each(?8))) \
              ORDER BY created_at, id LIMIT ?9 OFFSET ?10"
         );
-        let rows = sqlx::query(&sql)
-            .bind(workspace.to_string())
-            .bind(&f.name)
-            .bind(&f.name_contains)
-            .bind(&f.status)
-            .bind(f.remote_reconciled)
-            .bind(&f.image_version)
-            .bind(&f.deployment_type)
-            .bind(ids)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(deployment).collect()
+        let params = rusqlite::params![
+            workspace.to_string(),
+            f.name,
+            f.name_contains,
+            f.status,
+            f.remote_reconciled,
+            f.image_version,
+            f.deployment_type,
+            ids,
+            limit,
+            offset,
+        ];
+        self.readers.all(&sql, params, |r| deployment(r))
     }
 
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>> {
         let sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ? AND workspace_id = ?"
         );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(workspace.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(deployment).transpose()
+        self.readers
+            .optional(&sql, (id.to_string(), workspace.to_string()), |r| {
+                deployment(r)
+            })
     }
 
     async fn save_deployment(
@@ -851,13 +821,8 @@ impl crate::DeploymentStore for SqliteStore {
              WHERE r.id = ? AND r.deployment_id = ? AND d.workspace_id = ?",
             revision_columns_as("r", "")
         );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(dep.to_string())
-            .bind(workspace.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(revision).transpose()
+        let params = (id.to_string(), dep.to_string(), workspace.to_string());
+        self.readers.optional(&sql, params, |r| revision(r))
     }
 
     async fn create_upload(

@@ -1,0 +1,143 @@
+//! SQLite reads on the calling thread.
+//!
+//! sqlx runs each SQLite connection on a thread of its own and hands every query and
+//! every row across with a channel. For the small indexed reads that most requests make
+//! (authenticate, get by id, a page) the thread switches cost many times the query: a
+//! profile of `GET /v2/listeners/{id}` under load spent about 60% of the server's time in
+//! futex waits and wake-ups between those threads, and under 1% in SQLite itself. These
+//! reads therefore go through a few read-only rusqlite connections (the same SQLite
+//! library sqlx links), each keeping its statements prepared, run right on the task that
+//! asks: an indexed read takes microseconds, and in WAL mode a reader never waits for the
+//! writer. Each statement runs in its own read transaction, so a read sees every write
+//! committed (and so acknowledged) before it started. Writes stay on sqlx.
+
+use crate::rows::Columns;
+use crate::{Result, StoreError};
+use rusqlite::{Connection, OpenFlags, Params, Row};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Idle connections kept; more are opened when more readers run at once.
+const KEEP_IDLE: usize = 8;
+
+pub(super) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+impl Readers {
+    /// Readers of the database file at `path` (which exists: the writer made it).
+    pub(super) fn open(path: PathBuf) -> Result<Self> {
+        let readers = Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        };
+        let first = readers.connect()?;
+        readers.put_back(first);
+        Ok(readers)
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(error)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(error)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    fn put_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < KEEP_IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+
+    /// Runs `f` on an idle connection (or a new one).
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let out = f(&conn);
+        self.put_back(conn);
+        out
+    }
+
+    /// The first row of `sql`, mapped.
+    pub(super) fn optional<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        map: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+            let mut rows = stmt.query(params).map_err(error)?;
+            match rows.next().map_err(error)? {
+                Some(row) => map(row).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every row of `sql`, mapped.
+    pub(super) fn all<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut map: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+            let mut rows = stmt.query(params).map_err(error)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(error)? {
+                out.push(map(row)?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Columns for Row<'_> {
+    fn text(&self, col: &str) -> Result<String> {
+        self.get(col).map_err(error)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        self.get(col).map_err(error)
+    }
+    fn int(&self, col: &str) -> Result<i64> {
+        self.get(col).map_err(error)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        self.get(col).map_err(error)
+    }
+    fn flag(&self, col: &str) -> Result<bool> {
+        self.get(col).map_err(error)
+    }
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        self.opt_text(col)?
+            .map(|t| {
+                Uuid::parse_str(&t)
+                    .map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
+            })
+            .transpose()
+    }
+}
