@@ -80,16 +80,19 @@ macro_rules! common_columns {
     };
 }
 
+/// A uuid SQLite keeps as text.
+pub(crate) fn uuid_text(col: &str, text: Option<String>) -> Result<Option<Uuid>> {
+    text.map(|t| {
+        Uuid::parse_str(&t).map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
+    })
+    .transpose()
+}
+
 impl Columns for SqliteRow {
     common_columns!();
 
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        self.opt_text(col)?
-            .map(|t| {
-                Uuid::parse_str(&t)
-                    .map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
-            })
-            .transpose()
+        uuid_text(col, self.opt_text(col)?)
     }
 }
 

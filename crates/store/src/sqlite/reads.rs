@@ -160,11 +160,6 @@ impl Columns for Named<'_, '_> {
         self.get(col)
     }
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        self.opt_text(col)?
-            .map(|t| {
-                Uuid::parse_str(&t)
-                    .map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
-            })
-            .transpose()
+        crate::rows::uuid_text(col, self.opt_text(col)?)
     }
 }
