@@ -333,3 +333,83 @@ fn replicas_act_as_one_postgres() {
     );
     assert_eq!(b.call("GET", &format!("/v2/deployments/{id}"), None).1, d);
 }
+
+/// Every read sees every write acknowledged before it: writers on several threads each
+/// create a listener, PATCH it, and read it back at once (on PostgreSQL through the other
+/// replica), under a concurrent load of list reads; nothing read is ever older than what
+/// was acknowledged.
+fn reads_see_acknowledged_writes(db: Db, replicas: usize) {
+    let key = "ryw-key";
+    let servers: Vec<Server> = (0..replicas)
+        .map(|_| Server::start_with(&db, &[], key))
+        .collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _) = http(
+                        port,
+                        "GET",
+                        "/v2/listeners?limit=100",
+                        &[("X-Api-Key", key)],
+                        "",
+                    );
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let ports = ports.clone();
+            std::thread::spawn(move || {
+                let headers = [("X-Api-Key", key), ("Content-Type", "application/json")];
+                for i in 0..25 {
+                    let (write, read) = (ports[i % ports.len()], ports[(i + 1) % ports.len()]);
+                    let body = json!({"compute_type": "k8s", "compute_id": format!("ryw-{w}-{i}"),
+                                      "compute_config": {"k8s_namespaces": ["a"]}});
+                    let (status, text) =
+                        http(write, "POST", "/v2/listeners", &headers, &body.to_string());
+                    assert_eq!(status, 201, "{text}");
+                    let created: Value = serde_json::from_str(&text).unwrap();
+                    let path = format!("/v2/listeners/{}", created["id"].as_str().unwrap());
+                    let (status, text) = http(read, "GET", &path, &headers, "");
+                    assert_eq!(
+                        (status, serde_json::from_str::<Value>(&text).unwrap()),
+                        (200, created)
+                    );
+                    let patch = json!({"compute_config": {"k8s_namespaces": [format!("b{i}")]}});
+                    let (status, text) = http(write, "PATCH", &path, &headers, &patch.to_string());
+                    assert_eq!(status, 200, "{text}");
+                    let patched: Value = serde_json::from_str(&text).unwrap();
+                    let (status, text) = http(read, "GET", &path, &headers, "");
+                    assert_eq!(
+                        (status, serde_json::from_str::<Value>(&text).unwrap()),
+                        (200, patched)
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
+#[test]
+fn reads_see_acknowledged_writes_sqlite() {
+    reads_see_acknowledged_writes(sqlite_db(), 1);
+}
+
+#[test]
+fn reads_see_acknowledged_writes_two_replicas_postgres() {
+    reads_see_acknowledged_writes(postgres_db(), 2);
+}
