@@ -604,24 +604,28 @@ fn render_mode_observes_the_cluster() {
     } = &setup;
     let out = db.dir.0.join("manifests");
     let log = db.dir.0.join("render-agent.log");
-    let mut agent = bin()
-        .args([
-            "listener",
-            "--mode",
-            "render",
-            "--render-observe",
-            "--control-plane-url",
-            &server.url(),
-        ])
-        .args(["--listener-id", listener, "--agent-id", "render-observer"])
-        .arg("--render-dir")
-        .arg(&out)
-        .env("HOSTPLANE_LISTENER_KEY", key)
-        .env("KUBECONFIG", kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
+    // Killed on drop, also when an assertion fails.
+    let mut agent = KubeAgent {
+        child: bin()
+            .args([
+                "listener",
+                "--mode",
+                "render",
+                "--render-observe",
+                "--control-plane-url",
+                &server.url(),
+            ])
+            .args(["--listener-id", listener, "--agent-id", "render-observer"])
+            .arg("--render-dir")
+            .arg(&out)
+            .env("HOSTPLANE_LISTENER_KEY", key)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+        lines: Arc::default(),
+    };
     let image = format!("registry.example/observed@sha256:{}", "7".repeat(64));
     fake.set_image_logs(&image, &["INFO: observed and serving"]);
     let (status, d) = server.call(
@@ -672,8 +676,7 @@ fn render_mode_observes_the_cluster() {
             .iter()
             .any(|r| r.method == "GET" && r.path == "/apis/apps/v1/namespaces/ns/deployments")
     });
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.kill();
     check_rbac(fake, "render-observer/role.yaml");
 }
 
