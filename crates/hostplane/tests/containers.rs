@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, free_port, sqlite_db, try_http, Db, Server, TempDir};
+use support::{bin, free_port, sqlite_db, try_http, wait_until, Db, Server, TempDir};
 
 /// `podman ARGS`: its stdout, or a panic with its stderr.
 fn podman(args: &[&str]) -> String {
@@ -306,14 +306,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn containers_end_to_end() {
     if std::env::var("HOSTPLANE_SKIP_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
@@ -334,22 +326,9 @@ fn containers_end_to_end() {
     // The listener is named on create only: it is fixed from then on.
     let created = AtomicBool::new(false);
     let deploy = |image: &str, wait: bool| {
-        let mut args = vec![
-            "deploy",
-            "--image-uri",
-            image,
-            "--name",
-            &name,
-            "--no-input",
-            "--json",
-        ];
-        if !created.swap(true, Ordering::Relaxed) {
-            args.extend(["--listener-id", listener.as_str()]);
-        }
-        if !wait {
-            args.push("--no-wait");
-        }
-        cli.run(&args)
+        let first = !created.swap(true, Ordering::Relaxed);
+        let extra = ["--listener-id", listener.as_str()];
+        cli.deploy(image, &name, wait, if first { &extra } else { &[] })
     };
 
     println!("deploy: the CLI waits, the container answers on its address");
@@ -434,12 +413,7 @@ fn containers_end_to_end() {
     agent.kill();
     let agent = ListenerAgent::start(&server, &db, &engine, &listener, &key, &ports);
     wait_until("the slow revision to be deployed", 60, || {
-        let (_, r) = server.call(
-            "GET",
-            &format!("/v2/deployments/{dep}/revisions/{slow_rev}"),
-            None,
-        );
-        r["status"] == "DEPLOYED"
+        server.revision_status(&dep, &slow_rev) == "DEPLOYED"
     });
     assert_eq!(
         agent.address(&dep),

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, free_port, http, sqlite_db, Db, Server};
+use support::{bin, free_port, http, sqlite_db, wait_until, Db, Server};
 
 /// A running `hostplane listener` (native), its stdout lines collected.
 struct KubeAgent {
@@ -73,14 +73,6 @@ impl KubeAgent {
 impl Drop for KubeAgent {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -212,23 +204,9 @@ fn native_mode_end_to_end() {
     }
     let created = AtomicBool::new(false);
     let deploy = |tag: &str, wait: bool| {
-        let image = image(tag);
-        let mut args = vec![
-            "deploy",
-            "--image-uri",
-            &image,
-            "--name",
-            name,
-            "--no-input",
-            "--json",
-        ];
-        if !created.swap(true, Ordering::Relaxed) {
-            args.extend(["--listener-id", listener.as_str()]);
-        }
-        if !wait {
-            args.push("--no-wait");
-        }
-        cli.run(&args)
+        let first = !created.swap(true, Ordering::Relaxed);
+        let extra = ["--listener-id", listener.as_str()];
+        cli.deploy(&image(tag), name, wait, if first { &extra } else { &[] })
     };
     let logs_of = |dep: &str| {
         let run = cli.run(&["deploy", "logs", "--deployment-id", dep, "--limit", "100"]);
@@ -345,14 +323,7 @@ fn native_mode_end_to_end() {
         assert_eq!(status, 200, "{body}");
         body["latest_revision_id"].as_str().unwrap().to_owned()
     };
-    let deployed = |rev: &str| {
-        let (_, r) = server.call(
-            "GET",
-            &format!("/v2/deployments/{dep}/revisions/{rev}"),
-            None,
-        );
-        r["status"] == "DEPLOYED"
-    };
+    let deployed = |rev: &str| server.revision_status(&dep, rev) == "DEPLOYED";
     let rev = patch(json!({"min_scale": 1, "max_scale": 3}));
     wait_until("the autoscaled revision", 30, || deployed(&rev));
     assert!(inventory(fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
@@ -497,17 +468,7 @@ fn lgp_mode_end_to_end() {
 
     println!("deploy: one LGP and its Secret; DEPLOYED once the operator reports the rollout");
     let v1 = image('1');
-    let run = cli.run(&[
-        "deploy",
-        "--image-uri",
-        &v1,
-        "--name",
-        "lgp-e2e",
-        "--no-input",
-        "--json",
-        "--listener-id",
-        listener,
-    ]);
+    let run = cli.deploy(&v1, "lgp-e2e", true, &["--listener-id", listener]);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     let dep = run.deployment_id();
     assert_eq!(
@@ -536,15 +497,7 @@ fn lgp_mode_end_to_end() {
     println!("an image that cannot be pulled: DEPLOY_FAILED, and the LGP goes back to v1");
     let v2 = image('2');
     fake.set_fault(&v2, Some(Fault::ImagePull));
-    let run = cli.run(&[
-        "deploy",
-        "--image-uri",
-        &v2,
-        "--name",
-        "lgp-e2e",
-        "--no-input",
-        "--json",
-    ]);
+    let run = cli.deploy(&v2, "lgp-e2e", true, &[]);
     assert!(!run.ok, "{}", run.stdout);
     let logs = cli.run(&["deploy", "logs", "--deployment-id", &dep, "--limit", "20"]);
     assert!(logs.stdout.contains("ImagePullFailed"), "{}", logs.stdout);
@@ -641,16 +594,7 @@ fn render_mode_observes_the_cluster() {
     assert_eq!(status, 201, "{d}");
     let dep = d["id"].as_str().unwrap().to_owned();
     let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
-    let status_of = || {
-        server
-            .call(
-                "GET",
-                &format!("/v2/deployments/{dep}/revisions/{rev}"),
-                None,
-            )
-            .1["status"]
-            .clone()
-    };
+    let status_of = || server.revision_status(&dep, &rev);
     let folder = out.join("ns").join("observed");
     wait_until("the files", 20, || {
         folder.join("kustomization.yaml").exists()
@@ -710,14 +654,7 @@ fn a_refused_apply_fails_the_revision_with_the_api_servers_words() {
     let dep = d["id"].as_str().unwrap().to_owned();
     let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
     wait_until("DEPLOY_FAILED", 30, || {
-        server
-            .call(
-                "GET",
-                &format!("/v2/deployments/{dep}/revisions/{rev}"),
-                None,
-            )
-            .1["status"]
-            == "DEPLOY_FAILED"
+        server.revision_status(&dep, &rev) == "DEPLOY_FAILED"
     });
     let (_, logs) = server.call(
         "POST",

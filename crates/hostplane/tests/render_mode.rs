@@ -8,12 +8,12 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::listener_with_key;
-use support::{bin, sqlite_db, Db, Server};
+use support::{bin, sqlite_db, wait_until, Db, Server};
 
 struct Agent(Child);
 
@@ -44,25 +44,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn revision_status(server: &Server, dep: &str, rev: &str) -> Value {
-    server
-        .call(
-            "GET",
-            &format!("/v2/deployments/{dep}/revisions/{rev}"),
-            None,
-        )
-        .1["status"]
-        .clone()
 }
 
 /// Every file of a folder: name → bytes.
@@ -102,8 +83,8 @@ fn render_mode_end_to_end() {
     assert_eq!(status, 201, "{d}");
     let dep = d["id"].as_str().unwrap().to_owned();
     let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
-    wait_until("the first revision to be written", || {
-        revision_status(&server, &dep, &rev) == "DEPLOYED"
+    wait_until("the first revision to be written", 30, || {
+        server.revision_status(&dep, &rev) == "DEPLOYED"
     });
     let folder: PathBuf = out.join("ns").join("docs-bot");
     let first = snapshot(&folder);
@@ -154,8 +135,8 @@ fn render_mode_end_to_end() {
     );
     assert_eq!(status, 200, "{patched}");
     let rev2 = patched["latest_revision_id"].as_str().unwrap().to_owned();
-    wait_until("the update to be written", || {
-        revision_status(&server, &dep, &rev2) == "DEPLOYED"
+    wait_until("the update to be written", 30, || {
+        server.revision_status(&dep, &rev2) == "DEPLOYED"
     });
     let server_yaml = std::fs::read_to_string(folder.join("deployment-docs-bot.yaml")).unwrap();
     assert!(server_yaml.contains("image: \"registry.example/docs-bot:2\""));
@@ -174,8 +155,8 @@ fn render_mode_end_to_end() {
         Some(json!({"source_revision_config": {"image_uri": "registry.example/docs-bot:3"}})),
     );
     let rev3 = patched["latest_revision_id"].as_str().unwrap().to_owned();
-    wait_until("the refusal", || {
-        revision_status(&server, &dep, &rev3) == "DEPLOY_FAILED"
+    wait_until("the refusal", 30, || {
+        server.revision_status(&dep, &rev3) == "DEPLOY_FAILED"
     });
     let (_, logs) = server.call(
         "POST",
@@ -204,7 +185,7 @@ fn render_mode_end_to_end() {
     println!("delete: the folder goes, then the deployment");
     let (status, _) = server.call("DELETE", &format!("/v2/deployments/{dep}"), None);
     assert_eq!(status, 204);
-    wait_until("the deployment to disappear", || {
+    wait_until("the deployment to disappear", 30, || {
         server
             .call("GET", &format!("/v2/deployments/{dep}"), None)
             .0

@@ -122,22 +122,29 @@ impl<'a> Cli<'a> {
         cmd
     }
 
+    /// `langgraph deploy` of an image, waiting for the agent unless `wait` is false.
+    pub fn deploy(&self, image: &str, name: &str, wait: bool, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "deploy",
+            "--image-uri",
+            image,
+            "--name",
+            name,
+            "--no-input",
+            "--json",
+        ];
+        if !wait {
+            args.push("--no-wait");
+        }
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     pub fn deploy_image(&self, name: &str, digest_char: char, extra: &[&str]) -> Run {
         let image = format!(
             "docker.io/acme/agent@sha256:{}",
             digest_char.to_string().repeat(64)
         );
-        let mut args = vec![
-            "deploy",
-            "--image-uri",
-            &image,
-            "--name",
-            name,
-            "--no-input",
-            "--no-wait",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        self.deploy(&image, name, false, extra)
     }
 }

@@ -175,6 +175,17 @@ impl Server {
     }
 
     /// A JSON call with the bootstrap key.
+    /// The status of a revision, as the public API shows it.
+    pub fn revision_status(&self, dep: &str, rev: &str) -> Value {
+        self.call(
+            "GET",
+            &format!("/v2/deployments/{dep}/revisions/{rev}"),
+            None,
+        )
+        .1["status"]
+            .clone()
+    }
+
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let (status, text) = http(
@@ -239,6 +250,15 @@ pub fn wait_ready(port: u16) {
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `done` every 100 ms until it holds; fails the test after `seconds`.
+pub fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
