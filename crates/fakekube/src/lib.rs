@@ -339,10 +339,6 @@ impl FakeKube {
         self.lock().requests.clone()
     }
 
-    pub fn clear_requests(&self) {
-        self.lock().requests.clear();
-    }
-
     /// The objects of a kind (`Deployment`, `Pod`...) in a namespace, by name.
     pub fn objects(&self, kind: &str, namespace: &str) -> Vec<Value> {
         let r = resource_of_kind(kind);

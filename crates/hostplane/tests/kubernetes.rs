@@ -269,6 +269,11 @@ fn native_mode_end_to_end() {
     wait_until("the pod's logs as deploy logs", 20, || {
         logs_of(&dep).contains("serving v1")
     });
+    // The logs are followed: a line the pod prints later arrives too.
+    fake.print(&image("v1"), "INFO: a line printed after the rollout");
+    wait_until("a later line of the pod", 20, || {
+        logs_of(&dep).contains("a line printed after the rollout")
+    });
     let postgres_pod = pods(fake, "postgres")[0]["metadata"]["uid"].clone();
 
     println!("update: the new pod replaces the old one; the stores are not restarted");
