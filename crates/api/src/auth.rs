@@ -115,7 +115,16 @@ async fn find_key(
 ) -> ApiResult<(ApiKey, Option<WorkspaceAccess>)> {
     let key =
         credentials(headers).ok_or_else(|| ApiError::Unauthorized(NOT_AUTHENTICATED.into()))?;
-    let hash = store::hash_key(&key);
+    key_by_hash(store, keys, store::hash_key(&key), requested).await
+}
+
+/// The live key with this hash, looked up with the workspace it would act in.
+pub async fn key_by_hash(
+    store: &dyn Store,
+    keys: &KeyCache,
+    hash: String,
+    requested: Option<Uuid>,
+) -> ApiResult<(ApiKey, Option<WorkspaceAccess>)> {
     if let Some(known) = keys.get(&hash, requested) {
         return Ok(known);
     }
@@ -170,6 +179,16 @@ pub async fn authenticate(
         Some(Err(text)) => return Err(no_access(&text)),
         None => None,
     };
+    tenant(&record, workspace, requested)
+}
+
+/// The workspace a request with `record` acts in: the key's own, or `requested` (which an
+/// organization key must give); `workspace` is what the store found for it.
+pub fn tenant(
+    record: &ApiKey,
+    workspace: Option<WorkspaceAccess>,
+    requested: Option<Uuid>,
+) -> ApiResult<Tenant> {
     let workspace_id = match (record.scope(), requested) {
         (KeyScope::Listener { .. }, _) => {
             return Err(ApiError::Forbidden(LISTENER_KEY_ONLY.into()))

@@ -44,6 +44,42 @@ impl ApiError {
         value.ok_or_else(|| ApiError::Internal("validation gave no value and no error".into()))
     }
 
+    /// The status of the answer and the text a person should read (the console shows it).
+    pub fn status_and_text(&self) -> (StatusCode, String) {
+        match self {
+            ApiError::Validation(items) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                items
+                    .iter()
+                    .map(|item| match item.loc.to_string() {
+                        path if path.is_empty() => item.msg.clone(),
+                        path => format!("{path}: {}", item.msg),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ApiError::Unprocessable(t) => (StatusCode::UNPROCESSABLE_ENTITY, t.clone()),
+            ApiError::BadRequest(t) => (StatusCode::BAD_REQUEST, t.clone()),
+            ApiError::Unauthorized(t) => (StatusCode::UNAUTHORIZED, t.clone()),
+            ApiError::Forbidden(t) => (StatusCode::FORBIDDEN, t.clone()),
+            ApiError::NotFound(t) => (StatusCode::NOT_FOUND, t.clone()),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".into())
+            }
+            ApiError::Conflict(t) => (StatusCode::CONFLICT, t.clone()),
+            ApiError::PayloadTooLarge(t) => (StatusCode::PAYLOAD_TOO_LARGE, t.clone()),
+            ApiError::Redirect(location) => (StatusCode::TEMPORARY_REDIRECT, location.clone()),
+            ApiError::Unavailable(t) => (StatusCode::SERVICE_UNAVAILABLE, t.clone()),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error".into(),
+                )
+            }
+        }
+    }
+
     pub fn route_not_found() -> Self {
         ApiError::NotFound("Not Found".into())
     }
@@ -96,16 +132,6 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &ValidationBody { detail: &items },
             ),
-            ApiError::Unprocessable(t) => detail(StatusCode::UNPROCESSABLE_ENTITY, &t),
-            ApiError::BadRequest(t) => detail(StatusCode::BAD_REQUEST, &t),
-            ApiError::Unauthorized(t) => detail(StatusCode::UNAUTHORIZED, &t),
-            ApiError::Forbidden(t) => detail(StatusCode::FORBIDDEN, &t),
-            ApiError::NotFound(t) => detail(StatusCode::NOT_FOUND, &t),
-            ApiError::MethodNotAllowed => {
-                detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-            }
-            ApiError::Conflict(t) => detail(StatusCode::CONFLICT, &t),
-            ApiError::PayloadTooLarge(t) => detail(StatusCode::PAYLOAD_TOO_LARGE, &t),
             ApiError::Redirect(location) => {
                 let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -113,10 +139,9 @@ impl IntoResponse for ApiError {
                 }
                 res
             }
-            ApiError::Unavailable(t) => detail(StatusCode::SERVICE_UNAVAILABLE, &t),
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            other => {
+                let (status, text) = other.status_and_text();
+                detail(status, &text)
             }
         }
     }

@@ -2,6 +2,7 @@
 //! error-to-HTTP mapping and the served OpenAPI document.
 
 pub mod auth;
+pub mod console;
 pub mod dataplane;
 pub mod deployments;
 pub mod error;
@@ -253,6 +254,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .nest(routing::SELF_HOSTED_PREFIX, api)
         .merge(dataplane_api())
         .route("/registry/token", get(registry::token))
+        .merge(console::router())
         .fallback(routing::fallback)
         .with_state(state);
     with_service_layers(app, limits)

@@ -141,8 +141,26 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
         .body_model(&mut errs)
         .and_then(|mut m| CreateRequest::validate(&mut m));
     let req = ApiError::validated(errs, req)?;
-    require_enterprise(&call.tenant)?;
-    let workspace_id = call.tenant.workspace_id;
+    let l = create_in(&app, &call.tenant, req).await?;
+    Ok(json_response(StatusCode::CREATED, &to_json(&l)))
+}
+
+/// Creates a listener from the console's form, validated as the API's body is.
+pub(crate) async fn create_from(
+    app: &AppState,
+    tenant: &Tenant,
+    body: &compat::Value,
+) -> ApiResult<Listener> {
+    let mut errs = Vec::new();
+    let req = validate::model(body, Loc::new("body"), &mut errs)
+        .and_then(|mut m| CreateRequest::validate(&mut m));
+    let req = ApiError::validated(errs, req)?;
+    create_in(app, tenant, req).await
+}
+
+async fn create_in(app: &AppState, tenant: &Tenant, req: CreateRequest) -> ApiResult<Listener> {
+    require_enterprise(tenant)?;
+    let workspace_id = tenant.workspace_id;
     let new = NewListener {
         workspace_id,
         compute_type: "k8s".into(),
@@ -151,7 +169,7 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
         k8s_namespaces: req.k8s_namespaces,
     };
     match app.store.create_listener(new).await {
-        Ok(l) => Ok(json_response(StatusCode::CREATED, &to_json(&l))),
+        Ok(l) => Ok(l),
         Err(StoreError::Conflict) => Err(ApiError::Conflict(format!(
             "Listener for LangSmith workspace ID '{workspace_id}' and compute ID '{}' already \
              exists.",

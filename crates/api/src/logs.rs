@@ -74,11 +74,11 @@ struct LogPage {
 }
 
 /// A cursor: `<microseconds>-<sequence>` of a line.
-fn cursor_text((at, seq): (i64, i64)) -> String {
+pub(crate) fn cursor_text((at, seq): (i64, i64)) -> String {
     format!("{at}-{seq}")
 }
 
-fn parse_cursor(text: &str) -> Option<(i64, i64)> {
+pub(crate) fn parse_cursor(text: &str) -> Option<(i64, i64)> {
     let (at, seq) = text.split_once('-')?;
     Some((at.parse().ok()?, seq.parse().ok()?))
 }

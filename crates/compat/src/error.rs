@@ -34,6 +34,20 @@ impl Loc {
     }
 }
 
+/// The path below the root, as a person reads it: `compute_config.k8s_namespaces[1]`.
+impl std::fmt::Display for Loc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, item) in self.0.iter().skip(1).enumerate() {
+            match item {
+                LocItem::Key(k) if i == 0 => write!(f, "{k}")?,
+                LocItem::Key(k) => write!(f, ".{k}")?,
+                LocItem::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One entry of FastAPI's `{"detail": [...]}`, field for field.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorItem {

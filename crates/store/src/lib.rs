@@ -97,15 +97,29 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
-/// Everything hostplane stores, in four parts: identities, listeners, deployments and
-/// the data plane's side of them.
+/// Everything hostplane stores, in five parts: identities, listeners, deployments, the
+/// data plane's side of them, and the web console's sessions.
 pub trait Store:
-    IdentityStore + ListenerStore + DeploymentStore + DataPlaneStore + Send + Sync + 'static
+    IdentityStore
+    + ListenerStore
+    + DeploymentStore
+    + DataPlaneStore
+    + ConsoleStore
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: IdentityStore + ListenerStore + DeploymentStore + DataPlaneStore + Send + Sync + 'static
+    T: IdentityStore
+        + ListenerStore
+        + DeploymentStore
+        + DataPlaneStore
+        + ConsoleStore
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -295,6 +309,24 @@ pub trait DataPlaneStore: Send + Sync {
     /// Puts revisions whose lease expired back where they were (`BUILDING` →
     /// `AWAITING_BUILD`, `DEPLOYING` → `AWAITING_DEPLOY`); how many.
     async fn release_expired_leases(&self) -> Result<u64>;
+}
+
+/// The web console: sign-in sessions and what agents report of their listeners.
+#[async_trait]
+pub trait ConsoleStore: Send + Sync {
+    /// Keeps a session until `expires_at` (and drops sessions that have expired).
+    async fn create_session(
+        &self,
+        token_hash: &str,
+        key_hash: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()>;
+    /// The hash of the key that signed the session in, while it has not expired.
+    async fn session_key(&self, token_hash: &str) -> Result<Option<String>>;
+    /// Ends a session; ending one that does not exist is fine.
+    async fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// The last heartbeat of each listener of the workspace that has had one.
+    async fn agent_states(&self, workspace: Uuid) -> Result<Vec<AgentState>>;
 }
 
 /// Options for opening a store.

@@ -444,3 +444,12 @@ pub struct BuildSource {
 
 /// A listener's generation after a write moved it, to announce after the commit.
 pub type Bump = (Uuid, i64);
+
+/// What a listener's agent last said of itself in a heartbeat.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    pub listener_id: Uuid,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// The facts of the last heartbeat (mode, cluster, observed deployments), as sent.
+    pub facts: Option<serde_json::Value>,
+}

@@ -303,3 +303,11 @@ pub(crate) fn build_source(rev: &Revision) -> Result<BuildSource> {
             .map(str::to_owned),
     })
 }
+
+pub(crate) fn agent_state(r: &impl Columns) -> Result<AgentState> {
+    Ok(AgentState {
+        listener_id: r.uuid("id")?,
+        last_seen_at: r.opt_int("last_seen_at")?.map(micros_to_time).transpose()?,
+        facts: r.opt_json("agent")?,
+    })
+}

@@ -244,17 +244,25 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
     let _delete_tracing_project = call.query_bool("delete_tracing_project", &mut errs);
     let force = call.query_bool("force", &mut errs);
     let (id, force) = ApiError::validated(errs, id.zip(force))?;
-    match app
-        .store
-        .delete_deployment(call.tenant.workspace_id, id, force.unwrap_or(false))
-        .await?
-    {
+    delete_one(&app, call.tenant.workspace_id, id, force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes a deployment of `workspace` (the API's delete and the console's): at once when
+/// no listener runs it (or `force`), else once its listener confirms.
+pub(crate) async fn delete_one(
+    app: &AppState,
+    workspace: Uuid,
+    id: Uuid,
+    force: bool,
+) -> ApiResult<()> {
+    match app.store.delete_deployment(workspace, id, force).await? {
         DeleteOutcome::NotFound => Err(not_found(id)),
         DeleteOutcome::Removed => {
-            uploads::remove_files(&app, id).await;
-            Ok(StatusCode::NO_CONTENT.into_response())
+            uploads::remove_files(app, id).await;
+            Ok(())
         }
-        DeleteOutcome::MarkedForDeletion => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::MarkedForDeletion => Ok(()),
     }
 }
 
@@ -363,7 +371,16 @@ async fn load_revision(app: &AppState, call: &Call) -> ApiResult<(Deployment, Re
     let id = call.path_uuid("deployment_id", &mut errs);
     let rid = call.path_uuid("revision_id", &mut errs);
     let (id, rid) = ApiError::validated(errs, id.zip(rid))?;
-    let workspace = call.tenant.workspace_id;
+    find_revision(app, call.tenant.workspace_id, id, rid).await
+}
+
+/// A revision of a deployment of `workspace`, with its deployment.
+async fn find_revision(
+    app: &AppState,
+    workspace: Uuid,
+    id: Uuid,
+    rid: Uuid,
+) -> ApiResult<(Deployment, Revision)> {
     let d = app
         .store
         .get_deployment(workspace, id)
@@ -384,9 +401,24 @@ pub async fn get_revision(State(app): State<AppState>, call: Call) -> ApiResult<
 
 /// A new revision with an older revision's source and configuration.
 pub async fn redeploy(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
-    let (app, call) = (&app, &call);
-    let saved = save_with_retries(move || async move {
-        let (d, r) = load_revision(app, call).await?;
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let rid = call.path_uuid("revision_id", &mut errs);
+    let (id, rid) = ApiError::validated(errs, id.zip(rid))?;
+    let saved = redeploy_revision(&app, call.tenant.workspace_id, id, rid).await?;
+    Ok(json_response(StatusCode::OK, &to_json(&app, &saved)?))
+}
+
+/// Adds a revision with the source and configuration of revision `rid` (the API's
+/// redeploy and the console's).
+pub(crate) async fn redeploy_revision(
+    app: &AppState,
+    workspace: Uuid,
+    id: Uuid,
+    rid: Uuid,
+) -> ApiResult<Deployment> {
+    save_with_retries(move || async move {
+        let (d, r) = find_revision(app, workspace, id, rid).await?;
         let revision = new_revision(&r.source, &r.source_revision_config);
         let saved = app
             .store
@@ -394,6 +426,5 @@ pub async fn redeploy(State(app): State<AppState>, call: Call) -> ApiResult<Resp
             .await;
         unless_stale(d.id, saved)
     })
-    .await?;
-    Ok(json_response(StatusCode::OK, &to_json(app, &saved)?))
+    .await
 }

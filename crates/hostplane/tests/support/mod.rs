@@ -304,6 +304,22 @@ pub fn exchange(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    let (status, _, body) = exchange_with_headers(port, method, path, headers, body)?;
+    Ok((status, body))
+}
+
+/// Response headers: names in lower case, with their values.
+pub type Headers = Vec<(String, String)>;
+
+/// One HTTP/1.1 exchange: the status, the response headers (names in lower case) and
+/// the raw body.
+pub fn exchange_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
@@ -326,12 +342,16 @@ pub fn exchange(
         .ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response")
         })?;
-    let body = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| resp[at + 4..].to_vec())
-        .unwrap_or_default();
-    Ok((status, body))
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n");
+    let head = String::from_utf8_lossy(&resp[..end.unwrap_or(resp.len())]).into_owned();
+    let names = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = end.map(|at| resp[at + 4..].to_vec()).unwrap_or_default();
+    Ok((status, names, body))
 }
 
 /// Reads lines from a child's stdout until one contains `marker`.

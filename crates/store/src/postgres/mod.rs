@@ -13,6 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod console;
 mod dataplane;
 use dataplane::bump_for_deployment;
 

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
+mod console;
 mod dataplane;
 mod reads;
 use dataplane::bump_for_deployment;

@@ -1,0 +1,305 @@
+//! Signing in and out. Signing in with an API key creates a server-side session; the
+//! browser keeps only a random token in an HttpOnly cookie, the database only its hash
+//! and the hash of the key. A session ends when its owner signs out, when it expires, or
+//! when its key is revoked (every page authenticates the key again).
+
+use super::{layout, same_origin, see_other, ConsoleError, ConsoleResult};
+use crate::auth::{self, Tenant};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use maud::html;
+use serde::Deserialize;
+use store::{ApiKey, KeyScope, WorkspaceAccess};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+const COOKIE: &str = "hostplane_session";
+/// How long a session lasts after sign-in.
+const LIFETIME: chrono::Duration = chrono::Duration::hours(12);
+
+/// A signed-in visitor of a page.
+pub struct Session {
+    token_hash: String,
+    pub key: ApiKey,
+    /// The token forms must send back (derived from the cookie, which pages cannot read).
+    pub csrf: String,
+}
+
+/// A signed-in visitor acting in the workspace of the page's URL.
+pub struct Visit {
+    pub session: Session,
+    pub tenant: Tenant,
+}
+
+impl Session {
+    /// Whether this key may choose among its organization's workspaces.
+    pub fn is_org_key(&self) -> bool {
+        matches!(self.key.scope(), KeyScope::Org { .. })
+    }
+
+    /// Fails unless `sent` is this session's CSRF token.
+    pub fn check_csrf(&self, sent: &str) -> Result<(), ConsoleError> {
+        if bool::from(self.csrf.as_bytes().ct_eq(sent.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ConsoleError::Api(ApiError::Forbidden(
+                "This form has expired; reload the page and try again.".into(),
+            )))
+        }
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn csrf_of(token: &str) -> String {
+    store::hash_key(&format!("csrf:{token}"))
+}
+
+/// Where the visitor is sent to sign in, coming back to `next` afterwards.
+pub fn sign_in_location(next: &str) -> String {
+    let next: String = form_urlencoded(next);
+    format!("/console/sign-in?next={next}")
+}
+
+fn form_urlencoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only a path of this console is a place to come back to (no other site, no scheme).
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|n| {
+        (n.starts_with("/o/") || n.starts_with("/console/"))
+            && !n.contains("//")
+            && !n.contains('\\')
+            && n.bytes().all(|b| b.is_ascii_graphic())
+    })
+}
+
+/// The session of the request, its key authenticated again (with `workspace` as the
+/// workspace it would act in); a missing, expired or revoked one sends the visitor to
+/// sign in and back to `uri`.
+async fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    workspace: Option<Uuid>,
+) -> ConsoleResult<(Session, Option<WorkspaceAccess>)> {
+    let sign_in = || ConsoleError::SignIn {
+        next: uri
+            .path_and_query()
+            .map_or("/console", |p| p.as_str())
+            .to_owned(),
+    };
+    let token = cookie_token(headers).ok_or_else(sign_in)?;
+    let token_hash = store::hash_key(&token);
+    let key_hash = app
+        .store
+        .session_key(&token_hash)
+        .await?
+        .ok_or_else(sign_in)?;
+    let (key, access) = match auth::key_by_hash(&*app.store, &app.keys, key_hash, workspace).await {
+        Ok(found) => found,
+        Err(ApiError::Unauthorized(_)) => return Err(sign_in()),
+        Err(e) => return Err(e.into()),
+    };
+    let session = Session {
+        token_hash,
+        key,
+        csrf: csrf_of(&token),
+    };
+    Ok((session, access))
+}
+
+/// The session of a request for a page of workspace `workspace`.
+pub async fn visit(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    workspace: Uuid,
+) -> ConsoleResult<Visit> {
+    let (session, access) = session(app, headers, uri, Some(workspace)).await?;
+    let tenant = auth::tenant(&session.key, access, Some(workspace))?;
+    Ok(Visit { session, tenant })
+}
+
+/// The workspace a key lands in: its own, or for an organization key the list to choose.
+fn landing(key: &ApiKey) -> String {
+    match key.scope() {
+        KeyScope::Workspace { workspace_id, .. } => format!("/o/{workspace_id}/host/deployments"),
+        _ => "/console/workspaces".into(),
+    }
+}
+
+pub async fn home(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> ConsoleResult {
+    let (session, _) = session(&app, &headers, &uri, None).await?;
+    Ok(Redirect::to(&landing(&session.key)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+pub async fn sign_in_page(Query(q): Query<Next>) -> Response {
+    sign_in_form(q.next.as_deref(), None)
+}
+
+fn sign_in_form(next: Option<&str>, problem: Option<&str>) -> Response {
+    let status = if problem.is_some() {
+        axum::http::StatusCode::UNAUTHORIZED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let body = html! {
+        section.narrow {
+            h1 { "Sign in" }
+            p { "Use an API key of a workspace or an organization (the key " code { "hostplane serve" } " printed on its first start, or one from " code { "hostplane admin api-key create" } ")." }
+            @if let Some(problem) = problem {
+                p.error role="alert" { (problem) }
+            }
+            form method="post" action="/console/sign-in" {
+                @if let Some(next) = safe_next(next) {
+                    input type="hidden" name="next" value=(next);
+                }
+                label for="api-key" { "API key" }
+                input #api-key type="password" name="api_key" required autocomplete="current-password" autofocus;
+                button type="submit" { "Sign in" }
+            }
+        }
+    };
+    (status, layout::page("Sign in", None, body)).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct SignIn {
+    api_key: String,
+    next: Option<String>,
+}
+
+pub async fn sign_in(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SignIn>,
+) -> ConsoleResult {
+    same_origin(&headers)?;
+    let key = form.api_key.trim();
+    let refused = |text: &str| Ok(sign_in_form(form.next.as_deref(), Some(text)));
+    if key.is_empty() {
+        return refused("Enter an API key.");
+    }
+    let hash = store::hash_key(key);
+    let record = match auth::key_by_hash(&*app.store, &app.keys, hash.clone(), None).await {
+        Ok((record, _)) => record,
+        Err(ApiError::Unauthorized(_)) => return refused("That API key is not valid."),
+        Err(e) => return Err(e.into()),
+    };
+    if matches!(record.scope(), KeyScope::Listener { .. }) {
+        return refused("A listener key cannot sign in: use a workspace or organization key.");
+    }
+    let token = store::generate_key();
+    let expires = chrono::Utc::now() + LIFETIME;
+    app.store
+        .create_session(&store::hash_key(&token), &hash, expires)
+        .await?;
+    let secure = if secure_transport(&app, &headers) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        LIFETIME.num_seconds()
+    );
+    let next = safe_next(form.next.as_deref())
+        .map(str::to_owned)
+        .unwrap_or_else(|| landing(&record));
+    let mut res = see_other(&next);
+    if let Ok(v) = cookie.parse() {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(res)
+}
+
+/// Whether the browser reached this server over HTTPS (directly as configured, or
+/// through a proxy that says so).
+fn secure_transport(app: &AppState, headers: &HeaderMap) -> bool {
+    app.config.public_url.starts_with("https://")
+        || headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+#[derive(Deserialize)]
+pub struct Csrf {
+    pub csrf: String,
+}
+
+pub async fn sign_out(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    Form(form): Form<Csrf>,
+) -> ConsoleResult {
+    same_origin(&headers)?;
+    let (session, _) = session(&app, &headers, &uri, None).await?;
+    session.check_csrf(&form.csrf)?;
+    app.store.delete_session(&session.token_hash).await?;
+    let mut res = see_other("/console/sign-in");
+    let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = gone.parse() {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(res)
+}
+
+/// The workspaces an organization key can open.
+pub async fn workspaces(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> ConsoleResult {
+    let (session, _) = session(&app, &headers, &uri, None).await?;
+    let listed = match session.key.scope() {
+        KeyScope::Org { org_id } => app.store.list_workspaces(Some(org_id)).await?,
+        _ => return Ok(Redirect::to(&landing(&session.key)).into_response()),
+    };
+    let body = html! {
+        h1 { "Workspaces" }
+        p { "This organization key can act in any of its organization's workspaces." }
+        ul.cards {
+            @for w in &listed {
+                li {
+                    a href={ "/o/" (w.id) "/host/deployments" } { (w.name) }
+                    " " span.muted { (w.id) }
+                }
+            }
+        }
+    };
+    let nav = layout::Nav {
+        workspace: None,
+        current: layout::Tab::Workspaces,
+        session: &session,
+    };
+    Ok(layout::page("Workspaces", Some(&nav), body).into_response())
+}

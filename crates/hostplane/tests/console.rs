@@ -1,0 +1,456 @@
+//! The web console against the real binary: sessions, workspace isolation, CSRF and
+//! origin checks, escaping, security headers and every action, over plain HTTP on both
+//! backends; then a walk through it in headless Chromium (sign in from the CLI's link,
+//! follow logs as an agent sends them, redeploy, delete, sign out), which also takes the
+//! screenshots under `docs/console/`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{json, Value};
+use support::agent::Agent;
+use support::{admin, exchange_with_headers, other_workspace, postgres_db, sqlite_db, Db, Server};
+
+const IMAGE: &str = "docker.io/acme/agent@sha256:\
+    aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// The policy every console page carries.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+                   base-uri 'none'";
+
+/// A console answer: status, headers and body.
+struct Page {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Page {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn location(&self) -> &str {
+        self.header("location").unwrap_or_default()
+    }
+
+    /// The session token the answer sets.
+    fn session(&self) -> String {
+        let cookie = self.header("set-cookie").unwrap();
+        let (pair, _) = cookie.split_once(';').unwrap();
+        pair.strip_prefix("hostplane_session=").unwrap().to_owned()
+    }
+
+    /// The CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").unwrap() + 19;
+        self.body[at..at + 64].to_owned()
+    }
+}
+
+/// A browser without a browser: requests with a session cookie and form bodies.
+struct Visitor<'a> {
+    server: &'a Server,
+    session: Option<String>,
+}
+
+impl Visitor<'_> {
+    fn send(&self, method: &str, path: &str, form: &str, extra: &[(&str, &str)]) -> Page {
+        let cookie = self
+            .session
+            .as_ref()
+            .map(|s| format!("hostplane_session={s}"));
+        let mut headers: Vec<(&str, &str)> =
+            vec![("Content-Type", "application/x-www-form-urlencoded")];
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c));
+        }
+        headers.extend_from_slice(extra);
+        let (status, headers, body) =
+            exchange_with_headers(self.server.port, method, path, &headers, form.as_bytes())
+                .unwrap();
+        Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Page {
+        self.send("GET", path, "", &[])
+    }
+
+    fn post(&self, path: &str, form: &str) -> Page {
+        self.send("POST", path, form, &[])
+    }
+
+    /// Signs in with `key`; the answer to the sign-in form.
+    fn sign_in(&mut self, key: &str, next: &str) -> Page {
+        let form = format!("api_key={}&next={}", enc(key), enc(next));
+        let page = self.post("/console/sign-in", &form);
+        if page.status == 303 {
+            self.session = Some(page.session());
+        }
+        page
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An image deployment on `listener`: `(workspace id, deployment id, revision id)`.
+fn deploy(server: &Server, name: &str, listener: &str) -> (String, String, String) {
+    let (status, d) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({
+            "name": name, "source": "external_docker",
+            "source_config": {"listener_id": listener},
+            "source_revision_config": {"image_uri": IMAGE}, "secrets": [],
+        })),
+    );
+    assert_eq!(status, 201, "{d}");
+    let text = |k: &str| d[k].as_str().unwrap().to_owned();
+    (text("tenant_id"), text("id"), text("latest_revision_id"))
+}
+
+fn revisions(server: &Server, dep: &str) -> Vec<Value> {
+    let (status, body) = server.call("GET", &format!("/v2/deployments/{dep}/revisions"), None);
+    assert_eq!(status, 200, "{body}");
+    body["resources"].as_array().unwrap().clone()
+}
+
+/// Sessions, isolation, CSRF, escaping and every action, through plain HTTP.
+fn console_over_http(db: &Db) {
+    let server = Server::start(db);
+    let hostile = "<script>alert('cid')</script>";
+    let (status, l) = server.call(
+        "POST",
+        "/v2/listeners",
+        Some(json!({"compute_type": "k8s", "compute_id": hostile,
+                    "compute_config": {"k8s_namespaces": ["ns"]}})),
+    );
+    assert_eq!(status, 201, "{l}");
+    let listener = l["id"].as_str().unwrap();
+    let key = admin(db, &["api-key", "create", "--listener", listener]);
+    let agent = Agent::new(server.port, listener, key["key"].as_str().unwrap(), "a1");
+    let (ws, dep, rev) = deploy(&server, "escaped", listener);
+    let link = format!("/o/{ws}/host/deployments/{dep}");
+    let mut visitor = Visitor {
+        server: &server,
+        session: None,
+    };
+
+    // The CLI's link asks for a sign-in first, and comes back after it.
+    let page = visitor.get(&link);
+    assert_eq!(page.status, 303);
+    assert_eq!(page.location(), format!("/console/sign-in?next={link}"));
+    assert_eq!(page.header("content-security-policy"), Some(CSP));
+    let refused = visitor.sign_in("hp_not_a_key", &link);
+    assert_eq!(refused.status, 401);
+    assert!(refused.body.contains("That API key is not valid."));
+    assert!(refused.header("set-cookie").is_none());
+    let refused = visitor.sign_in(&agent.key, &link);
+    assert_eq!(refused.status, 401);
+    assert!(refused
+        .body
+        .contains("A listener key cannot sign in: use a workspace or organization key."));
+    // Another site's page cannot sign a visitor in.
+    let form = format!("api_key={}", enc(&server.key));
+    let page = visitor.send(
+        "POST",
+        "/console/sign-in",
+        &form,
+        &[("Origin", "http://evil.example")],
+    );
+    assert_eq!(page.status, 403);
+    let page = visitor.sign_in(&server.key, &link);
+    assert_eq!((page.status, page.location()), (303, link.as_str()));
+    let cookie = page.header("set-cookie").unwrap();
+    assert!(
+        cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"),
+        "{cookie}"
+    );
+    // Behind a proxy that terminates HTTPS the cookie is Secure.
+    let page = visitor.send(
+        "POST",
+        "/console/sign-in",
+        &form,
+        &[("X-Forwarded-Proto", "https")],
+    );
+    assert!(page.header("set-cookie").unwrap().ends_with("; Secure"));
+
+    // The deployment's page: user-controlled strings arrive as text.
+    agent.heartbeat(json!([]));
+    assert_eq!(agent.claim(&rev).0, 200);
+    agent.logs(
+        json!([{"deployment_id": dep, "revision_id": rev, "kind": "deploy",
+        "timestamp": "2026-11-01T10:00:00Z", "level": "ERROR",
+        "message": "<img src=x onerror=alert(1)> failed"}]),
+    );
+    let (status, _) = agent.report(
+        &rev,
+        "DEPLOY_FAILED",
+        json!({"reason": "Crash<b>", "message": "exit \"1\" & <i>gone</i>"}),
+    );
+    assert_eq!(status, 200);
+    let page = visitor.get(&link);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.header("content-security-policy"), Some(CSP));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert!(page
+        .body
+        .contains("&lt;img src=x onerror=alert(1)&gt; failed"));
+    assert!(page.body.contains(
+        "<strong>Crash&lt;b&gt;</strong> exit &quot;1&quot; &amp; &lt;i&gt;gone&lt;/i&gt;"
+    ));
+    assert!(page
+        .body
+        .contains("&lt;script&gt;alert('cid')&lt;/script&gt;"));
+    assert!(!page.body.contains("<img") && !page.body.contains("<script>alert"));
+    assert!(!page.body.contains("style=") && !page.body.contains("onclick"));
+    // The log lines the script follows.
+    let logs = visitor.get(&format!("{link}/logs?kind=deploy&level=ERROR&revision="));
+    assert_eq!(logs.status, 200);
+    let logs: Value = serde_json::from_str(&logs.body).unwrap();
+    assert_eq!(
+        logs["lines"][0],
+        json!({"at": "2026-11-01 10:00:00 UTC", "level": "ERROR",
+               "message": "<img src=x onerror=alert(1)> failed"})
+    );
+    assert_eq!(
+        logs["lines"][1]["message"],
+        format!("Revision {rev} failed to deploy: Crash<b>: exit \"1\" & <i>gone</i>")
+    );
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 2);
+    let after = logs["after"].as_str().unwrap();
+    let more = visitor.get(&format!("{link}/logs?kind=deploy&after={after}"));
+    let more: Value = serde_json::from_str(&more.body).unwrap();
+    assert_eq!(more, json!({"lines": [], "after": after}));
+
+    // Lists and the listeners page.
+    let list = visitor.get(&format!("/o/{ws}/host/deployments?name=esc&status=READY"));
+    assert_eq!(list.status, 200);
+    assert!(list.body.contains("No deployment matches."));
+    let list = visitor.get(&format!("/o/{ws}/host/deployments?name=esc"));
+    assert!(list.body.contains(&format!("href=\"{link}\">escaped</a>")));
+    let listeners = visitor.get(&format!("/o/{ws}/host/listeners"));
+    assert_eq!(listeners.status, 200);
+    assert!(listeners.body.contains("test-agent/1.0"));
+    assert!(listeners.body.contains("scripted"));
+    assert!(listeners
+        .body
+        .contains("<span class=\"badge ok\">online</span>"));
+
+    // Nothing changes without the page's CSRF token, or from another site.
+    let csrf = page.csrf();
+    let redeploy = format!("{link}/revisions/{rev}/redeploy");
+    let page = visitor.post(&redeploy, "csrf=0000");
+    assert_eq!(page.status, 403);
+    assert!(page
+        .body
+        .contains("This form has expired; reload the page and try again."));
+    let page = visitor.send(
+        "POST",
+        &redeploy,
+        &format!("csrf={csrf}"),
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
+    assert_eq!(page.status, 403);
+    assert_eq!(revisions(&server, &dep).len(), 1);
+    let page = visitor.post(&redeploy, &format!("csrf={csrf}"));
+    assert_eq!(
+        (page.status, page.location()),
+        (303, format!("{link}?done=redeployed").as_str())
+    );
+    assert_eq!(revisions(&server, &dep).len(), 2);
+
+    // Another workspace's pages stay closed to this key.
+    let (other_ws, other_key) = other_workspace(db);
+    let page = visitor.get(&format!("/o/{other_ws}/host/deployments"));
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains(&format!(
+        "API key does not have access to LangSmith workspace ID '{other_ws}'."
+    )));
+    let mut stranger = Visitor {
+        server: &server,
+        session: None,
+    };
+    stranger.sign_in(&other_key, "/console/workspaces");
+    assert_eq!(stranger.get(&link).status, 403);
+    assert_eq!(stranger.post(&redeploy, "csrf=x").status, 403);
+
+    // An organization key picks a workspace.
+    let org = admin(db, &["workspace", "list"]);
+    let org_id = org
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == ws.as_str())
+        .unwrap()["org_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let org_key = admin(db, &["api-key", "create", "--org", &org_id]);
+    let mut org_visitor = Visitor {
+        server: &server,
+        session: None,
+    };
+    let page = org_visitor.sign_in(org_key["key"].as_str().unwrap(), "");
+    assert_eq!(page.location(), "/console/workspaces");
+    let page = org_visitor.get("/console/workspaces");
+    assert!(page
+        .body
+        .contains(&format!("href=\"/o/{ws}/host/deployments\"")));
+    assert!(!page.body.contains(&other_ws));
+    assert_eq!(org_visitor.get(&link).status, 200);
+    assert_eq!(
+        org_visitor
+            .get(&format!("/o/{other_ws}/host/deployments"))
+            .status,
+        403
+    );
+
+    // A listener made here comes with a working key and the command that runs its agent.
+    let listeners_path = format!("/o/{ws}/host/listeners");
+    let page = visitor.post(
+        &listeners_path,
+        &format!("csrf={csrf}&compute_id=&namespaces=Bad_NS"),
+    );
+    assert_eq!(page.status, 422);
+    assert!(page.body.contains(
+        "compute_id: String should have at least 1 character; compute_config.k8s_namespaces: \
+         Value error, 'Bad_NS' is not a valid Kubernetes namespace name"
+    ));
+    let page = visitor.post(
+        &listeners_path,
+        &format!("csrf={csrf}&compute_id=edge-1&namespaces=agents%2C+more"),
+    );
+    assert_eq!(page.status, 201, "{}", page.body);
+    let (status, all) = server.call("GET", "/v2/listeners", None);
+    assert_eq!(status, 200);
+    let made = all["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["compute_id"] == "edge-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        made["compute_config"],
+        json!({"k8s_namespaces": ["agents", "more"]})
+    );
+    let made_id = made["id"].as_str().unwrap();
+    let at = page.body.find("HOSTPLANE_LISTENER_KEY=").unwrap() + 23;
+    let new_key: String = page.body[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    assert!(page.body.contains(&format!(
+        "hostplane listener --control-plane-url {} \\\n  --listener-id {made_id} --mode native",
+        server.url()
+    )));
+    let new_agent = Agent::new(server.port, made_id, &new_key, "b1");
+    assert_eq!(new_agent.heartbeat(json!([])).0, 200);
+    let page = visitor.post(
+        &listeners_path,
+        &format!("csrf={csrf}&compute_id=edge-1&namespaces="),
+    );
+    assert_eq!(page.status, 409);
+
+    // Delete asks for the name, then the listener removes what it runs.
+    let page = visitor.get(&format!("{link}/delete"));
+    assert_eq!(page.status, 200);
+    let page = visitor.post(
+        &format!("{link}/delete"),
+        &format!("csrf={csrf}&confirm=nope"),
+    );
+    assert_eq!(page.status, 422);
+    assert!(page
+        .body
+        .contains("The name does not match; nothing was deleted."));
+    let page = visitor.post(
+        &format!("{link}/delete"),
+        &format!("csrf={csrf}&confirm=escaped"),
+    );
+    assert_eq!(
+        (page.status, page.location()),
+        (
+            303,
+            format!("/o/{ws}/host/deployments?done=deleted").as_str()
+        )
+    );
+    let (status, body) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("AWAITING_DELETE"))
+    );
+    assert_eq!(agent.deleted(&dep).0, 200);
+    assert_eq!(visitor.get(&link).status, 404);
+
+    // The assets: immutable under a versioned URL.
+    let page = visitor.get(&format!("/o/{ws}/host/deployments"));
+    let at = page.body.find("/console/assets/").unwrap();
+    let css: String = page.body[at..].chars().take_while(|c| *c != '"').collect();
+    let asset = visitor.get(&css);
+    assert_eq!(asset.status, 200);
+    assert_eq!(
+        asset.header("content-type"),
+        Some("text/css; charset=utf-8")
+    );
+    assert_eq!(
+        asset.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(
+        visitor
+            .get("/console/assets/0000000000000000/console.css")
+            .status,
+        404
+    );
+
+    // Signing out ends the session on the server, not only in the browser.
+    let old = visitor.session.clone();
+    let page = visitor.post("/console/sign-out", &format!("csrf={csrf}"));
+    assert_eq!((page.status, page.location()), (303, "/console/sign-in"));
+    assert!(page.header("set-cookie").unwrap().contains("Max-Age=0"));
+    visitor.session = old;
+    assert_eq!(visitor.get(&link).status, 303);
+
+    // A revoked key ends its sessions within the key cache's bound (1 s).
+    let fresh = admin(db, &["api-key", "create", "--workspace", &ws]);
+    let mut revoked = Visitor {
+        server: &server,
+        session: None,
+    };
+    revoked.sign_in(fresh["key"].as_str().unwrap(), "");
+    let list = format!("/o/{ws}/host/deployments");
+    assert_eq!(revoked.get(&list).status, 200);
+    admin(db, &["api-key", "revoke", fresh["id"].as_str().unwrap()]);
+    support::wait_until("the revoked key's session to end", 5, || {
+        revoked.get(&list).status == 303
+    });
+}
+
+#[test]
+fn console_over_http_sqlite() {
+    console_over_http(&sqlite_db());
+}
+
+#[test]
+fn console_over_http_postgres() {
+    console_over_http(&postgres_db());
+}
