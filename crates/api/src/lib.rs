@@ -54,6 +54,8 @@ pub struct ApiConfig {
     /// How long an authenticated key is remembered ([`auth::KeyCache`]); zero (the
     /// library's default; the binary sets 1 s): never.
     pub key_cache_ttl: Duration,
+    /// Whether the web console ([`console`]) is served.
+    pub console: bool,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +73,7 @@ impl Default for ApiConfig {
             dataplane: dataplane::DataPlaneConfig::default(),
             closing: Arc::default(),
             key_cache_ttl: Duration::ZERO,
+            console: true,
         }
     }
 }
@@ -249,12 +252,17 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         secrets,
     };
     let api = compatible_api();
+    let console = if state.config.console {
+        console::router()
+    } else {
+        Router::new()
+    };
     let app = Router::new()
         .merge(api.clone())
         .nest(routing::SELF_HOSTED_PREFIX, api)
         .merge(dataplane_api())
         .route("/registry/token", get(registry::token))
-        .merge(console::router())
+        .merge(console)
         .fallback(routing::fallback)
         .with_state(state);
     with_service_layers(app, limits)

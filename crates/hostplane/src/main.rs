@@ -142,6 +142,10 @@ struct ServeArgs {
     #[arg(long, env = "HOSTPLANE_KEY_CACHE_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     key_cache_ms: u64,
+    /// Serve the web console (`/console`, `/o/<workspace>/host/...`) on the API's port.
+    #[arg(long, env = "HOSTPLANE_CONSOLE", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    console: bool,
     /// Key that encrypts deployment secrets at rest; the same on every replica.
     #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
@@ -334,6 +338,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         closing: Default::default(),
         key_cache_ttl: Duration::from_millis(args.key_cache_ms),
+        console: args.console,
     };
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -361,11 +366,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         closing.store(true, std::sync::atomic::Ordering::Relaxed);
         wake.wake_all();
     };
+    let console = config
+        .console
+        .then(|| format!("{}/console", config.public_url));
     let app = api::router(store, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "hostplane listening");
+    if let Some(url) = console {
+        tracing::info!(%url, "web console");
+    }
     let limits = server::Limits {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs),
         drain_timeout: Duration::from_secs(args.request_timeout_secs + 5),

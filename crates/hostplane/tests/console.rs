@@ -454,3 +454,257 @@ fn console_over_http_sqlite() {
 fn console_over_http_postgres() {
     console_over_http(&postgres_db());
 }
+
+/// `--console false` serves the API alone: the console's paths are the API's 404.
+#[test]
+fn console_can_be_turned_off() {
+    let db = sqlite_db();
+    let server = Server::start_with(&db, &["--console", "false"], "hp_console_off");
+    for path in ["/console", "/console/sign-in", "/o/x/host/deployments"] {
+        let (status, body) = support::http(server.port, "GET", path, &[], "");
+        assert_eq!((status, body.as_str()), (404, r#"{"detail":"Not Found"}"#));
+    }
+    let (status, _) = server.call("GET", "/v2/listeners", None);
+    assert_eq!(status, 200);
+}
+
+/// A ChromeDriver on a free port, stopped on drop.
+struct Driver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = support::free_port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver is not installed: run `scripts/test`, which installs it");
+        support::wait_until("chromedriver to listen", 30, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where screenshots go: `docs/console/` when `HOSTPLANE_UPDATE_SCREENSHOTS=1`, else a
+/// scratch folder (they are taken on every run all the same).
+fn screenshot_dir(scratch: &support::TempDir) -> std::path::PathBuf {
+    if std::env::var("HOSTPLANE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console")
+    } else {
+        scratch.0.clone()
+    }
+}
+
+mod browser {
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// A headless Chromium with its own profile folder, driven through `driver_port`.
+    pub async fn open(driver_port: u16, profile: &std::path::Path) -> Result<Client> {
+        // Debian's browser itself (its /usr/bin/chromium is a wrapper script).
+        let chromium = std::env::var("HOSTPLANE_TEST_CHROMIUM")
+            .unwrap_or_else(|_| "/usr/lib/chromium/chromium".into());
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-extensions", "--disable-sync", "--no-first-run",
+                    "--hide-scrollbars", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        // ChromeDriver listens on plain HTTP on this machine: no TLS needed.
+        let http = hyper_util::client::legacy::connect::HttpConnector::new();
+        Ok(ClientBuilder::new(http)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await?)
+    }
+
+    /// Runs `script` in the page and returns its value.
+    pub async fn eval(c: &Client, script: &str) -> Result<Value> {
+        Ok(c.execute(script, vec![]).await?)
+    }
+
+    /// Waits (up to 20 s) until `script` returns `true` in the page.
+    pub async fn until(c: &Client, what: &str, script: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if eval(c, script).await? == Value::Bool(true) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let text = eval(c, "return document.body.innerText").await?;
+                return Err(format!("timed out waiting for {what}; the page says: {text}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn find(c: &Client, css: &str) -> Result<fantoccini::elements::Element> {
+        Ok(c.wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await?)
+    }
+
+    /// Saves a PNG of the window as `dir/name.png`.
+    pub async fn shoot(c: &Client, dir: &std::path::Path, name: &str) -> Result<()> {
+        let png = c.screenshot().await?;
+        assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
+        std::fs::write(dir.join(format!("{name}.png")), png)?;
+        Ok(())
+    }
+}
+
+/// The walk through a browser: the CLI's link, sign-in, logs that arrive while following,
+/// redeploy, a hostile name shown as text, a listener created, a narrow screen, delete,
+/// sign-out.
+#[test]
+fn console_in_a_browser() {
+    let db = sqlite_db();
+    let server = Server::start(&db);
+    let driver = Driver::start();
+    let profile = support::TempDir::new("hostplane-chromium");
+    let shots = screenshot_dir(&profile);
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // A listener whose agent (played by the test) runs one deployment.
+    let (listener, key) = support::agent::listener_with_key(&server, &db, "cluster-a");
+    let agent = Agent::new(server.port, &listener, &key, "agent-1");
+    agent.heartbeat(json!([]));
+    let (ws, dep, rev) = deploy(&server, "support-bot", &listener);
+    let run = |rev: &str| {
+        assert_eq!(agent.claim(rev).0, 200);
+        agent.logs(json!([
+            {"deployment_id": dep, "revision_id": rev, "kind": "deploy",
+             "timestamp": chrono::Utc::now().to_rfc3339(), "level": "INFO",
+             "message": format!("pulling {IMAGE}")},
+            {"deployment_id": dep, "revision_id": rev, "kind": "deploy",
+             "timestamp": chrono::Utc::now().to_rfc3339(), "level": "INFO",
+             "message": "Application startup complete."},
+        ]));
+        assert_eq!(agent.report(rev, "DEPLOYED", json!({})).0, 200);
+    };
+    run(&rev);
+    // A second deployment whose name holds markup and script (the API refuses such
+    // names, but a database may hold anything): it must show as text.
+    let (_, odd, _) = deploy(&server, "renamed-later", &listener);
+    let hostile = "<script>document.title='owned'</script><b>bold</b>";
+    let path = db.url.strip_prefix("sqlite://").unwrap();
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute(
+            "UPDATE deployments SET name = ?1 WHERE id = ?2",
+            [hostile, odd.as_str()],
+        )
+        .unwrap();
+
+    let link = format!("{}/o/{ws}/host/deployments/{dep}", server.url());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use browser::{eval, find, shoot, until};
+        let c = browser::open(driver.port, &profile.0.join("profile")).await?;
+
+        // The CLI's link: sign in first (with the keyboard), then the deployment.
+        c.goto(&link).await?;
+        let field = find(&c, "#api-key").await?;
+        shoot(&c, &shots, "sign-in").await?;
+        field.send_keys(&format!("{}\n", server.key)).await?;
+        until(&c, "the deployment page", "return document.querySelector('h1') !== null && document.querySelector('h1').innerText.startsWith('support-bot')").await?;
+        assert_eq!(c.current_url().await?.as_str(), link);
+        // The style sheet applies under the policy (no inline styles needed).
+        let header = eval(&c, "return getComputedStyle(document.querySelector('header.top')).backgroundColor").await?;
+        assert_eq!(header, json!("rgb(29, 35, 48)"));
+
+        // Following logs: lines the agent sends appear without a reload, as text.
+        find(&c, "#follow").await?.click().await?;
+        agent.logs(json!([{"deployment_id": dep, "revision_id": rev, "kind": "deploy",
+            "timestamp": chrono::Utc::now().to_rfc3339(), "level": "WARNING",
+            "message": "<img src=x onerror=\"document.title='owned'\"> slow request"}]));
+        until(&c, "the followed line", "return document.getElementById('log-lines').innerText.includes('slow request')").await?;
+        assert_eq!(eval(&c, "return document.querySelectorAll('#log-lines img').length").await?, json!(0));
+        assert_eq!(eval(&c, "return document.title").await?, json!("support-bot · hostplane"));
+        shoot(&c, &shots, "deployment").await?;
+
+        // Redeploy the live revision: a new one appears, and goes live once deployed.
+        find(&c, "form[action$='/redeploy'] button").await?.click().await?;
+        until(&c, "the redeploy notice", "return document.querySelector('.notice') !== null").await?;
+        let rows = eval(&c, "return document.querySelectorAll('tbody tr').length").await?;
+        assert_eq!(rows, json!(2));
+        let newest = revisions(&server, &dep)[0]["id"].as_str().unwrap().to_owned();
+        run(&newest);
+        c.refresh().await?;
+        until(&c, "the new revision to be live", "return document.querySelector('tbody tr').classList.contains('live')").await?;
+
+        // The list: the hostile name is text, and the title is untouched.
+        c.goto(&format!("{}/o/{ws}/host/deployments", server.url())).await?;
+        until(&c, "the list", &format!("return Array.from(document.querySelectorAll('td a')).some(a => a.textContent === {})", json!(hostile))).await?;
+        assert_eq!(eval(&c, "return document.querySelectorAll('main b, main script').length").await?, json!(0));
+        assert_eq!(eval(&c, "return document.title").await?, json!("Deployments · hostplane"));
+        shoot(&c, &shots, "deployments").await?;
+        // Filtering by name.
+        let name = find(&c, "#name").await?;
+        name.send_keys("support\n").await?;
+        until(&c, "the filtered list", "return document.querySelectorAll('tbody tr').length === 1 && location.search.includes('name=support')").await?;
+
+        // A listener made in the console, with its key and command.
+        c.goto(&format!("{}/o/{ws}/host/listeners", server.url())).await?;
+        find(&c, "#compute_id").await?.send_keys("edge-vm").await?;
+        find(&c, "#namespaces").await?.send_keys("agents").await?;
+        find(&c, "form.stacked button").await?.click().await?;
+        until(&c, "the listener key", "return document.querySelector('pre.command') !== null").await?;
+        let command = eval(&c, "return document.querySelector('pre.command').innerText").await?;
+        assert!(command.as_str().unwrap().contains("hostplane listener --control-plane-url"));
+        shoot(&c, &shots, "listeners").await?;
+
+        // Readable on a phone: nothing wider than the screen.
+        c.set_window_size(390, 844).await?;
+        c.goto(&link).await?;
+        find(&c, "h1").await?;
+        let wide = eval(&c, "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('.scroll, .logs, pre')).map(e => e.tagName + '.' + e.className)").await?;
+        assert_eq!(wide, json!([]), "wider than a phone's screen");
+        let fits = eval(&c, "return document.documentElement.scrollWidth <= window.innerWidth").await?;
+        assert_eq!(fits, json!(true), "the page scrolls sideways");
+        shoot(&c, &shots, "narrow").await?;
+        c.set_window_size(1280, 900).await?;
+
+        // Delete, confirmed by name; the agent removes it.
+        find(&c, "a.danger").await?.click().await?;
+        find(&c, "#confirm").await?.send_keys("support-bot").await?;
+        find(&c, "button.danger").await?.click().await?;
+        until(&c, "the deletion notice", "return document.querySelector('.notice') !== null").await?;
+        assert_eq!(agent.deleted(&dep).0, 200);
+        c.refresh().await?;
+        until(&c, "the deployment to be gone", "return !document.body.innerText.includes('support-bot')").await?;
+
+        // Signing out: the link asks for a sign-in again.
+        find(&c, "form.sign-out button").await?.click().await?;
+        find(&c, "#api-key").await?;
+        c.goto(&link).await?;
+        find(&c, "#api-key").await?;
+        c.close().await?;
+        browser::Result::Ok(())
+    })
+    .unwrap();
+}

@@ -7,7 +7,7 @@ mod common;
 
 use hostplane_store::lifecycle::{DeploymentStatus, RevisionStatus};
 use hostplane_store::{
-    DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
+    AgentBeat, DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -221,6 +221,44 @@ async fn uploads(postgres: bool) {
     assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
 }
 
+/// Console sessions live until they expire or end; agent states are what the last
+/// heartbeat said, per workspace.
+async fn console(postgres: bool) {
+    let store = fresh(postgres).await;
+    let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    store.create_session("t1", "key-1", later).await.unwrap();
+    store.create_session("t2", "key-2", past).await.unwrap();
+    assert_eq!(
+        store.session_key("t1").await.unwrap().as_deref(),
+        Some("key-1")
+    );
+    assert_eq!(store.session_key("t2").await.unwrap(), None);
+    assert_eq!(store.session_key("t3").await.unwrap(), None);
+    store.delete_session("t1").await.unwrap();
+    store.delete_session("t1").await.unwrap();
+    assert_eq!(store.session_key("t1").await.unwrap(), None);
+
+    let quiet = store.create_listener(listener(ws, "quiet")).await.unwrap();
+    let busy = store.create_listener(listener(ws, "busy")).await.unwrap();
+    assert!(store.agent_states(ws).await.unwrap().is_empty());
+    let beat = AgentBeat {
+        agent_id: "a1".into(),
+        version: "v9".into(),
+        facts: r#"{"mode":"native"}"#.into(),
+        lease_until: later,
+    };
+    store.heartbeat(busy.id, beat).await.unwrap().unwrap();
+    let states = store.agent_states(ws).await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].listener_id, busy.id);
+    assert_eq!(states[0].facts, Some(json!({"mode": "native"})));
+    assert!(states[0].last_seen_at.is_some());
+    assert!(states.iter().all(|s| s.listener_id != quiet.id));
+    assert!(store.agent_states(Uuid::new_v4()).await.unwrap().is_empty());
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -232,4 +270,4 @@ macro_rules! both {
     };
 }
 
-both!(listeners, revisions, uploads);
+both!(listeners, revisions, uploads, console);
