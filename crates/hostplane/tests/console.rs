@@ -247,6 +247,25 @@ fn console_over_http(db: &Db) {
     assert!(list.body.contains("No deployment matches."));
     let list = visitor.get(&format!("/o/{ws}/host/deployments?name=esc"));
     assert!(list.body.contains(&format!("href=\"{link}\">escaped</a>")));
+    // Paging: 25 a page, in the API's order.
+    for i in 0..25 {
+        deploy(&server, &format!("page-{i:02}"), listener);
+    }
+    let first = visitor.get(&format!("/o/{ws}/host/deployments"));
+    assert_eq!(first.body.matches("<tr><td><a href=").count(), 25);
+    assert!(first.body.contains(&format!(
+        "<a rel=\"next\" href=\"/o/{ws}/host/deployments?offset=25\">Next →</a>"
+    )));
+    assert!(!first.body.contains("rel=\"prev\""));
+    let second = visitor.get(&format!("/o/{ws}/host/deployments?offset=25"));
+    assert_eq!(second.body.matches("<tr><td><a href=").count(), 1);
+    assert!(second.body.contains("page-24"));
+    assert!(second.body.contains(&format!(
+        "<a rel=\"prev\" href=\"/o/{ws}/host/deployments?offset=0\">← Previous</a>"
+    )));
+    assert!(!second.body.contains("rel=\"next\""));
+    let filtered = visitor.get(&format!("/o/{ws}/host/deployments?name=page-1&offset=x"));
+    assert_eq!(filtered.body.matches("<tr><td><a href=").count(), 10);
     let listeners = visitor.get(&format!("/o/{ws}/host/listeners"));
     assert_eq!(listeners.status, 200);
     assert!(listeners.body.contains("test-agent/1.0"));
@@ -429,6 +448,12 @@ fn console_over_http(db: &Db) {
     assert!(page.header("set-cookie").unwrap().contains("Max-Age=0"));
     visitor.session = old;
     assert_eq!(visitor.get(&link).status, 303);
+    // A form sent after the session ended goes to sign in, then back to its page.
+    let page = visitor.post(&redeploy, &format!("csrf={csrf}"));
+    assert_eq!(
+        (page.status, page.location()),
+        (303, format!("/console/sign-in?next={link}").as_str())
+    );
 
     // A revoked key ends its sessions within the key cache's bound (1 s).
     let fresh = admin(db, &["api-key", "create", "--workspace", &ws]);
@@ -593,7 +618,26 @@ fn console_in_a_browser() {
     let (listener, key) = support::agent::listener_with_key(&server, &db, "cluster-a");
     let agent = Agent::new(server.port, &listener, &key, "agent-1");
     agent.heartbeat(json!([]));
-    let (ws, dep, rev) = deploy(&server, "support-bot", &listener);
+    // Deployed with the official CLI, whose "View status" link the walk starts from.
+    let cli = support::cli::Cli::new(&server);
+    let out = cli.deploy(IMAGE, "support-bot", false, &["--listener-id", &listener]);
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    let dep = out.deployment_id();
+    let link = out
+        .events()
+        .iter()
+        .find(|e| e["event"] == "status_url")
+        .and_then(|e| e["url"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no status link printed:\n{}", out.stdout));
+    let rev = revisions(&server, &dep)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws = link.split('/').nth(4).unwrap().to_owned();
+    assert_eq!(
+        link,
+        format!("{}/o/{ws}/host/deployments/{dep}", server.url())
+    );
     let run = |rev: &str| {
         assert_eq!(agent.claim(rev).0, 200);
         agent.logs(json!([
@@ -620,7 +664,6 @@ fn console_in_a_browser() {
         )
         .unwrap();
 
-    let link = format!("{}/o/{ws}/host/deployments/{dep}", server.url());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use browser::{eval, find, shoot, until};

@@ -65,7 +65,7 @@ pub async fn list(
     uri: Uri,
 ) -> ConsoleResult {
     let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     let name = q.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
     let status = q
         .status
@@ -145,10 +145,10 @@ pub async fn list(
         }
         nav.pager aria-label="Pages" {
             @if offset > 0 {
-                a rel="prev" href=(page_link((offset - PAGE).max(0))) { "← Newer" }
+                a rel="prev" href=(page_link((offset - PAGE).max(0))) { "← Previous" }
             }
             @if more {
-                a rel="next" href=(page_link(offset + PAGE)) { "Older →" }
+                a rel="next" href=(page_link(offset + PAGE)) { "Next →" }
             }
         }
     };
@@ -269,7 +269,7 @@ pub async fn show(
     uri: Uri,
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     let d = load(&app, ws, id).await?;
     let revisions = app
         .store
@@ -407,7 +407,7 @@ pub async fn logs(
     uri: Uri,
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    session::visit(&app, &headers, &uri, ws).await?;
+    session::visit(&app, &headers, session::here(&uri), ws).await?;
     let (lines, after) = read_logs(&app, ws, id, &filter).await?;
     let out: Vec<_> = lines
         .iter()
@@ -427,12 +427,17 @@ pub async fn redeploy(
     State(app): State<AppState>,
     Path((ws, id, rid)): Path<(String, String, String)>,
     headers: HeaderMap,
-    uri: Uri,
     Form(form): Form<Csrf>,
 ) -> ConsoleResult {
     same_origin(&headers)?;
     let (ws, id, rid) = (path_id(&ws)?, path_id(&id)?, path_id(&rid)?);
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(
+        &app,
+        &headers,
+        &format!("/o/{ws}/host/deployments/{id}"),
+        ws,
+    )
+    .await?;
     visit.session.check_csrf(&form.csrf)?;
     redeploy_revision(&app, ws, id, rid).await?;
     Ok(see_other(&format!(
@@ -477,7 +482,7 @@ pub async fn confirm_delete(
     uri: Uri,
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     let d = load(&app, ws, id).await?;
     Ok(delete_page(&visit, &d, None))
 }
@@ -492,12 +497,17 @@ pub async fn delete(
     State(app): State<AppState>,
     Path((ws, id)): Path<(String, String)>,
     headers: HeaderMap,
-    uri: Uri,
     Form(form): Form<DeleteForm>,
 ) -> ConsoleResult {
     same_origin(&headers)?;
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(
+        &app,
+        &headers,
+        &format!("/o/{ws}/host/deployments/{id}"),
+        ws,
+    )
+    .await?;
     visit.session.check_csrf(&form.csrf)?;
     let d = load(&app, ws, id).await?;
     if form.confirm != d.name {

@@ -32,7 +32,7 @@ pub async fn list(
     uri: Uri,
 ) -> ConsoleResult {
     let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     page(&app, &visit, Outcome::Nothing).await
 }
 
@@ -145,12 +145,11 @@ pub async fn create(
     State(app): State<AppState>,
     Path(ws): Path<String>,
     headers: HeaderMap,
-    uri: Uri,
     Form(form): Form<CreateForm>,
 ) -> ConsoleResult {
     same_origin(&headers)?;
     let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, &uri, ws).await?;
+    let visit = session::visit(&app, &headers, &format!("/o/{ws}/host/listeners"), ws).await?;
     visit.session.check_csrf(&form.csrf)?;
     let namespaces: Vec<&str> = form
         .namespaces

@@ -69,6 +69,11 @@ fn csrf_of(token: &str) -> String {
     store::hash_key(&format!("csrf:{token}"))
 }
 
+/// The page a request is for, to come back to after signing in.
+pub fn here(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/console", |p| p.as_str())
+}
+
 /// Where the visitor is sent to sign in, coming back to `next` afterwards.
 pub fn sign_in_location(next: &str) -> String {
     let next: String = form_urlencoded(next);
@@ -98,18 +103,15 @@ fn safe_next(next: Option<&str>) -> Option<&str> {
 
 /// The session of the request, its key authenticated again (with `workspace` as the
 /// workspace it would act in); a missing, expired or revoked one sends the visitor to
-/// sign in and back to `uri`.
+/// sign in and then to `back` (the page itself, or for a form the page it was on).
 async fn session(
     app: &AppState,
     headers: &HeaderMap,
-    uri: &Uri,
+    back: &str,
     workspace: Option<Uuid>,
 ) -> ConsoleResult<(Session, Option<WorkspaceAccess>)> {
     let sign_in = || ConsoleError::SignIn {
-        next: uri
-            .path_and_query()
-            .map_or("/console", |p| p.as_str())
-            .to_owned(),
+        next: back.to_owned(),
     };
     let token = cookie_token(headers).ok_or_else(sign_in)?;
     let token_hash = store::hash_key(&token);
@@ -131,14 +133,14 @@ async fn session(
     Ok((session, access))
 }
 
-/// The session of a request for a page of workspace `workspace`.
+/// The session of a request for a page of workspace `workspace` (see [`session`]).
 pub async fn visit(
     app: &AppState,
     headers: &HeaderMap,
-    uri: &Uri,
+    back: &str,
     workspace: Uuid,
 ) -> ConsoleResult<Visit> {
-    let (session, access) = session(app, headers, uri, Some(workspace)).await?;
+    let (session, access) = session(app, headers, back, Some(workspace)).await?;
     let tenant = auth::tenant(&session.key, access, Some(workspace))?;
     Ok(Visit { session, tenant })
 }
@@ -151,8 +153,8 @@ fn landing(key: &ApiKey) -> String {
     }
 }
 
-pub async fn home(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> ConsoleResult {
-    let (session, _) = session(&app, &headers, &uri, None).await?;
+pub async fn home(State(app): State<AppState>, headers: HeaderMap) -> ConsoleResult {
+    let (session, _) = session(&app, &headers, "/console", None).await?;
     Ok(Redirect::to(&landing(&session.key)).into_response())
 }
 
@@ -258,11 +260,10 @@ pub struct Csrf {
 pub async fn sign_out(
     State(app): State<AppState>,
     headers: HeaderMap,
-    uri: Uri,
     Form(form): Form<Csrf>,
 ) -> ConsoleResult {
     same_origin(&headers)?;
-    let (session, _) = session(&app, &headers, &uri, None).await?;
+    let (session, _) = session(&app, &headers, "/console", None).await?;
     session.check_csrf(&form.csrf)?;
     app.store.delete_session(&session.token_hash).await?;
     let mut res = see_other("/console/sign-in");
@@ -279,7 +280,7 @@ pub async fn workspaces(
     headers: HeaderMap,
     uri: Uri,
 ) -> ConsoleResult {
-    let (session, _) = session(&app, &headers, &uri, None).await?;
+    let (session, _) = session(&app, &headers, here(&uri), None).await?;
     let listed = match session.key.scope() {
         KeyScope::Org { org_id } => app.store.list_workspaces(Some(org_id)).await?,
         _ => return Ok(Redirect::to(&landing(&session.key)).into_response()),
