@@ -155,7 +155,10 @@ fn console_over_http(db: &Db) {
     // The CLI's link asks for a sign-in first, and comes back after it.
     let page = visitor.get(&link);
     assert_eq!(page.status, 303);
-    assert_eq!(page.location(), format!("/console/sign-in?next={link}"));
+    assert_eq!(
+        page.location(),
+        format!("/console/sign-in?next={}", enc(&link))
+    );
     assert_eq!(page.header("content-security-policy"), Some(CSP));
     let refused = visitor.sign_in("hp_not_a_key", &link);
     assert_eq!(refused.status, 401);
@@ -175,6 +178,15 @@ fn console_over_http(db: &Db) {
         &[("Origin", "http://evil.example")],
     );
     assert_eq!(page.status, 403);
+    // Its own origin passes, also behind a proxy that forwards the host it was asked for.
+    let page = visitor.send("POST", "/console/sign-in", &form, &[("Origin", "http://x")]);
+    assert_eq!(page.status, 303);
+    let proxied = [
+        ("Origin", "https://hostplane.example"),
+        ("X-Forwarded-Host", "hostplane.example"),
+    ];
+    let page = visitor.send("POST", "/console/sign-in", &form, &proxied);
+    assert_eq!(page.status, 303);
     let page = visitor.sign_in(&server.key, &link);
     assert_eq!((page.status, page.location()), (303, link.as_str()));
     let cookie = page.header("set-cookie").unwrap();
@@ -452,7 +464,10 @@ fn console_over_http(db: &Db) {
     let page = visitor.post(&redeploy, &format!("csrf={csrf}"));
     assert_eq!(
         (page.status, page.location()),
-        (303, format!("/console/sign-in?next={link}").as_str())
+        (
+            303,
+            format!("/console/sign-in?next={}", enc(&link)).as_str()
+        )
     );
 
     // A revoked key ends its sessions within the key cache's bound (1 s).

@@ -3,7 +3,7 @@
 
 use super::layout::{self, badge, short_id, time, Nav, Tab};
 use super::session::{self, Csrf, Visit};
-use super::{path_id, same_origin, see_other, ConsoleError, ConsoleResult};
+use super::{encode, path_id, same_origin, see_other, ConsoleError, ConsoleResult};
 use crate::deployments::{delete_one, not_found, redeploy_revision};
 use crate::error::{json_response, ApiError};
 use crate::logs::{cursor_text, parse_cursor};
@@ -92,7 +92,7 @@ pub async fn list(
     let page_link = |to: i64| {
         let mut link = format!("/o/{ws}/host/deployments?offset={to}");
         if let Some(n) = name {
-            link.push_str(&format!("&name={}", urlencode(n)));
+            link.push_str(&format!("&name={}", encode(n)));
         }
         if let Some(s) = status {
             link.push_str(&format!("&status={s}"));
@@ -170,17 +170,6 @@ fn listener_cell(id: Option<Uuid>, listeners: &HashMap<Uuid, String>) -> Markup 
             None => span.muted { "none" },
         }
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The deployment of the page, or its 404 page.
@@ -429,7 +418,7 @@ pub async fn redeploy(
     headers: HeaderMap,
     Form(form): Form<Csrf>,
 ) -> ConsoleResult {
-    same_origin(&headers)?;
+    same_origin(&app, &headers)?;
     let (ws, id, rid) = (path_id(&ws)?, path_id(&id)?, path_id(&rid)?);
     let visit = session::visit(
         &app,
@@ -499,7 +488,7 @@ pub async fn delete(
     headers: HeaderMap,
     Form(form): Form<DeleteForm>,
 ) -> ConsoleResult {
-    same_origin(&headers)?;
+    same_origin(&app, &headers)?;
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
     let visit = session::visit(
         &app,

@@ -147,7 +147,7 @@ pub async fn create(
     headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> ConsoleResult {
-    same_origin(&headers)?;
+    same_origin(&app, &headers)?;
     let ws = path_id(&ws)?;
     let visit = session::visit(&app, &headers, &format!("/o/{ws}/host/listeners"), ws).await?;
     visit.session.check_csrf(&form.csrf)?;

@@ -126,21 +126,33 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// Refuses a state-changing request another site made: the browser's `Sec-Fetch-Site`
-/// must not say cross-site, and an `Origin` must be this server's own (the host the
-/// request was sent to).
-fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
+/// must not say cross-site, and an `Origin` must be this server's own: the host the
+/// request was sent to, the host a proxy forwarded (`X-Forwarded-Host`), or the
+/// configured public URL's.
+fn same_origin(app: &AppState, headers: &HeaderMap) -> Result<(), ConsoleError> {
     let text = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
+    let authority = |url: &str| {
+        url.split_once("://").map(|(_, rest)| {
+            rest.split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        })
+    };
     let cross_site = matches!(text("sec-fetch-site"), Some("cross-site" | "same-site"));
-    let origin_ok = match (text("origin"), text("host")) {
-        (None, _) => true,
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => false,
+    let origin_ok = match text("origin").map(authority) {
+        None => true,
+        Some(None) => false,
+        Some(Some(origin)) => [
+            text("host").map(str::to_ascii_lowercase),
+            text("x-forwarded-host").map(str::to_ascii_lowercase),
+            authority(&app.config.public_url),
+        ]
+        .contains(&Some(origin)),
     };
     if cross_site || !origin_ok {
         return Err(ConsoleError::Api(ApiError::Forbidden(
@@ -148,6 +160,18 @@ fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
         )));
     }
     Ok(())
+}
+
+/// `s` with every byte but letters, digits and `-._~` percent-encoded, for a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A redirect after a form was handled (303: the browser fetches the page with GET).

@@ -3,7 +3,7 @@
 //! and the hash of the key. A session ends when its owner signs out, when it expires, or
 //! when its key is revoked (every page authenticates the key again).
 
-use super::{layout, same_origin, see_other, ConsoleError, ConsoleResult};
+use super::{encode, layout, same_origin, see_other, ConsoleError, ConsoleResult};
 use crate::auth::{self, Tenant};
 use crate::error::ApiError;
 use crate::AppState;
@@ -76,19 +76,7 @@ pub fn here(uri: &Uri) -> &str {
 
 /// Where the visitor is sent to sign in, coming back to `next` afterwards.
 pub fn sign_in_location(next: &str) -> String {
-    let next: String = form_urlencoded(next);
-    format!("/console/sign-in?next={next}")
-}
-
-fn form_urlencoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    format!("/console/sign-in?next={}", encode(next))
 }
 
 /// Only a path of this console is a place to come back to (no other site, no scheme).
@@ -204,7 +192,7 @@ pub async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> ConsoleResult {
-    same_origin(&headers)?;
+    same_origin(&app, &headers)?;
     let key = form.api_key.trim();
     let refused = |text: &str| Ok(sign_in_form(form.next.as_deref(), Some(text)));
     if key.is_empty() {
@@ -262,7 +250,7 @@ pub async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<Csrf>,
 ) -> ConsoleResult {
-    same_origin(&headers)?;
+    same_origin(&app, &headers)?;
     let (session, _) = session(&app, &headers, "/console", None).await?;
     session.check_csrf(&form.csrf)?;
     app.store.delete_session(&session.token_hash).await?;
