@@ -2,6 +2,7 @@
 //! error-to-HTTP mapping and the served OpenAPI document.
 
 pub mod auth;
+pub mod bodies;
 pub mod console;
 pub mod dataplane;
 pub mod deployments;
@@ -97,6 +98,8 @@ impl<T: serde::Serialize> Page<T> {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<auth::KeyCache>,
+    /// Rendered bodies of listeners and deployments ([`bodies`]).
+    pub bodies: Arc<bodies::Bodies>,
     pub config: Arc<ApiConfig>,
     pub secrets: secrets::SecretBox,
 }
@@ -248,6 +251,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
     let state = AppState {
         store,
         keys: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
+        bodies: Arc::default(),
         config: Arc::new(config),
         secrets,
     };

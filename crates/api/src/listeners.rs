@@ -188,7 +188,10 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .store
         .list_listeners(call.tenant.workspace_id, limit, db_offset)
         .await?;
-    let resources: Vec<_> = items.iter().map(to_json).collect();
+    let resources = items
+        .iter()
+        .map(|l| body(&app, l))
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(crate::Page::response(resources, offset))
 }
 
@@ -202,7 +205,12 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
         .get_listener(call.tenant.workspace_id, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(json_response(StatusCode::OK, &to_json(&l)))
+    Ok(json_response(StatusCode::OK, &body(&app, &l)?))
+}
+
+/// The listener's JSON, rendered once per version ([`crate::bodies`]).
+fn body(app: &AppState, l: &Listener) -> ApiResult<std::sync::Arc<serde_json::value::RawValue>> {
+    app.bodies.get(l.id, l.updated_at, || Ok(to_json(l)))
 }
 
 pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
@@ -218,7 +226,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
         .patch_listener(call.tenant.workspace_id, id, patch)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(json_response(StatusCode::OK, &to_json(&l)))
+    Ok(json_response(StatusCode::OK, &body(&app, &l)?))
 }
 
 pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Response> {

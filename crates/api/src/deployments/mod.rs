@@ -148,7 +148,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .await?;
     let resources = items
         .iter()
-        .map(|d| to_json(&app, d))
+        .map(|d| body(&app, d))
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(crate::Page::response(resources, offset))
 }
@@ -166,7 +166,12 @@ pub(crate) async fn load_deployment(app: &AppState, call: &Call) -> ApiResult<De
 
 pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let d = load_deployment(&app, &call).await?;
-    Ok(json_response(StatusCode::OK, &to_json(&app, &d)?))
+    Ok(json_response(StatusCode::OK, &body(&app, &d)?))
+}
+
+/// The deployment's JSON, rendered once per version ([`crate::bodies`]).
+fn body(app: &AppState, d: &Deployment) -> ApiResult<std::sync::Arc<serde_json::value::RawValue>> {
+    app.bodies.get(d.id, d.updated_at, || to_json(app, d))
 }
 
 pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Response> {
