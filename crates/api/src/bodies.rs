@@ -1,11 +1,12 @@
 //! Rendered JSON bodies of listeners and deployments, remembered by id and version.
 //!
-//! A get or a list still reads every row it answers with, so it sees every write
-//! acknowledged before it on any replica; what it skips is encoding the JSON again when
-//! the row has not changed since the body was rendered. The version is the row's
-//! `updated_at`, which every write that changes what the body shows moves forward (at
-//! least by one microsecond) in the same transaction, so a body is reused only for the
-//! exact state it was rendered from. Bodies are exactly the bytes the renderer produced.
+//! The version is the row's `updated_at`, which every write that changes what the body
+//! shows moves forward (by at least one microsecond) in the same transaction, so a body is
+//! reused only for the exact state it was rendered from. A get or a list still asks the
+//! database for the current version of every resource it answers with, so it sees every
+//! write acknowledged before it on any replica; what it skips when the version is one
+//! already rendered is reading the rest of the row, decoding it and encoding the JSON.
+//! Bodies are exactly the bytes the renderer produced.
 
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
@@ -25,6 +26,13 @@ pub struct Bodies {
 }
 
 impl Bodies {
+    /// The body rendered of resource `id` at `version`, if there is one.
+    pub fn known(&self, id: Uuid, version: DateTime<Utc>) -> Option<Arc<RawValue>> {
+        let entries = self.entries.lock().ok()?;
+        let (at, body) = entries.get(&id)?;
+        (*at == version.timestamp_micros()).then(|| body.clone())
+    }
+
     /// The body of resource `id` at `version`: remembered, or rendered by `render` now.
     pub fn get<T: Serialize>(
         &self,
@@ -32,14 +40,10 @@ impl Bodies {
         version: DateTime<Utc>,
         render: impl FnOnce() -> ApiResult<T>,
     ) -> ApiResult<Arc<RawValue>> {
-        let version = version.timestamp_micros();
-        if let Ok(entries) = self.entries.lock() {
-            if let Some((at, body)) = entries.get(&id) {
-                if *at == version {
-                    return Ok(body.clone());
-                }
-            }
+        if let Some(body) = self.known(id, version) {
+            return Ok(body);
         }
+        let version = version.timestamp_micros();
         let body: Arc<RawValue> = serde_json::value::to_raw_value(&render()?)
             .map_err(|e| ApiError::Internal(format!("rendering a body: {e}")))?
             .into();
@@ -67,6 +71,10 @@ mod tests {
             .get(id, t, || -> ApiResult<i32> { panic!("rendered twice") })
             .unwrap();
         assert_eq!((first.get(), same.get()), ("1", "1"));
+        assert_eq!(
+            bodies.known(id, t).map(|b| b.get().to_owned()),
+            Some("1".into())
+        );
         let later = t + chrono::Duration::microseconds(1);
         assert_eq!(bodies.get(id, later, || Ok(2)).unwrap().get(), "2");
         assert_eq!(

@@ -11,7 +11,7 @@ use compat::format::Timestamp;
 use compat::validate::{self, Fields};
 use compat::{ErrorItem, Errors, Loc, Value};
 use serde::Serialize;
-use store::{Listener, ListenerPatch, NewListener, Plan, StoreError};
+use store::{Listener, ListenerPatch, NewListener, Plan, StoreError, Versioned};
 use uuid::Uuid;
 
 /// The listener's JSON, fields in the reference's order.
@@ -184,14 +184,36 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
     let paging = call.paging(&mut errs);
     let (limit, db_offset, offset) = ApiError::validated(errs, paging)?;
     require_enterprise(&call.tenant)?;
-    let items = app
+    let workspace = call.tenant.workspace_id;
+    // The versions of the page first; only listeners not rendered at that version are read
+    // whole ([`crate::bodies`]).
+    let page: Vec<_> = app
         .store
-        .list_listeners(call.tenant.workspace_id, limit, db_offset)
-        .await?;
-    let resources = items
+        .listener_versions(workspace, limit, db_offset)
+        .await?
+        .into_iter()
+        .map(|(id, version)| (id, app.bodies.known(id, version)))
+        .collect();
+    let missing: Vec<Uuid> = page
         .iter()
-        .map(|l| body(&app, l))
-        .collect::<ApiResult<Vec<_>>>()?;
+        .filter(|(_, known)| known.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    let read = if missing.is_empty() {
+        Vec::new()
+    } else {
+        app.store.listeners_by_ids(workspace, &missing).await?
+    };
+    let mut resources = Vec::with_capacity(page.len());
+    for (id, known) in page {
+        // Neither remembered nor read: deleted since the versions were read, so it is no
+        // longer on the page.
+        if let Some(body) = known {
+            resources.push(body);
+        } else if let Some(l) = read.iter().find(|l| l.id == id) {
+            resources.push(body(&app, l)?);
+        }
+    }
     Ok(crate::Page::response(resources, offset))
 }
 
@@ -200,9 +222,18 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     let id = call.path_uuid("listener_id", &mut errs);
     let id = ApiError::validated(errs, id)?;
     require_enterprise(&call.tenant)?;
+    let workspace = call.tenant.workspace_id;
+    let version = app
+        .store
+        .version(Versioned::Listener, workspace, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if let Some(known) = app.bodies.known(id, version) {
+        return Ok(json_response(StatusCode::OK, &known));
+    }
     let l = app
         .store
-        .get_listener(call.tenant.workspace_id, id)
+        .get_listener(workspace, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(json_response(StatusCode::OK, &body(&app, &l)?))

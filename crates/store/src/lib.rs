@@ -183,6 +183,17 @@ pub trait ListenerStore: Send + Sync {
         offset: i64,
     ) -> Result<Vec<Listener>>;
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
+    /// `(id, updated_at)` of the listeners [`ListenerStore::list_listeners`] would return,
+    /// in its order: a change to a listener always moves its `updated_at` forward, so
+    /// callers that remember rendered listeners by version read only these two columns.
+    async fn listener_versions(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>>;
+    /// The workspace's listeners among `ids`, in no particular order.
+    async fn listeners_by_ids(&self, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Listener>>;
     /// A listener of any workspace (administration).
     async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>>;
     /// The ids of every listener of the workspace, oldest first (for placement).
@@ -212,6 +223,14 @@ pub trait DeploymentStore: Send + Sync {
         offset: i64,
     ) -> Result<Vec<Deployment>>;
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>>;
+    /// The `updated_at` of a listener or deployment of the workspace, which every change
+    /// to it moves forward; `None` when it does not exist there.
+    async fn version(
+        &self,
+        kind: Versioned,
+        workspace: Uuid,
+        id: Uuid,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>>;
     /// Writes `next` over the deployment if it still has `expected_updated_at` (`Stale`
     /// otherwise), adding `revision` when given: it becomes the latest, and older
     /// revisions still waiting are skipped.
@@ -327,6 +346,23 @@ pub trait ConsoleStore: Send + Sync {
     async fn delete_session(&self, token_hash: &str) -> Result<()>;
     /// The last heartbeat of each listener of the workspace that has had one.
     async fn agent_states(&self, workspace: Uuid) -> Result<Vec<AgentState>>;
+}
+
+/// The resources [`DeploymentStore::version`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Versioned {
+    Listener,
+    Deployment,
+}
+
+impl Versioned {
+    /// The table it lives in.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Versioned::Listener => "listeners",
+            Versioned::Deployment => "deployments",
+        }
+    }
 }
 
 /// Options for opening a store.

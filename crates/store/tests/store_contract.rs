@@ -8,6 +8,7 @@ mod common;
 use hostplane_store::lifecycle::{DeploymentStatus, RevisionStatus};
 use hostplane_store::{
     AgentBeat, DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
+    Versioned,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -221,6 +222,80 @@ async fn uploads(postgres: bool) {
     assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
 }
 
+/// Versions: what a list would return, in its order, with the `updated_at` every change
+/// moves forward; reads by ids stay in their workspace.
+async fn versions(postgres: bool) {
+    let store = fresh(postgres).await;
+    let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
+    let a = store.create_listener(listener(ws, "a")).await.unwrap();
+    let b = store.create_listener(listener(ws, "b")).await.unwrap();
+    let page = store.listener_versions(ws, 10, 0).await.unwrap();
+    assert_eq!(page, vec![(a.id, a.updated_at), (b.id, b.updated_at)]);
+    assert_eq!(
+        store.listener_versions(ws, 1, 1).await.unwrap(),
+        vec![(b.id, b.updated_at)]
+    );
+    let patched = store
+        .patch_listener(
+            ws,
+            a.id,
+            ListenerPatch {
+                version: Some("v2".into()),
+                k8s_namespaces: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(patched.updated_at > a.updated_at);
+    assert_eq!(
+        store.version(Versioned::Listener, ws, a.id).await.unwrap(),
+        Some(patched.updated_at)
+    );
+    let mut read = store
+        .listeners_by_ids(ws, &[b.id, a.id, Uuid::new_v4()])
+        .await
+        .unwrap();
+    read.sort_by_key(|l| l.compute_id.clone());
+    assert_eq!(
+        read.iter()
+            .map(|l| (l.id, l.version.clone()))
+            .collect::<Vec<_>>(),
+        vec![(a.id, Some("v2".into())), (b.id, None)]
+    );
+    let other = Uuid::new_v4();
+    assert!(store
+        .listeners_by_ids(other, &[a.id])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .version(Versioned::Listener, other, a.id)
+            .await
+            .unwrap(),
+        None
+    );
+    let d = store
+        .create_deployment(deployment(ws, "v", None), image_revision("1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .version(Versioned::Deployment, ws, d.id)
+            .await
+            .unwrap(),
+        Some(d.updated_at)
+    );
+    assert_eq!(
+        store
+            .version(Versioned::Deployment, ws, a.id)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 /// Console sessions live until they expire or end; agent states are what the last
 /// heartbeat said, per workspace.
 async fn console(postgres: bool) {
@@ -270,4 +345,4 @@ macro_rules! both {
     };
 }
 
-both!(listeners, revisions, uploads, console);
+both!(listeners, revisions, uploads, console, versions);

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use compat::{ErrorItem, Loc};
 use serde_json::{json, Value};
 use store::lifecycle::DeploymentStatus;
-use store::{DeleteOutcome, Deployment, DeploymentFilter, Revision, RevisionFilter, StoreError};
+use store::{
+    DeleteOutcome, Deployment, DeploymentFilter, Revision, RevisionFilter, StoreError, Versioned,
+};
 use uuid::Uuid;
 
 use output::{revision_json, to_json};
@@ -165,6 +167,19 @@ pub(crate) async fn load_deployment(app: &AppState, call: &Call) -> ApiResult<De
 }
 
 pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
+    let mut errs = Vec::new();
+    let id = call.path_uuid("deployment_id", &mut errs);
+    let id = ApiError::validated(errs, id)?;
+    // The current version first: a body already rendered at it needs nothing more
+    // ([`crate::bodies`]).
+    let version = app
+        .store
+        .version(Versioned::Deployment, call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if let Some(known) = app.bodies.known(id, version) {
+        return Ok(json_response(StatusCode::OK, &known));
+    }
     let d = load_deployment(&app, &call).await?;
     Ok(json_response(StatusCode::OK, &body(&app, &d)?))
 }

@@ -4,10 +4,10 @@
 use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
-    api_key, deployment, listener, org, revision, revision_columns_as, workspace,
+    api_key, deployment, listener, org, revision, revision_columns_as, workspace, Columns,
     DEPLOYMENT_COLUMNS, LISTENER_COLUMNS, REVISION_COLUMNS,
 };
-use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions};
+use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions, Versioned};
 use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -332,6 +332,38 @@ impl crate::ListenerStore for PgStore {
         row.as_ref().map(listener).transpose()
     }
 
+    async fn listener_versions(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
+        let rows = sqlx::query(
+            "SELECT id, updated_at FROM listeners WHERE workspace_id = $1 \
+             ORDER BY created_at, id LIMIT $2 OFFSET $3",
+        )
+        .bind(workspace)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.uuid("id")?, r.time("updated_at")?)))
+            .collect()
+    }
+
+    async fn listeners_by_ids(&self, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Listener>> {
+        let sql = format!(
+            "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = $1 AND id = ANY($2)"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(workspace)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(listener).collect()
+    }
+
     async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>> {
         let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = $1");
         let row = sqlx::query(&sql)
@@ -549,6 +581,24 @@ impl crate::DeploymentStore for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(deployment).transpose()
+    }
+
+    async fn version(
+        &self,
+        kind: Versioned,
+        workspace: Uuid,
+        id: Uuid,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let sql = format!(
+            "SELECT updated_at FROM {} WHERE id = $1 AND workspace_id = $2",
+            kind.table()
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(workspace)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|r| r.time("updated_at")).transpose()
     }
 
     async fn save_deployment(

@@ -4,10 +4,10 @@
 use crate::lifecycle::{DeploymentStatus, RevisionStatus};
 use crate::records::*;
 use crate::rows::{
-    api_key, deployment, listener, org, revision, revision_columns_as, workspace,
+    api_key, deployment, listener, org, revision, revision_columns_as, workspace, Columns,
     DEPLOYMENT_COLUMNS, LISTENER_COLUMNS, REVISION_COLUMNS,
 };
-use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions};
+use crate::{now_micros, FirstStart, Result, StoreError, StoreOptions, Versioned};
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -397,6 +397,30 @@ impl crate::ListenerStore for SqliteStore {
             })
     }
 
+    async fn listener_versions(
+        &self,
+        workspace: Uuid,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
+        self.readers.all(
+            "SELECT id, updated_at FROM listeners WHERE workspace_id = ? \
+             ORDER BY created_at, id LIMIT ? OFFSET ?",
+            (workspace.to_string(), limit, offset),
+            |r| Ok((r.uuid("id")?, r.time("updated_at")?)),
+        )
+    }
+
+    async fn listeners_by_ids(&self, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Listener>> {
+        let sql = format!(
+            "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = ? \
+             AND id IN (SELECT value FROM json_each(?))"
+        );
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(e.to_string()))?;
+        self.readers
+            .all(&sql, (workspace.to_string(), ids), |r| listener(r))
+    }
+
     async fn find_listener(&self, id: Uuid) -> Result<Option<Listener>> {
         let sql = format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE id = ?");
         let row = sqlx::query(&sql)
@@ -680,6 +704,22 @@ impl crate::DeploymentStore for SqliteStore {
         self.readers
             .optional(&sql, (id.to_string(), workspace.to_string()), |r| {
                 deployment(r)
+            })
+    }
+
+    async fn version(
+        &self,
+        kind: Versioned,
+        workspace: Uuid,
+        id: Uuid,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let sql = format!(
+            "SELECT updated_at FROM {} WHERE id = ? AND workspace_id = ?",
+            kind.table()
+        );
+        self.readers
+            .optional(&sql, (id.to_string(), workspace.to_string()), |r| {
+                r.time("updated_at")
             })
     }
 
