@@ -27,6 +27,8 @@ use support::{bin, free_port, http, sqlite_db, wait_until, Db, Server};
 struct KubeAgent {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Where its stderr (its log) goes.
+    log: std::path::PathBuf,
 }
 
 impl KubeAgent {
@@ -50,7 +52,7 @@ impl KubeAgent {
             .env("KUBECONFIG", kubeconfig)
             .env_remove("HOSTPLANE_LISTENER_MODE")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -61,7 +63,14 @@ impl KubeAgent {
                 sink.lock().unwrap().push(line);
             }
         });
-        KubeAgent { child, lines }
+        KubeAgent { child, lines, log }
+    }
+
+    /// The end of its log, for a failure message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     fn kill(&mut self) {
@@ -329,11 +338,28 @@ fn native_mode_end_to_end() {
         body["latest_revision_id"].as_str().unwrap().to_owned()
     };
     let deployed = |rev: &str| server.revision_status(&dep, rev) == "DEPLOYED";
+    // Waits for a revision to be DEPLOYED; on a timeout, says where it stopped and what
+    // the agent logged.
+    let wait_deployed = |what: &str, rev: &str, agent: &KubeAgent| {
+        support::wait_until_or(
+            what,
+            30,
+            || deployed(rev),
+            || {
+                let (_, r) = server.call(
+                    "GET",
+                    &format!("/v2/deployments/{dep}/revisions/{rev}"),
+                    None,
+                );
+                format!("revision: {r}\nagent log:\n{}", agent.log_tail())
+            },
+        )
+    };
     let rev = patch(json!({"min_scale": 1, "max_scale": 3}));
-    wait_until("the autoscaled revision", 30, || deployed(&rev));
+    wait_deployed("the autoscaled revision", &rev, &agent);
     assert!(inventory(fake).contains(&"HorizontalPodAutoscaler/ns/kube-e2e".to_owned()));
     let rev = patch(json!({"min_scale": 1, "max_scale": 1}));
-    wait_until("the fixed-size revision", 30, || deployed(&rev));
+    wait_deployed("the fixed-size revision", &rev, &agent);
     assert_eq!(inventory(fake), expected);
 
     println!("redeploy of the first revision: a new revision runs v1 again");
@@ -344,7 +370,7 @@ fn native_mode_end_to_end() {
     );
     assert_eq!(status, 200, "{body}");
     let again = body["latest_revision_id"].as_str().unwrap().to_owned();
-    wait_until("the redeployed revision", 30, || deployed(&again));
+    wait_deployed("the redeployed revision", &again, &agent);
     assert_eq!(api_image(fake, name), image("v1"));
     assert_eq!(inventory(fake), expected);
 
@@ -579,10 +605,11 @@ fn render_mode_observes_the_cluster() {
             .env("HOSTPLANE_LISTENER_KEY", key)
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
         lines: Arc::default(),
+        log: log.clone(),
     };
     let image = format!("registry.example/observed@sha256:{}", "7".repeat(64));
     fake.set_image_logs(&image, &["INFO: observed and serving"]);

@@ -254,10 +254,22 @@ pub fn wait_ready(port: u16) {
 }
 
 /// Polls `done` every 100 ms until it holds; fails the test after `seconds`.
-pub fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, seconds: u64, done: impl FnMut() -> bool) {
+    wait_until_or(what, seconds, done, String::new);
+}
+
+/// [`wait_until`], with `explain` adding what the failure message should show.
+pub fn wait_until_or(
+    what: &str,
+    seconds: u64,
+    mut done: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
