@@ -401,7 +401,7 @@ pub async fn logs(
     let out: Vec<_> = lines
         .iter()
         .map(|l| LogLineOut {
-            at: l.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            at: l.at.format(layout::TIME_FORMAT).to_string(),
             level: &l.level,
             message: &l.message,
         })

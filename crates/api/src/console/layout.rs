@@ -84,10 +84,13 @@ pub fn error_page(status: StatusCode, text: &str) -> Response {
     (status, page(title, None, body)).into_response()
 }
 
+/// How the console writes a time: UTC, to the second (pages and followed log lines alike).
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S UTC";
+
 /// A time as UTC, to the second, machine-readable too.
 pub fn time(at: &DateTime<Utc>) -> Markup {
     html! {
-        time datetime=(at.to_rfc3339()) { (at.format("%Y-%m-%d %H:%M:%S UTC")) }
+        time datetime=(at.to_rfc3339()) { (at.format(TIME_FORMAT)) }
     }
 }
 

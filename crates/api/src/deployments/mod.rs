@@ -180,7 +180,11 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     if let Some(known) = app.bodies.known(id, version) {
         return Ok(json_response(StatusCode::OK, &known));
     }
-    let d = load_deployment(&app, &call).await?;
+    let d = app
+        .store
+        .get_deployment(call.tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(json_response(StatusCode::OK, &body(&app, &d)?))
 }
 
