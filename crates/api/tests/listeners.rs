@@ -634,9 +634,104 @@ async fn http_edges(backend: Backend) {
     assert!(res.headers.get("x-request-id").is_some());
 }
 
+/// A delete by another workspace answers 404 and touches nothing of the listener's: its
+/// keys keep working and its long-polls keep waking on changes (both were hit once).
+async fn foreign_delete_changes_nothing(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let mine = create(&app, &app.key, "cluster-a").await;
+    let id: uuid::Uuid = mine["id"].as_str().unwrap().parse().unwrap();
+    let listener_key = app
+        .key_for(KeyScope::Listener {
+            org_id: app.org,
+            workspace_id: app.workspace,
+            listener_id: id,
+        })
+        .await;
+    let desired = format!("/dataplane/v1/listeners/{id}/desired?protocol_version=1");
+    let now = app.call_as(&listener_key, "GET", &desired, None).await;
+    assert_eq!(now.status, 200);
+    let generation = now.json()["generation"].as_i64().unwrap();
+
+    // A poller waits for the next change while the other workspace deletes.
+    let poll = {
+        let (router, key) = (app.router.clone(), listener_key.clone());
+        let uri = format!("{desired}&after={generation}&wait=30");
+        tokio::spawn(async move {
+            let req = axum::http::Request::get(uri)
+                .header("x-api-key", key)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+            let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        })
+    };
+    for (_, other_key) in [
+        app.other_workspace(Plan::Enterprise).await,
+        app.sibling_workspace().await,
+    ] {
+        let res = app
+            .call_as(&other_key, "DELETE", &format!("/v2/listeners/{id}"), None)
+            .await;
+        assert_eq!(
+            (res.status.as_u16(), res.json()),
+            (
+                404,
+                json!({"detail": format!("Listener ID {id} not found.")})
+            )
+        );
+    }
+    // The listener's key still works, on every route.
+    let keys = app.store.list_api_keys().await.unwrap();
+    let row = keys
+        .iter()
+        .find(|k| k.key_hash == store::hash_key(&listener_key))
+        .unwrap();
+    assert_eq!(
+        row.revoked_at, None,
+        "a foreign delete revoked the listener's key"
+    );
+    let res = app.call_as(&listener_key, "GET", &desired, None).await;
+    assert_eq!(
+        (res.status.as_u16(), &res.json()["generation"]),
+        (200, &json!(generation))
+    );
+
+    // A change still wakes the poller (a foreign delete once parked its channel at the
+    // largest generation, so it slept until its 30 s were up).
+    let dep = app
+        .call(
+            "POST",
+            "/v2/deployments",
+            Some(json!({"name": "d", "source": "external_docker",
+                        "source_config": {"listener_id": id.to_string()},
+                        "source_revision_config": {"image_uri": "img:1"},
+                        "secrets": []})),
+        )
+        .await;
+    assert_eq!(dep.status, 201, "{:?}", dep.json());
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the long-poll did not wake within 10 s of a change to its listener")
+        .unwrap();
+    assert!(
+        answer["generation"].as_i64().unwrap() > generation,
+        "{answer}"
+    );
+    assert_eq!(
+        app.call("GET", &format!("/v2/listeners/{id}"), None)
+            .await
+            .json(),
+        mine
+    );
+}
+
 on_both_backends!(
     crud_exact_bodies,
     tenancy_matrix,
+    foreign_delete_changes_nothing,
     standard_plan_is_refused,
     concurrent_creates_one_wins,
     conflicts_fail_alone_in_a_batch,

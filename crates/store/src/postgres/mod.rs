@@ -429,6 +429,10 @@ impl crate::ListenerStore for PgStore {
                         StoreError::NotFound => StoreError::InUse,
                         other => other,
                     })?;
+                if done.rows_affected() == 0 {
+                    // Not the caller's listener (or none): no key and no poller is touched.
+                    return Ok((false, Vec::new()));
+                }
                 // Its keys go with it.
                 sqlx::query(
                     "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
@@ -439,7 +443,7 @@ impl crate::ListenerStore for PgStore {
                 .execute(&mut *conn)
                 .await?;
                 // Its pollers wake and find it gone.
-                Ok((done.rows_affected() > 0, vec![(id, i64::MAX)]))
+                Ok((true, vec![(id, i64::MAX)]))
             })
         })
         .await

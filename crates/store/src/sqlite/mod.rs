@@ -495,6 +495,10 @@ impl crate::ListenerStore for SqliteStore {
                         StoreError::NotFound => StoreError::InUse,
                         other => other,
                     })?;
+                if done.rows_affected() == 0 {
+                    // Not the caller's listener (or none): no key and no poller is touched.
+                    return Ok((false, Vec::new()));
+                }
                 // Its keys go with it.
                 sqlx::query(
                     "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE listener_id = ?",
@@ -504,7 +508,7 @@ impl crate::ListenerStore for SqliteStore {
                 .execute(&mut *conn)
                 .await?;
                 // Its pollers wake and find it gone.
-                Ok((done.rows_affected() > 0, vec![(id, i64::MAX)]))
+                Ok((true, vec![(id, i64::MAX)]))
             })
         })
         .await
