@@ -33,6 +33,9 @@ impl ControlPlane {
     pub fn new(url: &str, listener: Uuid, key: &str, agent_id: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Below the server's keep-alive bound (its header timeout, 10 s by default),
+            // so a pooled connection is not reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .user_agent(concat!("hostplane-listener/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(ControlPlane {

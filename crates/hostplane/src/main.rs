@@ -115,6 +115,19 @@ struct ServeArgs {
     /// Seconds a client has to send a request's headers before the connection is closed.
     #[arg(long, env = "HOSTPLANE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     header_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight after a request
+    /// (before its first request, the header timeout applies).
+    #[arg(long, env = "HOSTPLANE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Open client connections in all; more wait in the listen backlog. Lowered to fit
+    /// the process's open-file limit when that is smaller.
+    #[arg(long, env = "HOSTPLANE_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Open client connections from one IP address; more are closed at once.
+    #[arg(long, env = "HOSTPLANE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_address: u64,
     /// Base URL clients reach this server at, for upload URLs (default: http://LISTEN).
     #[arg(long, env = "HOSTPLANE_PUBLIC_URL")]
     public_url: Option<String>,
@@ -293,6 +306,31 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// File descriptors kept for everything but client connections (database, uploads,
+/// logs, the metrics listener).
+const RESERVED_FILES: u64 = 128;
+
+/// `wanted` connections, or fewer when the open-file limit cannot hold them: the soft
+/// limit is raised toward the hard one first, and if that is still too low the cap is
+/// lowered with a warning, so the server never runs out of descriptors for accepting.
+fn fit_open_files(wanted: u64) -> usize {
+    let needed = wanted + RESERVED_FILES;
+    let Ok(soft) = rlimit::increase_nofile_limit(needed) else {
+        return wanted as usize;
+    };
+    if soft >= needed {
+        return wanted as usize;
+    }
+    let fits = soft.saturating_sub(RESERVED_FILES).max(1);
+    tracing::warn!(
+        wanted,
+        open_file_limit = soft,
+        max_connections = fits,
+        "the open-file limit is too low for HOSTPLANE_MAX_CONNECTIONS; using fewer"
+    );
+    fits as usize
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_format);
     let store = args.db.open().await?;
@@ -319,6 +357,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     owner_only_dir(&args.storage_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    // The bound address, so that port 0 (the system picks) gives working URLs.
+    let address = listener.local_addr()?;
     let config = api::ApiConfig {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
@@ -326,7 +369,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", args.listen)),
+            .unwrap_or_else(|| format!("http://{address}")),
         storage_dir: args.storage_dir.clone(),
         max_upload_bytes: args.max_upload_bytes,
         upload_quota_bytes: args.upload_quota_bytes,
@@ -370,15 +413,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .console
         .then(|| format!("{}/console", config.public_url));
     let app = api::router(store, config);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "hostplane listening");
+    tracing::info!(%address, "hostplane listening");
     if let Some(url) = console {
         tracing::info!(%url, "web console");
     }
     let limits = server::Limits {
         header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: fit_open_files(args.max_connections),
+        max_connections_per_address: args.max_connections_per_address as usize,
         drain_timeout: Duration::from_secs(args.request_timeout_secs + 5),
     };
     server::serve(listener, app, limits, shutdown).await?;

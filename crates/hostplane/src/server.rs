@@ -1,19 +1,37 @@
-//! The HTTP server loop: hyper with limits that `axum::serve` does not expose (a
-//! deadline for request headers, so a client trickling bytes cannot hold a connection),
-//! and a graceful shutdown that lets accepted requests finish.
+//! The HTTP server loop: hyper with limits that `axum::serve` does not expose, and a
+//! graceful shutdown that lets accepted requests finish.
+//!
+//! Every phase of a connection is bounded: a connection with no request in flight is
+//! closed once `header_read_timeout` passes before its first request (this covers a
+//! client that sends nothing, part of the HTTP/2 preface, or an unfinished HTTP/2
+//! handshake) or `idle_timeout` after its last one (HTTP/1 keep-alive and HTTP/2 alike);
+//! HTTP/1 request headers must arrive within `header_read_timeout`. Connections are
+//! capped in all and per client address, and accept errors back off.
 
+use axum::body::Body;
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
 
 pub struct Limits {
-    /// Time a client has to send the request line and headers.
+    /// Time a client has to send its first request, and each request's headers.
     pub header_read_timeout: Duration,
+    /// Time a connection may stay open with no request in flight after a request.
+    pub idle_timeout: Duration,
+    /// Open connections in all; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Open connections from one client address; more are closed at once.
+    pub max_connections_per_address: usize,
     /// Time in-flight requests get to finish once shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -34,37 +52,236 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(64 * 1024);
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = PerAddress::new(limits.max_connections_per_address);
+    let (closing, _) = watch::channel(false);
+    let timeouts = (limits.header_read_timeout, limits.idle_timeout);
+    let mut backoff = Backoff::default();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
             () = &mut shutdown => break,
-        }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff.reset();
+                conn
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait longer each time, keep serving.
+                let pause = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "accept failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            tracing::debug!(%peer, "refused: too many connections from this address");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::default();
+        let service = TowerToHyperService::new(tracked(app.clone(), activity.clone()));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _slots = (permit, address_slot);
+            tokio::pin!(conn);
+            let idle = tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = closing.wait_for(|c| *c) => false,
+                () = activity.idle(timeouts.0, timeouts.1) => true,
+            };
+            // An idle connection has nothing to finish: HTTP/2 gets its GOAWAY, and a
+            // client that does not read it is dropped after one more header deadline.
+            // At shutdown, requests in flight finish within the server's drain time.
+            conn.as_mut().graceful_shutdown();
+            if idle {
+                let _ = tokio::time::timeout(timeouts.0, conn).await;
+            } else {
+                let _ = conn.await;
+            }
+        });
     }
     drop(listener);
+    let _ = closing.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        _ = slots.acquire_many(all) => tracing::info!("all connections finished"),
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("shutdown: some connections did not finish in time")
         }
     }
     Ok(())
+}
+
+/// The router, counting the connection's requests from their start until their
+/// response body is done (or dropped).
+fn tracked(
+    app: Router,
+    activity: Activity,
+) -> impl tower::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = activity.start();
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(req.map(Body::new)).await?;
+            Ok(res.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                }))
+            }))
+        }
+    })
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+struct Requests {
+    in_flight: usize,
+    started: u64,
+}
+
+/// A connection's requests, watched by its idle timer.
+#[derive(Clone)]
+struct Activity(Arc<watch::Sender<Requests>>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Arc::new(watch::channel(Requests::default()).0))
+    }
+}
+
+struct InFlight(Arc<watch::Sender<Requests>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|r| r.in_flight -= 1);
+    }
+}
+
+impl Activity {
+    fn start(&self) -> InFlight {
+        self.0.send_modify(|r| {
+            r.in_flight += 1;
+            r.started += 1;
+        });
+        InFlight(self.0.clone())
+    }
+
+    /// Returns once the connection had no request in flight for `first` before its
+    /// first request, or for `then` after a later one.
+    async fn idle(&self, first: Duration, then: Duration) {
+        let mut rx = self.0.subscribe();
+        let mut bound = first;
+        loop {
+            let seen = match rx.wait_for(|r| r.in_flight == 0).await {
+                Ok(r) => r.started,
+                Err(_) => return,
+            };
+            let busy = rx.wait_for(|r| r.in_flight > 0 || r.started != seen);
+            if tokio::time::timeout(bound, busy).await.is_err() {
+                return;
+            }
+            bound = then;
+        }
+    }
+}
+
+/// Open connections per client address.
+#[derive(Clone)]
+struct PerAddress {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+struct AddressSlot(PerAddress, IpAddr);
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        PerAddress {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = self.lock();
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.lock();
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Pauses after failed accepts: 10 ms, doubling up to one second.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let pause = Duration::from_millis(10 << self.0.min(7)).min(Duration::from_secs(1));
+        self.0 += 1;
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_second() {
+        let mut b = Backoff::default();
+        let pauses: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn addresses_are_capped_one_by_one() {
+        let caps = PerAddress::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = caps.take(a).unwrap();
+        let _second = caps.take(a).unwrap();
+        assert!(caps.take(a).is_none());
+        assert!(caps.take(b).is_some());
+        drop(first);
+        assert!(caps.take(a).is_some());
+    }
 }

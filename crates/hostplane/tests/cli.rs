@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use support::{bin, free_port, http, postgres_db, sqlite_db, wait_ready, Db};
+use support::{bin, http, listening_port, postgres_db, sqlite_db, Db};
 
 fn admin(db: &Db, args: &[&str]) -> (i32, String, String) {
     let out = bin()
@@ -139,24 +139,26 @@ fn admin_commands_postgres() {
 }
 
 fn serve_bootstrap_and_shutdown(db: Db) {
-    let port = free_port();
+    let log = db.dir.0.join("serve.log");
     let start = || {
-        bin()
+        let mut child = bin()
             .args([
                 "serve",
                 "--database-url",
                 &db.url,
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
             ])
             .arg("--storage-dir")
             .arg(db.dir.0.join("storage"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let port = listening_port(&mut child, &log, "hostplane listening");
+        (child, port)
     };
-    let mut child = start();
+    let (mut child, port) = start();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = String::new();
     let key = loop {
@@ -167,7 +169,6 @@ fn serve_bootstrap_and_shutdown(db: Db) {
         }
     };
     assert!(printed.contains("workspace 'default'"));
-    wait_ready(port);
     assert_eq!(
         http(port, "GET", "/ok", &[], ""),
         (200, r#"{"ok":true}"#.to_owned())
@@ -189,8 +190,7 @@ fn serve_bootstrap_and_shutdown(db: Db) {
     assert_eq!(status.code(), Some(0));
 
     // A second start creates nothing and prints no key; the data and the key survive.
-    let mut child = start();
-    wait_ready(port);
+    let (mut child, port) = start();
     let (status, body) = http(port, "GET", "/v2/listeners", &[("X-Api-Key", &key)], "");
     assert_eq!(status, 200);
     assert!(body.contains(r#""compute_id":"first""#));

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, free_port, sqlite_db, try_http, wait_until, Db, Server, TempDir};
+use support::{bin, sqlite_db, try_http, wait_until, Db, Server, TempDir};
 
 /// `podman ARGS`: its stdout, or a panic with its stderr.
 fn podman(args: &[&str]) -> String {
@@ -175,7 +175,10 @@ impl ListenerAgent {
         key: &str,
         ports: &str,
     ) -> Self {
-        let log = db.dir.0.join(format!("agent-{}.log", free_port()));
+        let log = db
+            .dir
+            .0
+            .join(format!("agent-{}.log", uuid::Uuid::new_v4().simple()));
         let mut child = bin()
             .args([
                 "listener",

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, free_port, http, sqlite_db, wait_until, Db, Server};
+use support::{bin, http, sqlite_db, wait_until, Db, Server};
 
 /// A running `hostplane listener` (native), its stdout lines collected.
 struct KubeAgent {
@@ -42,7 +42,10 @@ impl KubeAgent {
             key,
             ..
         } = setup;
-        let log = db.dir.0.join(format!("kube-agent-{}.log", free_port()));
+        let log = db
+            .dir
+            .0
+            .join(format!("kube-agent-{}.log", uuid::Uuid::new_v4().simple()));
         let mut child = bin()
             .args(["listener", "--control-plane-url", &server.url()])
             .args(mode.map(|m| ["--mode", m]).into_iter().flatten())

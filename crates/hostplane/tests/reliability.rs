@@ -844,15 +844,9 @@ fn replicas_start_together_postgres() {
             let url = db.url.clone();
             let storage = db.dir.0.join("storage");
             std::thread::spawn(move || {
-                let port = support::free_port();
-                let child = support::bin()
-                    .args([
-                        "serve",
-                        "--database-url",
-                        &url,
-                        "--listen",
-                        &format!("127.0.0.1:{port}"),
-                    ])
+                let log = storage.with_file_name(format!("{}.log", uuid::Uuid::new_v4()));
+                let mut child = support::bin()
+                    .args(["serve", "--database-url", &url, "--listen", "127.0.0.1:0"])
                     .arg("--storage-dir")
                     .arg(storage)
                     .env("HOSTPLANE_BOOTSTRAP_API_KEY", key)
@@ -861,10 +855,10 @@ fn replicas_start_together_postgres() {
                         "test-secret-key-for-hostplane-tests",
                     )
                     .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
                     .spawn()
                     .unwrap();
-                support::wait_ready(port);
+                let port = support::listening_port(&mut child, &log, "hostplane listening");
                 (child, port)
             })
         })

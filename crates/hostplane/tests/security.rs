@@ -9,20 +9,25 @@ use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, free_port, http, sqlite_db, wait_ready, Db, Server};
+use support::{bin, http, listening_port, sqlite_db, Db, Server};
 
 /// `hostplane serve` on `db` with extra arguments, expected to refuse to start: its exit
 /// code and what it printed.
 fn refused(db: &Db, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = bin();
-    cmd.args(["serve", "--database-url", &db.url, "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--storage-dir")
-        .arg(db.dir.0.join("storage"))
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "serve",
+        "--database-url",
+        &db.url,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--storage-dir")
+    .arg(db.dir.0.join("storage"))
+    .args(extra)
+    .envs(env.iter().copied())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
@@ -70,19 +75,24 @@ fn mode(path: &std::path::Path) -> u32 {
 #[test]
 fn files_are_owner_only() {
     let db = sqlite_db();
-    let port = free_port();
     let storage = db.dir.0.join("storage");
+    let log = db.dir.0.join("server.log");
     let mut child = bin()
-        .args(["serve", "--database-url", &db.url, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--storage-dir")
         .arg(&storage)
         .env("HOSTPLANE_BOOTSTRAP_API_KEY", "files-key")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_ready(port);
+    let port = listening_port(&mut child, &log, "hostplane listening");
     let headers = [
         ("X-Api-Key", "files-key"),
         ("Content-Type", "application/json"),
@@ -157,15 +167,10 @@ fn files_are_owner_only() {
 #[test]
 fn metrics_live_on_their_own_address() {
     let db = sqlite_db();
-    let metrics_port = free_port();
-    let server = Server::start_with(
-        &db,
-        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
-        "metrics-key",
-    );
+    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "metrics-key");
+    let metrics_port = server.logged_port("metrics listening");
     let (status, body) = http(server.port, "GET", "/metrics", &[], "");
     assert_eq!((status, body.as_str()), (404, r#"{"detail":"Not Found"}"#));
-    wait_ready(metrics_port);
     let (status, body) = http(metrics_port, "GET", "/metrics", &[], "");
     assert_eq!(status, 200);
     assert!(

@@ -138,16 +138,18 @@ impl Server {
     /// Starts a server with extra `serve` arguments and the given bootstrap key (which
     /// only matters on an empty database).
     pub fn start_with(db: &Db, extra: &[&str], key: &str) -> Server {
-        let port = free_port();
         let key = key.to_owned();
-        let log = db.dir.0.join(format!("server-{port}.log"));
+        let log = db
+            .dir
+            .0
+            .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
         let child = bin()
             .args([
                 "serve",
                 "--database-url",
                 &db.url,
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
             ])
             .arg("--storage-dir")
             .arg(db.dir.0.join("storage"))
@@ -161,13 +163,14 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        wait_ready(port);
-        Server {
+        let mut server = Server {
             child,
-            port,
+            port: 0,
             key,
             log,
-        }
+        };
+        server.port = listening_port(&mut server.child, &server.log, "hostplane listening");
+        server
     }
 
     pub fn url(&self) -> String {
@@ -199,6 +202,13 @@ impl Server {
             &body,
         );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The port of an address the server logged before it listened (the metrics
+    /// listener, bound to port 0).
+    pub fn logged_port(&self, message: &str) -> u16 {
+        port_in_log(&self.log_text(), message)
+            .unwrap_or_else(|| panic!("no '{message}' in the log:\n{}", self.log_text()))
     }
 
     /// Everything the server has logged so far.
@@ -243,6 +253,37 @@ impl Drop for Server {
             self.stop();
         }
     }
+}
+
+/// The port a starting `hostplane` process bound (it was given port 0), read from the
+/// log line `message ... address=IP:PORT`; fails with the log if the process exits or
+/// does not get there within 20 s.
+pub fn listening_port(child: &mut Child, log: &std::path::Path, message: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(port) = port_in_log(&text, message) {
+            return port;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("hostplane exited ({status}) before listening:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no '{message}' line within 20 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port of the first log line `message ... address=IP:PORT`.
+pub fn port_in_log(text: &str, message: &str) -> Option<u16> {
+    text.lines()
+        .filter(|l| l.contains(message))
+        .find_map(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
 }
 
 pub fn wait_ready(port: u16) {
