@@ -202,12 +202,13 @@ async fn reconcile(
             None => {}
         }
         let id = d.id;
-        let (control, sink, logs, busy2, announced, d) = (
+        let (control, sink, logs, busy2, announced, finished, d) = (
             control.clone(),
             sink.clone(),
             logs.clone(),
             busy.clone(),
             announced.clone(),
+            finished.clone(),
             d.clone(),
         );
         let task = tokio::spawn(async move {
@@ -220,6 +221,14 @@ async fn reconcile(
                 {
                     b.remove(&d.id);
                 }
+            }
+            // Set under the lock by a round that found this deployment busy, so read
+            // after this task left the map: that work starts now.
+            if finished
+                .skipped
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                finished.notify.notify_one();
             }
         });
         tasks.insert(id, (task.abort_handle(), teardown));

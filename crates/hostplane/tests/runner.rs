@@ -1,0 +1,140 @@
+//! The agent loop every mode shares (`agent::runner`), driven against the real server
+//! with a sink whose work the test holds and releases.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use agent::runner::{Failure, LogSink, Sink};
+use protocol::{DesiredDeployment, DesiredRevision, Observed};
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{agent::listener_with_key, sqlite_db, Server};
+use tokio::sync::{mpsc, Semaphore};
+use uuid::Uuid;
+
+/// A sink that records each `deploy` call and holds every call after the first for a
+/// revision (the check that what is deployed still runs) until the test adds a permit.
+struct HeldSink {
+    calls: mpsc::UnboundedSender<Uuid>,
+    seen: Mutex<HashSet<Uuid>>,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Sink for HeldSink {
+    fn mode(&self) -> &'static str {
+        "held"
+    }
+    async fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+    async fn observe(&self) -> Vec<Observed> {
+        Vec::new()
+    }
+    async fn deploy(
+        &self,
+        _: &DesiredDeployment,
+        revision: &DesiredRevision,
+        _: LogSink,
+    ) -> Result<String, Failure> {
+        let again = !self.seen.lock().unwrap().insert(revision.id);
+        self.calls.send(revision.id).unwrap();
+        if again {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok("http://127.0.0.1:9".into())
+    }
+    async fn delete(&self, _: &DesiredDeployment) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn prune(&self, _: &HashSet<Uuid>, _: &[String]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+async fn next_call(calls: &mut mpsc::UnboundedReceiver<Uuid>, what: &str) -> Uuid {
+    tokio::time::timeout(Duration::from_secs(20), calls.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the agent did not {what} within 20 s"))
+        .unwrap()
+}
+
+/// A revision created while its deployment's task is busy (here: the check after
+/// `DEPLOYED` of the revision before) starts as soon as that task ends, although the
+/// task's end changes nothing the long-poll would wake for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_skipped_while_busy_starts_when_the_task_ends() {
+    let db = sqlite_db();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "held");
+    let (status, dep) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({"name": "held", "source": "external_docker",
+                    "source_config": {"listener_id": listener},
+                    "source_revision_config": {"image_uri": "img:1"}, "secrets": []})),
+    );
+    assert_eq!(status, 201, "{dep}");
+    let dep_id = dep["id"].as_str().unwrap().to_owned();
+    let first: Uuid = dep["latest_revision_id"].as_str().unwrap().parse().unwrap();
+
+    let (tx, mut calls) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = HeldSink {
+        calls: tx,
+        seen: Mutex::default(),
+        gate: gate.clone(),
+    };
+    let control = agent::control::ControlPlane::new(
+        &server.url(),
+        listener.parse().unwrap(),
+        &key,
+        "held-agent",
+    )
+    .unwrap();
+    let agent = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+
+    assert_eq!(
+        next_call(&mut calls, "deploy the first revision").await,
+        first
+    );
+    // DEPLOYED wakes the loop, which checks the revision again: that check is held.
+    assert_eq!(
+        next_call(&mut calls, "check the deployed revision").await,
+        first
+    );
+    let polls = || server.log_text().matches("/desired").count();
+    let before = polls();
+    let (status, patched) = server.call(
+        "PATCH",
+        &format!("/v2/deployments/{dep_id}"),
+        Some(json!({"source_revision_config": {"image_uri": "img:2"}})),
+    );
+    assert_eq!(status, 200, "{patched}");
+    let second: Uuid = patched["latest_revision_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The loop has read the new revision (its long-poll answered) while the deployment
+    // was busy.
+    support::wait_until("the agent to read the new revision", 20, || {
+        polls() > before
+    });
+    let released = Instant::now();
+    gate.add_permits(1);
+    assert_eq!(
+        next_call(&mut calls, "deploy the second revision").await,
+        second
+    );
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the second revision started {took:?} after the busy task ended (skipped work \
+         waited for the next change or the long-poll's 30 s)"
+    );
+    agent.abort();
+}
