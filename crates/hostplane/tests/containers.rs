@@ -312,7 +312,9 @@ impl Drop for Cleanup {
 #[test]
 fn containers_end_to_end() {
     if std::env::var("HOSTPLANE_SKIP_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: HOSTPLANE_SKIP_CONTAINER_TESTS=1");
+        // Printed even though the harness captures it when the test passes: run with
+        // --nocapture to see it; scripts/test prints its own line first and last.
+        println!("containers_end_to_end SKIPPED: HOSTPLANE_SKIP_CONTAINER_TESTS=1");
         return;
     }
     let engine = Engine::start();
