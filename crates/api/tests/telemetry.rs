@@ -12,11 +12,23 @@ use std::collections::BTreeSet;
 
 static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The value of one series in a scrape (0 when it is not there yet).
+/// The value of one series in a scrape; fails when the series is not there, so a check
+/// on a value cannot pass on a series that does not exist.
 fn value(text: &str, series: &str) -> f64 {
+    find(text, series).unwrap_or_else(|| panic!("no series {series} in the scrape:\n{text}"))
+}
+
+/// A counter before the requests a test counts: 0 when no request of its kind has been
+/// counted yet in this process (the recorder is global; the series appears with the
+/// first one).
+fn counter_before(text: &str, series: &str) -> f64 {
+    find(text, series).unwrap_or(0.0)
+}
+
+fn find(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
+        .map(|v| v.parse().unwrap())
 }
 
 /// Every series of a scrape, without values.
@@ -42,10 +54,16 @@ async fn metrics_count_each_request(backend: Backend) {
     assert_eq!(app.call("GET", "/v2/listeners", None).await.status, 200);
     assert_eq!(app.call("GET", "/nowhere", None).await.status, 404);
     let after = app.scrape().await;
-    assert_eq!(value(&after, created), value(&before, created) + 1.0);
-    assert_eq!(value(&after, listed), value(&before, listed) + 1.0);
+    assert_eq!(
+        value(&after, created),
+        counter_before(&before, created) + 1.0
+    );
+    assert_eq!(value(&after, listed), counter_before(&before, listed) + 1.0);
     let unmatched = r#"http_requests_total{method="GET",route="unmatched",status="404"}"#;
-    assert_eq!(value(&after, unmatched), value(&before, unmatched) + 1.0);
+    assert_eq!(
+        value(&after, unmatched),
+        counter_before(&before, unmatched) + 1.0
+    );
     // The pool gauges describe this app's pool.
     let pool = app.store.pool_stats();
     assert_eq!(
