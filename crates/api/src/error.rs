@@ -18,6 +18,7 @@ pub enum ApiError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge(String),
+    TooManyRequests(String),
     /// 307 to the given location (FastAPI's trailing-slash redirect).
     Redirect(String),
     Unavailable(String),
@@ -68,6 +69,7 @@ impl ApiError {
             }
             ApiError::Conflict(t) => (StatusCode::CONFLICT, t.clone()),
             ApiError::PayloadTooLarge(t) => (StatusCode::PAYLOAD_TOO_LARGE, t.clone()),
+            ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t.clone()),
             ApiError::Redirect(location) => (StatusCode::TEMPORARY_REDIRECT, location.clone()),
             ApiError::Unavailable(t) => (StatusCode::SERVICE_UNAVAILABLE, t.clone()),
             ApiError::Internal(cause) => {

@@ -643,6 +643,140 @@ fn stored_files(app: &TestApp) -> Vec<String> {
     out
 }
 
+/// An upload URL's token, for a fresh internal_source deployment.
+async fn upload_token(app: &TestApp, name: &str) -> (String, String) {
+    let body = json!({"name": name, "source": "internal_source", "source_config": {},
+                      "source_revision_config": {}, "secrets": []});
+    let id = create(app, &app.key, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let u = app
+        .call("POST", &format!("/v2/deployments/{id}/upload-url"), None)
+        .await;
+    assert_eq!(u.status, 200);
+    let token = u.json()["upload_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/uploads/")
+        .unwrap()
+        .1
+        .to_owned();
+    (id, token)
+}
+
+/// The audit's case: six uploads of 550 kB started together against a 1 MB quota all
+/// passed the check (it counted completed uploads only) and stored 3.3 MB. Room is now
+/// held when an upload starts: one completes and five get 413, whatever the order, with
+/// or without an announced length, and what is stored stays within the quota.
+async fn parallel_uploads_share_the_quota(backend: Backend) {
+    for announced in [true, false] {
+        let config = hostplane_api::ApiConfig {
+            max_upload_bytes: 600_000,
+            upload_quota_bytes: 1_000_000,
+            ..Default::default()
+        };
+        let app = TestApp::with_config(backend, config).await;
+        let mut senders = Vec::new();
+        let mut calls = Vec::new();
+        for i in 0..6 {
+            let (_, token) = upload_token(&app, &format!("p{i}")).await;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            });
+            let mut req = axum::http::Request::put(format!("/uploads/{token}"));
+            if announced {
+                req = req.header("content-length", "550000");
+            }
+            let req = req.body(axum::body::Body::from_stream(stream)).unwrap();
+            calls.push(tokio::spawn(tower::ServiceExt::oneshot(
+                app.router.clone(),
+                req,
+            )));
+            senders.push(tx);
+        }
+        let mut chunk = vec![0u8; 550_000];
+        chunk[..2].copy_from_slice(&[0x1f, 0x8b]);
+        for tx in senders {
+            // A refused upload has dropped its body: nothing to send.
+            let _ = tx.send(Ok(chunk.clone())).await;
+        }
+        // Refused while the winner holds its room (550000 announced, else the size
+        // limit, 600000, and a loser may hold the 400000 left until its body overflows
+        // it) or after it completed (550000).
+        let refusal = |used: u32| {
+            format!(
+                "{{\"detail\":\"This workspace's uploads are limited to 1000000 bytes in all; \
+                 {used} are in use.\"}}"
+            )
+        };
+        let mut refusals = vec![refusal(550_000)];
+        if !announced {
+            refusals.extend([refusal(600_000), refusal(1_000_000)]);
+        }
+        let mut statuses = Vec::new();
+        for call in calls {
+            let res = call.await.unwrap().unwrap();
+            let status = res.status().as_u16();
+            let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            if status != 200 {
+                assert!(
+                    refusals.contains(&body),
+                    "{status} {body} (announced: {announced})"
+                );
+            }
+            statuses.push(status);
+        }
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 413, 413, 413, 413, 413],
+            "announced: {announced}"
+        );
+        let stored: u64 = stored_files(&app)
+            .iter()
+            .map(|f| std::fs::metadata(app.storage_dir().join(f)).unwrap().len())
+            .sum();
+        assert_eq!(stored, 550_000, "announced: {announced}");
+    }
+}
+
+/// A deployment has at most ten upload URLs outstanding (issued, unused, unexpired).
+async fn outstanding_upload_urls_are_bounded(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (id, token) = upload_token(&app, "u").await;
+    let url = format!("/v2/deployments/{id}/upload-url");
+    for _ in 1..10 {
+        assert_eq!(app.call("POST", &url, None).await.status, 200);
+    }
+    let res = app.call("POST", &url, None).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (
+            429,
+            json!({"detail": "This deployment already has 10 upload URLs that are neither used \
+                              nor expired; use one, or wait until they expire (30 minutes after \
+                              issue)."})
+        )
+    );
+    // Using one frees its place.
+    let res = app
+        .send(
+            "PUT",
+            &format!("/uploads/{token}"),
+            &[("content-type", "application/gzip")],
+            Some(vec![0x1f, 0x8b, 0, 0]),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(app.call("POST", &url, None).await.status, 200);
+    assert_eq!(app.call("POST", &url, None).await.status, 429);
+}
+
 /// Uploads count against a per-workspace quota; a refused or abandoned upload leaves no
 /// partial file; unused and orphaned files are collected.
 async fn upload_quota_and_cleanup(backend: Backend) {
@@ -1111,6 +1245,8 @@ on_both_backends!(
     uploads_are_checked,
     tarball_paths_are_owned,
     upload_quota_and_cleanup,
+    parallel_uploads_share_the_quota,
+    outstanding_upload_urls_are_bounded,
     nul_text_is_a_client_error,
     push_tokens,
     list_filters,

@@ -262,22 +262,27 @@ pub trait DeploymentStore: Send + Sync {
         id: Uuid,
     ) -> Result<Option<Revision>>;
 
-    /// Records an issued upload (by the hash of its token).
+    /// Records an issued upload (by the hash of its token), unless the deployment
+    /// already has `max_outstanding` unexpired uploads not yet completed: then `false`.
     async fn create_upload(
         &self,
         deployment: Uuid,
         token_hash: &str,
         object_path: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()>;
-    /// An unexpired upload not yet completed: its deployment id and object path.
-    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>>;
-    /// Marks an upload complete; `Conflict` when another request completed it first.
+        max_outstanding: i64,
+    ) -> Result<bool>;
+    /// Starts writing an unexpired, incomplete upload that no other request is writing:
+    /// in one transaction per workspace, holds room in the workspace's quota for it
+    /// (see [`UploadRoom`]) until it completes, is released, or `room.until` passes.
+    async fn reserve_upload(&self, token_hash: &str, room: UploadRoom) -> Result<Reservation>;
+    /// Gives back what [`Store::reserve_upload`] held for an upload that did not complete.
+    async fn release_upload(&self, token_hash: &str) -> Result<()>;
+    /// Marks an upload complete (its size counts against the quota from now on, its
+    /// reservation ends); `Conflict` when another request completed it first.
     async fn complete_upload(&self, token_hash: &str, size_bytes: i64) -> Result<()>;
     /// True when `object_path` was issued for this deployment and uploaded completely.
     async fn upload_completed(&self, deployment: Uuid, object_path: &str) -> Result<bool>;
-    /// Bytes of completed uploads kept for the workspace that owns `deployment`.
-    async fn workspace_upload_bytes(&self, deployment: Uuid) -> Result<i64>;
     /// Garbage collection of one stored tarball: forgets the upload of `object_path`
     /// when it is expired and never completed, or completed before `unused_since` and
     /// named by no revision of its deployment. True when no upload of that path is left,

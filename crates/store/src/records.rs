@@ -453,3 +453,41 @@ pub struct AgentState {
     /// The facts of the last heartbeat (mode, cluster, observed deployments), as sent.
     pub facts: Option<serde_json::Value>,
 }
+
+/// The room an upload asks for in its workspace's quota when its `PUT` starts.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadRoom {
+    /// The workspace's quota, in bytes.
+    pub quota: i64,
+    /// Bytes to hold if there is room for them (the announced length, else the largest
+    /// upload allowed).
+    pub want: i64,
+    /// Fewer than this left is no room at all (the announced length, else 1).
+    pub need: i64,
+    /// When the hold ends if the upload neither completes nor is released.
+    pub until: DateTime<Utc>,
+}
+
+impl UploadRoom {
+    /// The bytes to hold when `used` are completed or held by other uploads.
+    pub fn bytes(&self, used: i64) -> Option<i64> {
+        let left = self.quota.saturating_sub(used);
+        (left >= self.need.max(1)).then(|| self.want.min(left))
+    }
+}
+
+/// What [`crate::Store::reserve_upload`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reservation {
+    /// Unknown, expired, completed, or being written by another request.
+    Unavailable,
+    /// The quota has no room: `used` bytes are completed or held.
+    NoRoom { used: i64 },
+    /// `bytes` are held for this upload; `used` were taken by others.
+    Held {
+        deployment: Uuid,
+        object_path: String,
+        bytes: i64,
+        used: i64,
+    },
+}

@@ -10,6 +10,7 @@ use hostplane_store::{
     AgentBeat, DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
     Versioned,
 };
+use hostplane_store::{Reservation, UploadRoom};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -191,35 +192,121 @@ async fn uploads(postgres: bool) {
         .await
         .unwrap();
     let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
-    store
-        .create_upload(d.id, "hash-1", "hostplane-uploads/x/1.tar.gz", expires)
+    let path = "hostplane-uploads/x/1.tar.gz";
+    assert!(store
+        .create_upload(d.id, "hash-1", path, expires, 2)
         .await
-        .unwrap();
+        .unwrap());
+    // At most two outstanding per deployment.
+    assert!(store
+        .create_upload(d.id, "hash-2", "hostplane-uploads/x/2.tar.gz", expires, 2)
+        .await
+        .unwrap());
+    assert!(!store
+        .create_upload(d.id, "hash-3", "hostplane-uploads/x/3.tar.gz", expires, 2)
+        .await
+        .unwrap());
+    let room = |want, need| UploadRoom {
+        quota: 1000,
+        want,
+        need,
+        until: expires,
+    };
+    let held = |bytes, used| Reservation::Held {
+        deployment: d.id,
+        object_path: path.to_owned(),
+        bytes,
+        used,
+    };
+    // Holding 600 of 1000 leaves 400: another upload needing 500 finds no room, one
+    // taking what is left gets 400.
     assert_eq!(
-        store.find_upload("hash-1").await.unwrap(),
-        Some((d.id, "hostplane-uploads/x/1.tar.gz".to_owned()))
+        store
+            .reserve_upload("hash-1", room(600, 600))
+            .await
+            .unwrap(),
+        held(600, 0)
     );
-    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
-    store.complete_upload("hash-1", 1234).await.unwrap();
+    // Being written: not available to a second request.
+    assert_eq!(
+        store.reserve_upload("hash-1", room(1, 1)).await.unwrap(),
+        Reservation::Unavailable
+    );
+    assert_eq!(
+        store
+            .reserve_upload("hash-2", room(500, 500))
+            .await
+            .unwrap(),
+        Reservation::NoRoom { used: 600 }
+    );
+    // Released, its room is free again.
+    store.release_upload("hash-1").await.unwrap();
+    assert_eq!(
+        store
+            .reserve_upload("hash-1", room(600, 600))
+            .await
+            .unwrap(),
+        held(600, 0)
+    );
+    store.complete_upload("hash-1", 234).await.unwrap();
     assert!(matches!(
-        store.complete_upload("hash-1", 1234).await,
+        store.complete_upload("hash-1", 234).await,
         Err(StoreError::Conflict)
     ));
-    assert_eq!(store.find_upload("hash-1").await.unwrap(), None);
-    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 1234);
+    assert_eq!(
+        store.reserve_upload("hash-1", room(1, 1)).await.unwrap(),
+        Reservation::Unavailable
+    );
+    // Completed, its size counts instead of its hold.
+    match store.reserve_upload("hash-2", room(1000, 1)).await.unwrap() {
+        Reservation::Held { bytes, used, .. } => assert_eq!((bytes, used), (766, 234)),
+        other => panic!("{other:?}"),
+    }
+    store.release_upload("hash-2").await.unwrap();
+    // A hold past its deadline counts for nothing.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let stale = UploadRoom {
+        until: past,
+        ..room(700, 700)
+    };
+    assert!(matches!(
+        store.reserve_upload("hash-2", stale).await.unwrap(),
+        Reservation::Held { bytes: 700, .. }
+    ));
+    assert!(matches!(
+        store
+            .reserve_upload("hash-2", room(766, 766))
+            .await
+            .unwrap(),
+        Reservation::Held {
+            bytes: 766,
+            used: 234,
+            ..
+        }
+    ));
+    store.release_upload("hash-2").await.unwrap();
     assert!(store
         .upload_completed(d.id, "hostplane-uploads/x/1.tar.gz")
         .await
         .unwrap());
     // Young, it stays; unused past the grace, it goes (and frees the quota).
-    let path = "hostplane-uploads/x/1.tar.gz";
     let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     assert!(!store.collect_upload(path, an_hour_ago).await.unwrap());
     assert!(store
         .collect_upload(path, chrono::Utc::now())
         .await
         .unwrap());
-    assert_eq!(store.workspace_upload_bytes(d.id).await.unwrap(), 0);
+    assert!(matches!(
+        store
+            .reserve_upload("hash-2", room(1000, 1000))
+            .await
+            .unwrap(),
+        Reservation::Held {
+            bytes: 1000,
+            used: 0,
+            ..
+        }
+    ));
 }
 
 /// Versions: what a list would return, in its order, with the `updated_at` every change

@@ -19,6 +19,8 @@ use uuid::Uuid;
 pub const OBJECT_PREFIX: &str = "hostplane-uploads/";
 /// How long an upload URL stays valid.
 const UPLOAD_TTL: chrono::Duration = chrono::Duration::minutes(30);
+/// Upload URLs of one deployment that may be outstanding (issued, unused, unexpired).
+pub const MAX_OUTSTANDING_UPLOADS: i64 = 10;
 
 fn token_hash(token: &str) -> String {
     store::hash_key(token)
@@ -36,14 +38,22 @@ pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Re
     }
     let token = store::generate_key();
     let object_path = format!("{OBJECT_PREFIX}{id}/{}.tar.gz", Uuid::new_v4());
-    app.store
+    let issued = app
+        .store
         .create_upload(
             id,
             &token_hash(&token),
             &object_path,
             chrono::Utc::now() + UPLOAD_TTL,
+            MAX_OUTSTANDING_UPLOADS,
         )
         .await?;
+    if !issued {
+        return Err(ApiError::TooManyRequests(format!(
+            "This deployment already has {MAX_OUTSTANDING_UPLOADS} upload URLs that are neither \
+             used nor expired; use one, or wait until they expire (30 minutes after issue)."
+        )));
+    }
     let base = app.config.public_url.trim_end_matches('/');
     Ok(json_response(
         StatusCode::OK,
@@ -57,35 +67,60 @@ pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Re
 
 /// `PUT /uploads/{token}`: streams the tarball to the storage folder (never whole in
 /// memory), refusing anything that is not gzip, over the size limit or over the
-/// workspace's quota. The partial file is removed whatever ends the request.
+/// workspace's quota. Room in the quota is held atomically before the first byte is
+/// written (the announced length, else what is left up to the size limit), so parallel
+/// uploads cannot pass it together; it is given back whatever ends the request short of
+/// completion, as is the partial file.
 pub async fn put_upload(
     State(app): State<AppState>,
     Path(token): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let hash = token_hash(&token);
-    let (deployment, object_path) = app.store.find_upload(&hash).await?.ok_or_else(|| {
-        ApiError::Forbidden("This upload URL is unknown, expired or already used.".into())
-    })?;
     let quota = app.config.upload_quota_bytes;
-    let used = u64::try_from(app.store.workspace_upload_bytes(deployment).await?).unwrap_or(0);
-    let over_quota = || {
+    let max = app.config.max_upload_bytes;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let room = store::UploadRoom {
+        quota: as_i64(quota),
+        want: as_i64(announced.unwrap_or(max).min(max)),
+        need: as_i64(announced.unwrap_or(1).min(max)),
+        until: chrono::Utc::now()
+            + chrono::Duration::from_std(app.config.upload_timeout)
+                .unwrap_or(chrono::Duration::MAX)
+            + chrono::Duration::minutes(1),
+    };
+    let over_quota = |used: i64| {
         ApiError::PayloadTooLarge(format!(
             "This workspace's uploads are limited to {quota} bytes in all; {used} are in use."
         ))
     };
-    let left = quota
-        .checked_sub(used)
-        .filter(|&n| n > 0)
-        .ok_or_else(over_quota)?;
-    let max = app.config.max_upload_bytes;
+    let unavailable =
+        || ApiError::Forbidden("This upload URL is unknown, expired or already used.".into());
+    let (object_path, held, used) = match app.store.reserve_upload(&hash, room).await? {
+        store::Reservation::Unavailable => return Err(unavailable()),
+        store::Reservation::NoRoom { used } => return Err(over_quota(used)),
+        store::Reservation::Held {
+            object_path,
+            bytes,
+            used,
+            ..
+        } => (object_path, u64::try_from(bytes).unwrap_or(0), used),
+    };
+    let reservation = Held(Some((app.store.clone(), hash.clone())));
     let too_large = || {
-        if left < max {
-            over_quota()
+        if held < max {
+            over_quota(used)
         } else {
             ApiError::PayloadTooLarge(format!("Uploads are limited to {max} bytes."))
         }
     };
+    if announced.is_some_and(|n| n > held) {
+        return Err(too_large());
+    }
     let final_path = app.config.storage_dir.join(&object_path);
     let dir = final_path
         .parent()
@@ -93,20 +128,39 @@ pub async fn put_upload(
         .to_owned();
     owner_only_dir(&dir).await.map_err(io_error)?;
     let partial = PartialFile(dir.join(format!(".{}{PARTIAL_SUFFIX}", Uuid::new_v4())));
-    let size = stream_to_file(body, &partial.0, left.min(max), too_large).await?;
+    let size = stream_to_file(body, &partial.0, held, too_large).await?;
     match app.store.complete_upload(&hash, size as i64).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => {
-            return Err(ApiError::Forbidden(
-                "This upload URL is unknown, expired or already used.".into(),
-            ))
-        }
+        Ok(()) => reservation.completed(),
+        Err(StoreError::Conflict) => return Err(unavailable()),
         Err(e) => return Err(e.into()),
     }
     tokio::fs::rename(&partial.0, &final_path)
         .await
         .map_err(io_error)?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// Quota held for an upload being written: given back when dropped before the upload
+/// completed (an error, a client that goes away, the time limit).
+struct Held(Option<(std::sync::Arc<dyn store::Store>, String)>);
+
+impl Held {
+    fn completed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((store, hash)) = self.0.take() {
+            tokio::spawn(async move {
+                if let Err(e) = store.release_upload(&hash).await {
+                    // The hold ends by itself at its deadline.
+                    tracing::warn!(error = %e, "could not release an upload's quota");
+                }
+            });
+        }
+    }
 }
 
 const PARTIAL_SUFFIX: &str = ".partial";

@@ -749,35 +749,115 @@ impl crate::DeploymentStore for PgStore {
         token_hash: &str,
         object_path: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
+        max_outstanding: i64,
+    ) -> Result<bool> {
+        let (hash, path) = (token_hash.to_owned(), object_path.to_owned());
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                let outstanding: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM uploads WHERE deployment_id = $1 \
+                     AND completed_at IS NULL AND expires_at > $2",
+                )
+                .bind(dep)
+                .bind(now_micros())
+                .fetch_one(&mut *conn)
+                .await?;
+                if outstanding >= max_outstanding {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
                      VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&hash)
+                .bind(dep)
+                .bind(&path)
+                .bind(expires_at.timestamp_micros())
+                .execute(&mut *conn)
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn reserve_upload(&self, token_hash: &str, room: UploadRoom) -> Result<Reservation> {
+        let hash = token_hash.to_owned();
+        in_tx(&self.pool, move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let row = sqlx::query(
+                    "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 \
+                     AND completed_at IS NULL AND expires_at > $2 \
+                     AND (reserved_until IS NULL OR reserved_until <= $2) FOR UPDATE",
+                )
+                .bind(&hash)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(Reservation::Unavailable);
+                };
+                let (deployment, object_path) = crate::rows::upload(&row)?;
+                let dep = deployment;
+                // One reservation at a time per workspace, so that the sum below
+                // counts every other hold.
+                sqlx::query(
+                    "SELECT 1 FROM workspaces WHERE id = \
+                     (SELECT workspace_id FROM deployments WHERE id = $1) FOR UPDATE",
+                )
+                .bind(dep)
+                .execute(&mut *conn)
+                .await?;
+                let used: Option<i64> = sqlx::query_scalar(
+                    "SELECT SUM(CASE WHEN u.completed_at IS NOT NULL THEN u.size_bytes \
+                       WHEN u.reserved_until > $2 THEN u.reserved_bytes ELSE 0 END)::BIGINT \
+                     FROM uploads u JOIN deployments d ON d.id = u.deployment_id \
+                     WHERE d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = $1)",
+                )
+                .bind(dep)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+                let used = used.unwrap_or(0);
+                let Some(bytes) = room.bytes(used) else {
+                    return Ok(Reservation::NoRoom { used });
+                };
+                sqlx::query(
+                    "UPDATE uploads SET reserved_bytes = $1, reserved_until = $2 \
+                     WHERE token_hash = $3",
+                )
+                .bind(bytes)
+                .bind(room.until.timestamp_micros())
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Reservation::Held {
+                    deployment,
+                    object_path,
+                    bytes,
+                    used,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn release_upload(&self, token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE uploads SET reserved_bytes = NULL, reserved_until = NULL \
+             WHERE token_hash = $1 AND completed_at IS NULL",
         )
         .bind(token_hash)
-        .bind(dep)
-        .bind(object_path)
-        .bind(expires_at.timestamp_micros())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
-        let row = sqlx::query(
-            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 AND \
-             completed_at IS NULL AND expires_at > $2",
-        )
-        .bind(token_hash)
-        .bind(now_micros())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(crate::rows::upload).transpose()
-    }
-
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE uploads SET completed_at = $1, size_bytes = $2 WHERE \
+            "UPDATE uploads SET completed_at = $1, size_bytes = $2, reserved_bytes = NULL, \
+             reserved_until = NULL WHERE \
                                 token_hash = $3 AND completed_at IS NULL",
         )
         .bind(now_micros())
@@ -801,19 +881,6 @@ impl crate::DeploymentStore for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(n > 0)
-    }
-
-    async fn workspace_upload_bytes(&self, dep: Uuid) -> Result<i64> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(u.size_bytes)::BIGINT FROM uploads u JOIN deployments d ON d.id = \
-             u.deployment_id \
-             WHERE u.completed_at IS NOT NULL \
-               AND d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = $1)",
-        )
-        .bind(dep)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.unwrap_or(0))
     }
 
     async fn collect_upload(

@@ -876,35 +876,106 @@ impl crate::DeploymentStore for SqliteStore {
         token_hash: &str,
         object_path: &str,
         expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
+        max_outstanding: i64,
+    ) -> Result<bool> {
+        let (hash, path) = (token_hash.to_owned(), object_path.to_owned());
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let outstanding: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM uploads WHERE deployment_id = ?1 \
+                     AND completed_at IS NULL AND expires_at > ?2",
+                )
+                .bind(dep.to_string())
+                .bind(now_micros())
+                .fetch_one(&mut *conn)
+                .await?;
+                if outstanding >= max_outstanding {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(&hash)
+                .bind(dep.to_string())
+                .bind(&path)
+                .bind(expires_at.timestamp_micros())
+                .execute(&mut *conn)
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn reserve_upload(&self, token_hash: &str, room: UploadRoom) -> Result<Reservation> {
+        let hash = token_hash.to_owned();
+        immediate(&self.pool, move |conn| {
+            Box::pin(async move {
+                let now = now_micros();
+                let row = sqlx::query(
+                    "SELECT deployment_id, object_path FROM uploads WHERE token_hash = ?1 \
+                     AND completed_at IS NULL AND expires_at > ?2 \
+                     AND (reserved_until IS NULL OR reserved_until <= ?2)",
+                )
+                .bind(&hash)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(Reservation::Unavailable);
+                };
+                let (deployment, object_path) = crate::rows::upload(&row)?;
+                let dep = deployment;
+                let used: Option<i64> = sqlx::query_scalar(
+                    "SELECT SUM(CASE WHEN u.completed_at IS NOT NULL THEN u.size_bytes \
+                       WHEN u.reserved_until > ?2 THEN u.reserved_bytes ELSE 0 END) \
+                     FROM uploads u JOIN deployments d ON d.id = u.deployment_id \
+                     WHERE d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = ?1)",
+                )
+                .bind(dep.to_string())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+                let used = used.unwrap_or(0);
+                let Some(bytes) = room.bytes(used) else {
+                    return Ok(Reservation::NoRoom { used });
+                };
+                sqlx::query(
+                    "UPDATE uploads SET reserved_bytes = ?1, reserved_until = ?2 \
+                     WHERE token_hash = ?3",
+                )
+                .bind(bytes)
+                .bind(room.until.timestamp_micros())
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Reservation::Held {
+                    deployment,
+                    object_path,
+                    bytes,
+                    used,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn release_upload(&self, token_hash: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO uploads (token_hash, deployment_id, object_path, expires_at) \
-                     VALUES (?, ?, ?, ?)",
+            "UPDATE uploads SET reserved_bytes = NULL, reserved_until = NULL \
+             WHERE token_hash = ?1 AND completed_at IS NULL",
         )
         .bind(token_hash)
-        .bind(dep.to_string())
-        .bind(object_path)
-        .bind(expires_at.timestamp_micros())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn find_upload(&self, token_hash: &str) -> Result<Option<(Uuid, String)>> {
-        let row = sqlx::query(
-            "SELECT deployment_id, object_path FROM uploads WHERE token_hash = ? AND completed_at \
-             IS NULL AND expires_at > ?",
-        )
-        .bind(token_hash)
-        .bind(now_micros())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(crate::rows::upload).transpose()
-    }
-
     async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE uploads SET completed_at = ?, size_bytes = ? WHERE \
+            "UPDATE uploads SET completed_at = ?, size_bytes = ?, reserved_bytes = NULL, \
+             reserved_until = NULL WHERE \
                                 token_hash = ? AND completed_at IS NULL",
         )
         .bind(now_micros())
@@ -928,18 +999,6 @@ impl crate::DeploymentStore for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(n > 0)
-    }
-
-    async fn workspace_upload_bytes(&self, dep: Uuid) -> Result<i64> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(u.size_bytes) FROM uploads u JOIN deployments d ON d.id = u.deployment_id \
-             WHERE u.completed_at IS NOT NULL \
-               AND d.workspace_id = (SELECT workspace_id FROM deployments WHERE id = ?)",
-        )
-        .bind(dep.to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.unwrap_or(0))
     }
 
     async fn collect_upload(
