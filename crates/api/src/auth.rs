@@ -75,6 +75,8 @@ impl KeyCache {
 pub struct Tenant {
     pub workspace_id: Uuid,
     pub plan: Plan,
+    /// The API key the request was made with.
+    pub key_id: Uuid,
 }
 
 const NOT_AUTHENTICATED: &str = "Not authenticated";
@@ -205,5 +207,9 @@ pub fn tenant(
         Some(ws) if ws.org_id == record.org_id => ws.plan,
         _ => return Err(no_access(&workspace_id.to_string())),
     };
-    Ok(Tenant { workspace_id, plan })
+    Ok(Tenant {
+        workspace_id,
+        plan,
+        key_id: record.id,
+    })
 }

@@ -156,6 +156,8 @@ struct LoginClaims {
     iss: String,
     aud: String,
     sub: String,
+    /// The id of the API key that asked for it: a revoked key's logins stop working.
+    key: Uuid,
     exp: i64,
     iat: i64,
 }
@@ -180,8 +182,9 @@ struct TokenClaims {
 }
 
 /// `POST /v2/deployments/{id}/push-token`: a login credential for the registry, good
-/// for an hour and for the deployment's workspace only.
-pub fn push_token(app: &AppState, workspace: Uuid) -> ApiResult<Response> {
+/// for an hour, for the deployment's workspace only, and while the API key `key` that
+/// asked for it is not revoked.
+pub fn push_token(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<Response> {
     let registry = app.config.registry.as_ref().ok_or_else(|| {
         ApiError::BadRequest(
             "push token is unavailable: this control plane has no container registry configured \
@@ -194,6 +197,7 @@ pub fn push_token(app: &AppState, workspace: Uuid) -> ApiResult<Response> {
         iss: ISSUER.into(),
         aud: LOGIN_AUDIENCE.into(),
         sub: workspace.to_string(),
+        key,
         exp: now + LOGIN_TTL_SECS,
         iat: now,
     })?;
@@ -207,8 +211,9 @@ pub fn push_token(app: &AppState, workspace: Uuid) -> ApiResult<Response> {
     ))
 }
 
-/// The workspace a login credential was issued for, when it is genuine and current.
-fn workspace_of(registry: &Registry, credential: &str) -> Option<Uuid> {
+/// The workspace a login credential was issued for and the key that asked for it, when
+/// the credential is genuine and current.
+fn login_of(registry: &Registry, credential: &str) -> Option<(Uuid, Uuid)> {
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&[LOGIN_AUDIENCE]);
     validation.set_issuer(&[ISSUER]);
@@ -216,7 +221,7 @@ fn workspace_of(registry: &Registry, credential: &str) -> Option<Uuid> {
     let data =
         jsonwebtoken::decode::<LoginClaims>(credential, &registry.signing.decoding, &validation)
             .ok()?;
-    Uuid::parse_str(&data.claims.sub).ok()
+    Some((Uuid::parse_str(&data.claims.sub).ok()?, data.claims.key))
 }
 
 /// The password of a `Basic` authorization (the user name is not used).
@@ -251,9 +256,14 @@ pub async fn token(
             "The registry login is invalid or expired: ask for a new push token.".into(),
         )
     };
-    let workspace = basic_password(&headers)
-        .and_then(|p| workspace_of(registry, &p))
+    let (workspace, key) = basic_password(&headers)
+        .and_then(|p| login_of(registry, &p))
         .ok_or_else(unauthorized)?;
+    // Checked on every token: a key revoked since the login was issued ends it.
+    let live = app.store.get_api_key(key).await?;
+    if !live.is_some_and(|k| k.revoked_at.is_none()) {
+        return Err(unauthorized());
+    }
     let query = compat::query::Query::parse(raw.as_deref());
     if let Some(service) = query.get("service") {
         if service != registry.service {

@@ -1076,8 +1076,11 @@ async fn push_tokens(backend: Backend) {
         );
     }
     let res = app.send("GET", "/registry/token", &[], None).await;
-    assert_eq!((res.status.as_u16(), res.json()), (401, unauthorized));
-    let res = ask(login, "service=elsewhere".into()).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (401, unauthorized.clone())
+    );
+    let res = ask(login.clone(), "service=elsewhere".into()).await;
     assert_eq!(
         (res.status.as_u16(), res.json()),
         (
@@ -1085,6 +1088,42 @@ async fn push_tokens(backend: Backend) {
             json!({"detail": "This token service serves 'test-registry', not 'elsewhere'."})
         )
     );
+
+    // A login lasts only as long as the key that asked for it.
+    let doomed = app
+        .key_for(store::KeyScope::Workspace {
+            org_id: app.org,
+            workspace_id: ws,
+        })
+        .await;
+    let res = app
+        .call_as(
+            &doomed,
+            "POST",
+            &format!("/v2/deployments/{}/push-token", d["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let doomed_login = res.json()["token"].as_str().unwrap().to_owned();
+    let scope = format!("scope=repository:{mine}:push");
+    assert_eq!(ask(doomed_login.clone(), scope.clone()).await.status, 200);
+    let doomed_id = app
+        .store
+        .list_api_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.key_hash == store::hash_key(&doomed))
+        .unwrap()
+        .id;
+    app.store.revoke_api_key(doomed_id).await.unwrap();
+    let res = ask(doomed_login, scope.clone()).await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (401, unauthorized.clone())
+    );
+    // The bootstrap key's login is not affected.
+    assert_eq!(ask(login.clone(), scope).await.status, 200);
 
     let img = create(&app, &app.key, image_body("img")).await;
     let res = app

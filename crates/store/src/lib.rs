@@ -157,6 +157,8 @@ pub trait IdentityStore: Send + Sync {
     /// Stores a key by its hash; `NotFound` when the org or workspace does not exist.
     async fn create_api_key(&self, scope: KeyScope, key_hash: &str) -> Result<ApiKey>;
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
+    /// One key by id, revoked or not.
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKey>>;
     /// `NotFound` when no such key exists; revoking twice is fine.
     async fn revoke_api_key(&self, id: Uuid) -> Result<()>;
     /// The live key with this hash and the workspace a request with it would act in

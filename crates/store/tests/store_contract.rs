@@ -421,6 +421,33 @@ async fn console(postgres: bool) {
     assert!(store.agent_states(Uuid::new_v4()).await.unwrap().is_empty());
 }
 
+/// Keys: by id, revoked or not; revoking twice is fine, an unknown id is `NotFound`.
+async fn api_keys(postgres: bool) {
+    let store = fresh(postgres).await;
+    let boot = store.bootstrap(None).await.unwrap().unwrap();
+    let scope = hostplane_store::KeyScope::Workspace {
+        org_id: boot.org.id,
+        workspace_id: boot.workspace.id,
+    };
+    let key = store.create_api_key(scope, "hash-k").await.unwrap();
+    let got = store.get_api_key(key.id).await.unwrap().unwrap();
+    assert_eq!((got.id, got.revoked_at), (key.id, None));
+    store.revoke_api_key(key.id).await.unwrap();
+    store.revoke_api_key(key.id).await.unwrap();
+    assert!(store
+        .get_api_key(key.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert!(store.get_api_key(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(matches!(
+        store.revoke_api_key(Uuid::new_v4()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -432,4 +459,4 @@ macro_rules! both {
     };
 }
 
-both!(listeners, revisions, uploads, console, versions);
+both!(listeners, revisions, uploads, console, versions, api_keys);

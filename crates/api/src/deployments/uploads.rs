@@ -378,5 +378,5 @@ pub async fn push_token(State(app): State<AppState>, call: Call) -> ApiResult<Re
             "push token is only available for 'internal_docker' source deployments".into(),
         ));
     }
-    crate::registry::push_token(&app, d.workspace_id)
+    crate::registry::push_token(&app, d.workspace_id, call.tenant.key_id)
 }

@@ -206,6 +206,14 @@ impl crate::IdentityStore for PgStore {
         rows.iter().map(api_key).collect()
     }
 
+    async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKey>> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(api_key).transpose()
+    }
+
     async fn revoke_api_key(&self, id: Uuid) -> Result<()> {
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
