@@ -261,7 +261,7 @@ pub async fn token(
         .ok_or_else(unauthorized)?;
     // Checked on every token: a key revoked since the login was issued ends it.
     let live = app.store.get_api_key(key).await?;
-    if !live.is_some_and(|k| k.revoked_at.is_none()) {
+    if live.is_none_or(|k| k.revoked_at.is_some()) {
         return Err(unauthorized());
     }
     let query = compat::query::Query::parse(raw.as_deref());
