@@ -18,18 +18,43 @@ use uuid::Uuid;
 
 /// Bodies kept at most; past it the cache starts over.
 const MAX_ENTRIES: usize = 20_000;
+/// Bytes of bodies kept at most (a body may be close to a megabyte); past it the cache
+/// starts over.
+const MAX_BYTES: usize = 32 * 1024 * 1024;
 
-/// Rendered bodies by resource id, each with the version it was rendered from.
-#[derive(Default)]
+/// Rendered bodies by resource id, each with the version it was rendered from, bounded
+/// in count and in bytes.
 pub struct Bodies {
-    entries: Mutex<HashMap<Uuid, (i64, Arc<RawValue>)>>,
+    cache: Mutex<Cache>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Uuid, (i64, Arc<RawValue>)>,
+    bytes: usize,
+}
+
+impl Default for Bodies {
+    fn default() -> Self {
+        Self::bounded(MAX_ENTRIES, MAX_BYTES)
+    }
 }
 
 impl Bodies {
+    fn bounded(max_entries: usize, max_bytes: usize) -> Self {
+        Bodies {
+            cache: Mutex::default(),
+            max_entries,
+            max_bytes,
+        }
+    }
+
     /// The body rendered of resource `id` at `version`, if there is one.
     pub fn known(&self, id: Uuid, version: DateTime<Utc>) -> Option<Arc<RawValue>> {
-        let entries = self.entries.lock().ok()?;
-        let (at, body) = entries.get(&id)?;
+        let cache = self.cache.lock().ok()?;
+        let (at, body) = cache.entries.get(&id)?;
         (*at == version.timestamp_micros()).then(|| body.clone())
     }
 
@@ -47,13 +72,27 @@ impl Bodies {
         let body: Arc<RawValue> = serde_json::value::to_raw_value(&render()?)
             .map_err(|e| ApiError::Internal(format!("rendering a body: {e}")))?
             .into();
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+        let size = body.get().len();
+        if let Ok(mut cache) = self.cache.lock() {
+            if let Some((_, old)) = cache.entries.remove(&id) {
+                cache.bytes -= old.get().len();
             }
-            entries.insert(id, (version, body.clone()));
+            if cache.entries.len() >= self.max_entries || cache.bytes + size > self.max_bytes {
+                *cache = Cache::default();
+            }
+            if size <= self.max_bytes {
+                cache.bytes += size;
+                cache.entries.insert(id, (version, body.clone()));
+            }
         }
         Ok(body)
+    }
+
+    /// Bodies and bytes held.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        (cache.entries.len(), cache.bytes)
     }
 }
 
@@ -81,5 +120,46 @@ mod tests {
             bodies.get(Uuid::new_v4(), later, || Ok(3)).unwrap().get(),
             "3"
         );
+    }
+
+    #[test]
+    fn bounded_in_count_and_in_bytes() {
+        let t = Utc::now();
+        // The audit's case: 60 bodies of 0.9 MB stayed held (about 54 MB of text).
+        let big = "x".repeat(900_000);
+        let bodies = Bodies::default();
+        let mut most = 0;
+        for _ in 0..60 {
+            bodies.get(Uuid::new_v4(), t, || Ok(big.as_str())).unwrap();
+            most = most.max(bodies.held().1);
+        }
+        assert!(most <= MAX_BYTES, "{most} bytes held");
+        // Rendering one resource again replaces its bytes, it does not add to them.
+        let bodies = Bodies::bounded(10, 100);
+        let id = Uuid::new_v4();
+        for n in 0..50 {
+            let later = t + chrono::Duration::microseconds(n);
+            bodies.get(id, later, || Ok("0123456789")).unwrap();
+        }
+        assert_eq!(bodies.held(), (1, 12));
+        // Past the count, the cache starts over.
+        let bodies = Bodies::bounded(10, 100);
+        for _ in 0..10 {
+            bodies.get(Uuid::new_v4(), t, || Ok(1)).unwrap();
+        }
+        assert_eq!(bodies.held().0, 10);
+        bodies.get(Uuid::new_v4(), t, || Ok(1)).unwrap();
+        assert_eq!(bodies.held(), (1, 1));
+        // A body larger than the whole bound is served and not kept.
+        let huge = "y".repeat(200);
+        assert_eq!(
+            bodies
+                .get(Uuid::new_v4(), t, || Ok(huge.as_str()))
+                .unwrap()
+                .get()
+                .len(),
+            202
+        );
+        assert_eq!(bodies.held(), (0, 0));
     }
 }

@@ -267,9 +267,16 @@ impl ServeArgs {
     }
 }
 
-/// Creates `dir` and its missing parents readable by the owner only.
+/// Creates `dir` and its missing parents readable by the owner only; a folder that was
+/// already there and that others may read or write is used, with a warning.
 fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %dir.display(), "the storage folder is open to other users \
+                                                  (uploaded sources, keys); consider chmod 700");
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -183,3 +183,30 @@ fn metrics_live_on_their_own_address() {
     assert_eq!(http(server.port, "GET", "/metrics", &[], "").0, 404);
     assert!(std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err());
 }
+
+/// A database file and a storage folder that were already there and open to other users
+/// are used, each with a warning in the log; fresh ones are owner-only and warn nothing.
+#[test]
+fn files_open_to_others_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = sqlite_db();
+    let storage = db.dir.0.join("storage");
+    std::fs::create_dir(&storage).unwrap();
+    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = db.dir.0.join("hp.db");
+    std::fs::write(&file, b"").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&db);
+    let log = server.log_text();
+    for warning in [
+        "the database file is readable by other users; consider chmod 600",
+        "the storage folder is open to other users (uploaded sources, keys); consider chmod 700",
+    ] {
+        assert_eq!(log.matches(warning).count(), 1, "{warning}:\n{log}");
+    }
+    drop(server);
+    let fresh = sqlite_db();
+    let server = Server::start(&fresh);
+    let log = server.log_text();
+    assert!(!log.contains("consider chmod"), "{log}");
+}
