@@ -181,6 +181,8 @@ async fn serve_metrics(State(state): State<MetricsState>) -> Response {
     metrics::gauge!("db_pool_connections").set(f64::from(pool.size));
     metrics::gauge!("db_pool_idle_connections").set(pool.idle as f64);
     metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
+    metrics::counter!("db_group_commits_total").absolute(pool.group_commits);
+    metrics::counter!("db_group_committed_writes_total").absolute(pool.group_committed_writes);
     match resource_counts(&state).await {
         Ok(counts) => {
             for (kind, n) in [

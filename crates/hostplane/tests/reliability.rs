@@ -890,3 +890,58 @@ fn replicas_start_together_postgres() {
         let _ = child.wait();
     }
 }
+
+/// The value of a series in a Prometheus scrape; fails when the series is missing.
+fn scraped(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// SQLite's group commit batches concurrent listener creates: the server's own counters
+/// show more creates acknowledged than transactions (each one `fsync`) committed them.
+#[test]
+fn group_commit_batches_concurrent_creates() {
+    let db = sqlite_db();
+    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "batch-key");
+    let metrics = server.logged_port("metrics listening");
+    let scrape = || try_http(metrics, "GET", "/metrics", &[], "").unwrap().1;
+    let before = scrape();
+    let (commits0, writes0) = (
+        scraped(&before, "db_group_commits_total"),
+        scraped(&before, "db_group_committed_writes_total"),
+    );
+    let port = server.port;
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                try_http(
+                    port,
+                    "POST",
+                    "/v2/listeners",
+                    &[
+                        ("X-Api-Key", "batch-key"),
+                        ("Content-Type", "application/json"),
+                    ],
+                    &listener_body(&format!("batch-{i}")),
+                )
+                .unwrap()
+                .0
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 201);
+    }
+    let after = scrape();
+    let commits = scraped(&after, "db_group_commits_total") - commits0;
+    let writes = scraped(&after, "db_group_committed_writes_total") - writes0;
+    println!("group commit: 64 concurrent creates acknowledged by {commits} commits");
+    assert_eq!(writes, 64);
+    assert!(
+        commits < writes,
+        "no batching: {writes} creates took {commits} commits"
+    );
+}

@@ -276,6 +276,12 @@ pub struct PoolStats {
     pub size: u32,
     pub idle: usize,
     pub max: u32,
+    /// Transactions of SQLite's group commit of listener creates (0 on PostgreSQL,
+    /// which commits each create on its own).
+    pub group_commits: u64,
+    /// Creates those transactions acknowledged: more than `group_commits` when batches
+    /// formed.
+    pub group_committed_writes: u64,
 }
 
 /// How many of each resource exist, across all workspaces.

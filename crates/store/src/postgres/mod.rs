@@ -266,6 +266,7 @@ impl crate::IdentityStore for PgStore {
             size: self.pool.size(),
             idle: self.pool.num_idle(),
             max: self.pool.options().get_max_connections(),
+            ..PoolStats::default()
         }
     }
 

@@ -29,6 +29,15 @@ pub struct SqliteStore {
     changes: std::sync::Arc<crate::changes::Changes>,
     /// Listener creates go through one writer that commits them in batches.
     creates: tokio::sync::mpsc::Sender<CreateJob>,
+    /// What that writer has committed.
+    grouped: std::sync::Arc<Grouped>,
+}
+
+/// Group commit's work so far: transactions committed, and creates acknowledged by them.
+#[derive(Default)]
+struct Grouped {
+    commits: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 type CreateJob = (NewListener, tokio::sync::oneshot::Sender<Result<Listener>>);
@@ -40,7 +49,11 @@ const GROUP_COMMIT_MAX: usize = 128;
 /// transaction, so one `fsync` acknowledges them all; each insert has its own
 /// savepoint, so a conflict fails only its own request. Answers are sent only after
 /// the commit is durable.
-async fn create_writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<CreateJob>) {
+async fn create_writer(
+    pool: SqlitePool,
+    mut jobs: tokio::sync::mpsc::Receiver<CreateJob>,
+    grouped: std::sync::Arc<Grouped>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -73,6 +86,10 @@ async fn create_writer(pool: SqlitePool, mut jobs: tokio::sync::mpsc::Receiver<C
         .await;
         match outcome {
             Ok(results) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                grouped.commits.fetch_add(1, Relaxed);
+                let acknowledged = results.iter().filter(|r| r.is_ok()).count();
+                grouped.writes.fetch_add(acknowledged as u64, Relaxed);
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -144,11 +161,13 @@ impl SqliteStore {
             .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
         let readers = Readers::open(file)?;
         let (creates, jobs) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(create_writer(pool.clone(), jobs));
+        let grouped = std::sync::Arc::<Grouped>::default();
+        tokio::spawn(create_writer(pool.clone(), jobs, grouped.clone()));
         Ok(SqliteStore {
             pool,
             readers,
             creates,
+            grouped,
             changes: Default::default(),
         })
     }
@@ -358,10 +377,13 @@ impl crate::IdentityStore for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
+        use std::sync::atomic::Ordering::Relaxed;
         PoolStats {
             size: self.pool.size(),
             idle: self.pool.num_idle(),
             max: self.pool.options().get_max_connections(),
+            group_commits: self.grouped.commits.load(Relaxed),
+            group_committed_writes: self.grouped.writes.load(Relaxed),
         }
     }
 
