@@ -680,7 +680,9 @@ fn hostile_input(db: Db) {
     assert_eq!(status_of(&line), Some(413), "{line:?}");
     println!("100 MiB declared body -> {line:?} in {:?}", start.elapsed());
 
-    // 100 MiB streamed without a length: cut off at the limit.
+    // 100 MiB streamed without a length: cut off at the limit with the documented 413.
+    // The answer is read while the body is still being sent (the server closes without
+    // reading the rest, and a reset would discard an answer read only afterwards).
     let start = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -689,6 +691,13 @@ fn hostile_input(db: Db) {
          Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
     s.write_all(head.as_bytes()).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let answer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        // An error (a reset once the server closes) keeps what was read before it.
+        let _ = reader.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
     let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "[".repeat(1 << 20));
     let mut sent = 0;
     for _ in 0..100 {
@@ -697,15 +706,18 @@ fn hostile_input(db: Db) {
         }
         sent += 1;
     }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let answer = String::from_utf8_lossy(&buf);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let answer = answer.join().unwrap();
     assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 413"),
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n")
+            && answer.ends_with(
+                r#"{"detail":"Request body is larger than the limit of 1048576 bytes."}"#
+            ),
         "{answer}"
     );
+    assert!(sent < 100, "the server read all 100 MiB");
     println!(
-        "100 MiB chunked body -> 413 or closed after {sent} MiB sent, {:?}",
+        "100 MiB chunked body -> 413 after {sent} MiB sent, {:?}",
         start.elapsed()
     );
 
@@ -735,7 +747,8 @@ fn hostile_input(db: Db) {
         "",
     )
     .unwrap();
-    assert!(status < 500);
+    // The request line alone is past the header limit.
+    assert_eq!(status, 431);
     println!("10,000 query parameters -> {status}");
 
     // Huge headers.
@@ -744,10 +757,7 @@ fn hostile_input(db: Db) {
         port,
         format!("GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     );
-    assert!(
-        line.is_none() || status_of(&line).is_some_and(|s| (400..500).contains(&s)),
-        "{line:?}"
-    );
+    assert_eq!(status_of(&line), Some(431), "{line:?}");
     println!("200 KB header -> {line:?}");
 
     // Invalid UTF-8 in the path and in a header.
@@ -755,10 +765,8 @@ fn hostile_input(db: Db) {
         port,
         b"GET /v2/listeners/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert!(
-        line.is_none() || status_of(&line).is_some_and(|s| (400..500).contains(&s)),
-        "{line:?}"
-    );
+    println!("invalid UTF-8 in the path -> {line:?}");
+    assert_eq!(status_of(&line), Some(400), "{line:?}");
     let request = format!(
         "GET /v2/listeners HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
          X-Api-Key: \u{ff}{key}\r\n\r\n"
@@ -820,7 +828,11 @@ fn hostile_input(db: Db) {
     assert_eq!((status, got), (200, created));
     let peak = server.peak_kib();
     println!("peak resident memory {peak_before} KiB at start, {peak} KiB over the whole test");
-    assert!(peak < 200 * 1024, "memory peaked at {peak} KiB");
+    // Holding the 100 MiB body (or a tenth of it) would show here.
+    assert!(
+        peak < peak_before + 32 * 1024,
+        "memory grew from {peak_before} KiB to {peak} KiB"
+    );
 }
 
 #[test]
