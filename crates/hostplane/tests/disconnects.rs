@@ -20,8 +20,17 @@ fn random_below(n: u64) -> u64 {
     (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u64
 }
 
+/// How a request ended.
+enum Outcome {
+    /// The server answered: status and JSON body.
+    Answered(u16, Value),
+    /// No answer within the patience: the client reset the connection (RST, not FIN).
+    Reset,
+}
+
 /// Sends one request and waits at most `patience` for the answer; when it has not come
-/// by then, resets the connection (RST, not FIN) and returns `None`.
+/// by then, resets the connection. A server that closes the connection without a whole
+/// answer fails the test: only the client cuts requests off here.
 fn send_or_reset(
     port: u16,
     key: &str,
@@ -29,7 +38,7 @@ fn send_or_reset(
     path: &str,
     body: &str,
     patience: Duration,
-) -> Option<(u16, Value)> {
+) -> Outcome {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Api-Key: {key}\r\n\
@@ -49,20 +58,84 @@ fn send_or_reset(
         match s.read(&mut buf) {
             Ok(0) => {
                 let text = String::from_utf8_lossy(&resp).into_owned();
-                let status = text.get(9..12)?.parse().ok()?;
-                let body = text.split_once("\r\n\r\n").map(|(_, b)| b)?;
-                return Some((status, serde_json::from_str(body).unwrap_or(Value::Null)));
+                let answered = text.get(9..12).and_then(|c| c.parse().ok()).zip(
+                    text.split_once("\r\n\r\n")
+                        .and_then(|(_, b)| serde_json::from_str(b).ok()),
+                );
+                let (status, body) = answered.unwrap_or_else(|| {
+                    panic!("{method} {path}: the server closed without an answer: {text:?}")
+                });
+                return Outcome::Answered(status, body);
             }
             Ok(n) => resp.extend_from_slice(&buf[..n]),
-            Err(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("{method} {path}: the server broke the connection: {e}"),
         }
     }
     SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
-    None
+    Outcome::Reset
+}
+
+/// What one writer saw of its listener's version PATCHes: the last acknowledged one,
+/// and every one it reset (which may still have been applied).
+#[derive(Default)]
+struct Versions {
+    acked: Option<String>,
+    reset: Vec<String>,
+}
+
+impl Versions {
+    /// The versions the listener may show once this writer is done: its last
+    /// acknowledged PATCH, or one it reset and the server applied after all. An earlier
+    /// acknowledged PATCH, or the initial state after an acknowledged PATCH, is a lost
+    /// write.
+    fn allowed(&self) -> Vec<Value> {
+        let mut allowed: Vec<Value> = self.reset.iter().map(|v| json!(v)).collect();
+        allowed.push(self.acked.as_ref().map_or(Value::Null, |v| json!(v)));
+        allowed
+    }
+}
+
+/// Pooled database connections in use, from the server's metrics (at rest: 0 on
+/// SQLite, 1 on PostgreSQL, whose change notifications hold one).
+fn busy_connections(metrics: u16) -> u64 {
+    let (_, text) = support::try_http(metrics, "GET", "/metrics", &[], "").unwrap();
+    let gauge = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    gauge("db_pool_connections") - gauge("db_pool_idle_connections")
+}
+
+/// Waits until the server has no database work in progress (no more pooled connections
+/// in use than at rest, three scrapes in a row): writes cut off by a reset finish or
+/// roll back on their own after the client is gone.
+fn wait_quiet(metrics: u16, at_rest: u64) {
+    let mut quiet_in_a_row = 0;
+    support::wait_until(
+        "the writes of reset requests to finish (pooled connections back to rest)",
+        20,
+        || {
+            let quiet = busy_connections(metrics) <= at_rest;
+            quiet_in_a_row = if quiet { quiet_in_a_row + 1 } else { 0 };
+            quiet_in_a_row >= 3
+        },
+    );
 }
 
 fn storm(db: Db) {
-    let server = Server::start(&db);
+    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "storm-key");
+    let metrics = server.logged_port("metrics listening");
     let (status, l) = server.call(
         "POST",
         "/v2/listeners",
@@ -105,6 +178,7 @@ fn storm(db: Db) {
         ));
     }
 
+    let at_rest = busy_connections(metrics);
     // The storm: every writer alternates listener PATCHes, deployment PATCHes (a
     // transaction adding a revision) and listener creates, and gives each request a
     // random 0-20 ms before resetting it. Every write it saw acknowledged is recorded:
@@ -117,6 +191,7 @@ fn storm(db: Db) {
             let (port, key) = (server.port, server.key.clone());
             std::thread::spawn(move || {
                 let (mut resets, mut acked) = (0u64, Vec::new());
+                let mut versions = Versions::default();
                 let mut n = 0;
                 while started.elapsed() < STORM {
                     n += 1;
@@ -126,11 +201,12 @@ fn storm(db: Db) {
                         _ => Duration::from_millis(random_below(21)),
                     };
                     let image = format!("docker.io/acme/agent:{n}");
+                    let version = format!("v{n}");
                     let (method, path, body) = match n % 3 {
                         0 => (
                             "PATCH",
                             format!("/v2/listeners/{lis}"),
-                            json!({"version": format!("v{n}")}),
+                            json!({"version": version}),
                         ),
                         1 => (
                             "PATCH",
@@ -148,41 +224,64 @@ fn storm(db: Db) {
                         ),
                     };
                     match send_or_reset(port, &key, method, &path, &body.to_string(), patience) {
-                        None => resets += 1,
-                        Some((200, _)) if n % 3 == 0 => {}
-                        Some((200, d)) => {
+                        Outcome::Reset => {
+                            resets += 1;
+                            if n % 3 == 0 {
+                                versions.reset.push(version);
+                            }
+                        }
+                        Outcome::Answered(200, l) if n % 3 == 0 => {
+                            assert_eq!(l["version"], json!(version));
+                            versions.acked = Some(version);
+                        }
+                        Outcome::Answered(200, d) => {
                             let rev = d["latest_revision_id"].as_str().unwrap();
                             let path = format!("/v2/deployments/{dep}/revisions/{rev}");
                             acked.push((path, body["source_revision_config"].clone()))
                         }
-                        Some((201, l)) => {
+                        Outcome::Answered(201, l) => {
                             let path = format!("/v2/listeners/{}", l["id"].as_str().unwrap());
                             acked.push((path, l))
                         }
-                        Some((status, v)) => panic!("{method} {path} answered {status}: {v}"),
+                        Outcome::Answered(status, v) => {
+                            panic!("{method} {path} answered {status}: {v}")
+                        }
                     }
                 }
-                (resets, acked)
+                (resets, acked, (lis, versions))
             })
         })
         .collect();
-    let (mut resets, mut acked) = (0, Vec::new());
+    let (mut resets, mut acked, mut versions) = (0, Vec::new(), Vec::new());
     for w in writers {
-        let (r, a) = w.join().unwrap();
+        let (r, a, v) = w.join().unwrap();
         resets += r;
         acked.extend(a);
+        versions.push(v);
     }
+    let acked_versions = versions.iter().filter(|(_, v)| v.acked.is_some()).count();
     println!(
-        "storm: {resets} requests reset, {} writes acknowledged",
+        "storm: {resets} requests reset by the client, {} creates and deployment PATCHes \
+         and {acked_versions} listener PATCHes acknowledged",
         acked.len()
     );
     assert!(resets > 100, "the storm reset only {resets} requests");
     assert!(
-        !acked.is_empty(),
-        "no write was acknowledged during the storm"
+        !acked.is_empty() && acked_versions > 0,
+        "too few writes were acknowledged during the storm"
     );
-    // Writes cut off by a reset finish (or roll back) on their own; let them.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_quiet(metrics, at_rest);
+    // Each listener shows its last acknowledged PATCH (or a later one the client reset).
+    for (lis, v) in &versions {
+        let (_, got) = server.call("GET", &format!("/v2/listeners/{lis}"), None);
+        assert!(
+            v.allowed().contains(&got["version"]),
+            "{lis}: version {} after an acknowledged {:?} (reset: {:?})",
+            got["version"],
+            v.acked,
+            v.reset
+        );
+    }
 
     // Writes work at once, in every workspace; each writer's listener takes a last
     // version that must stick.
@@ -218,10 +317,12 @@ fn storm(db: Db) {
         );
         assert_eq!(status, 201, "{body}");
     }
+    // A wedged database would answer 503 above (after the 3 s acquire timeout); this
+    // bound only catches writes that each crawl up to it (48 writes).
     let took = begun.elapsed();
     assert!(
-        took < Duration::from_secs(4),
-        "writes after the storm took {took:?}"
+        took < Duration::from_secs(30),
+        "48 writes after the storm took {took:?}: each waited on something the storm left"
     );
 
     // Every acknowledged write is stored, before and after a restart (nothing lived
