@@ -7,3 +7,4 @@ pub mod containers;
 pub mod control;
 pub mod kube;
 pub mod runner;
+pub mod spec;

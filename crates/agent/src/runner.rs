@@ -80,6 +80,11 @@ pub fn level_of(text: &str) -> &'static str {
 pub trait Sink: Send + Sync + 'static {
     /// The mode's name, as heartbeats report it.
     fn mode(&self) -> &'static str;
+    /// Refuses what this mode cannot honour of a deployment (beyond [`crate::spec::check`],
+    /// which holds for every mode), before anything is written.
+    fn check(&self, _deployment: &DesiredDeployment) -> Result<(), Failure> {
+        Ok(())
+    }
     /// Facts about the host or cluster, for heartbeats.
     async fn facts(&self) -> serde_json::Map<String, serde_json::Value>;
     /// What runs now, per deployment.
@@ -311,9 +316,7 @@ async fn deploy_and_report(
     rev: &DesiredRevision,
     served: bool,
 ) {
-    let outcome = if served {
-        sink.deploy(d, rev, logs).await
-    } else {
+    let outcome = if !served {
         Err(Failure::new(
             "NamespaceNotServed",
             format!(
@@ -321,6 +324,11 @@ async fn deploy_and_report(
                 d.namespace.as_deref().unwrap_or_default()
             ),
         ))
+    } else if let Err(refused) = crate::spec::check(d).and_then(|()| sink.check(d)) {
+        // Nothing is written for a deployment that no mode, or not this one, can run.
+        Err(refused)
+    } else {
+        sink.deploy(d, rev, logs).await
     };
     let report = match &outcome {
         Ok(_) => {

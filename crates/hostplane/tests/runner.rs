@@ -138,3 +138,61 @@ async fn work_skipped_while_busy_starts_when_the_task_ends() {
     );
     agent.abort();
 }
+
+/// A `resource_spec` the API accepts but no mode could write validly (a replica count
+/// past 32 bits, here) fails the revision with a reason naming the field, and the mode
+/// is never asked to deploy it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_specs_fail_before_any_mode_sees_them() {
+    let db = sqlite_db();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "refusing");
+    let (status, dep) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({"name": "huge", "source": "external_docker",
+                    "source_config": {"listener_id": listener,
+                                      "resource_spec": {"min_scale": 3_000_000_000_i64}},
+                    "source_revision_config": {"image_uri": "img:1"}, "secrets": []})),
+    );
+    assert_eq!(status, 201, "{dep}");
+    let dep_id = dep["id"].as_str().unwrap().to_owned();
+    let rev = dep["latest_revision_id"].as_str().unwrap().to_owned();
+    let (tx, mut calls) = mpsc::unbounded_channel();
+    let sink = HeldSink {
+        calls: tx,
+        seen: Mutex::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let control = agent::control::ControlPlane::new(
+        &server.url(),
+        listener.parse().unwrap(),
+        &key,
+        "refusing-agent",
+    )
+    .unwrap();
+    let agent = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+    support::wait_until("the revision to fail", 20, || {
+        server.revision_status(&dep_id, &rev) == "DEPLOY_FAILED"
+    });
+    let (_, logs) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep_id}/deploy_logs"),
+        Some(json!({"order": "asc"})),
+    );
+    let lines: Vec<&str> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "Revision {rev} failed to deploy: InvalidResourceSpec: resource_spec.min_scale is \
+             3000000000; replica counts are at most 2147483647"
+        )]
+    );
+    assert!(calls.try_recv().is_err(), "the mode was asked to deploy it");
+    agent.abort();
+}

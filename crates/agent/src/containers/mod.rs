@@ -823,8 +823,39 @@ async fn probe(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
+/// What container mode cannot honour of a `resource_spec`: it runs one API server
+/// container and nothing of the pod spec, so these would be dropped without a word.
+fn unsupported(d: &DesiredDeployment) -> Result<(), Failure> {
+    let spec = d.resource_spec.as_ref();
+    let field = |name: &str| spec.and_then(|s| s.get(name)).filter(|v| !v.is_null());
+    let refuse = |what: String| {
+        Err(Failure::new(
+            "UnsupportedInContainerMode",
+            format!("{what}; container mode runs one server container per deployment"),
+        ))
+    };
+    for list in ["volumes", "volume_mounts", "init_containers", "sidecars"] {
+        if field(list)
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
+            return refuse(format!("resource_spec.{list} is set"));
+        }
+    }
+    if let Some(min) = field("min_scale").and_then(serde_json::Value::as_i64) {
+        if min > 1 {
+            return refuse(format!("resource_spec.min_scale is {min}"));
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Sink for ContainerSink {
+    fn check(&self, d: &DesiredDeployment) -> Result<(), Failure> {
+        unsupported(d)
+    }
+
     fn mode(&self) -> &'static str {
         "containers"
     }
@@ -968,5 +999,56 @@ impl Sink for ContainerSink {
             self.teardown(id).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsupported;
+    use protocol::DesiredDeployment;
+    use serde_json::{json, Value};
+
+    fn with(spec: Value) -> DesiredDeployment {
+        DesiredDeployment {
+            id: uuid::Uuid::nil(),
+            name: "d".into(),
+            namespace: None,
+            deployment_type: None,
+            status: "DEPLOYING".into(),
+            deleting: false,
+            active_revision_id: None,
+            revision: None,
+            resource_spec: Some(spec),
+            secret_references: None,
+            env: vec![],
+        }
+    }
+
+    #[test]
+    fn what_one_container_cannot_honour_is_refused() {
+        for spec in [
+            json!({}),
+            json!({"min_scale": 1, "max_scale": 5, "volumes": []}),
+        ] {
+            assert!(unsupported(&with(spec.clone())).is_ok(), "{spec}");
+        }
+        for (spec, message) in [
+            (json!({"min_scale": 3}), "resource_spec.min_scale is 3"),
+            (
+                json!({"sidecars": [{"name": "s", "image": "i"}]}),
+                "resource_spec.sidecars is set",
+            ),
+            (
+                json!({"volumes": [{"name": "v", "emptyDir": {}}]}),
+                "resource_spec.volumes is set",
+            ),
+        ] {
+            let f = unsupported(&with(spec)).unwrap_err();
+            assert_eq!(f.reason, "UnsupportedInContainerMode");
+            assert_eq!(
+                f.message,
+                format!("{message}; container mode runs one server container per deployment")
+            );
+        }
     }
 }
