@@ -11,7 +11,6 @@ mod support;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
 use support::agent::listener_with_key;
 use support::{bin, sqlite_db, wait_until, Db, Server};
 
@@ -123,9 +122,17 @@ fn render_mode_end_to_end() {
 
     println!("a restarted agent writes the same bytes");
     drop(agent);
+    // While it is down, the folder drifts: one file goes, one is edited. The restarted
+    // agent must write them again, from scratch, to the very bytes of the first run.
+    std::fs::remove_file(folder.join("service-docs-bot.yaml")).unwrap();
+    std::fs::write(folder.join("deployment-docs-bot.yaml"), "edited by hand\n").unwrap();
+    assert_ne!(snapshot(&folder), first);
     let agent = Agent::start(&server, &db, &listener, &key, &out);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(snapshot(&folder), first);
+    wait_until(
+        "the restarted agent to write the folder back to the first run's bytes",
+        30,
+        || snapshot(&folder) == first,
+    );
 
     println!("an update rewrites the files");
     let (status, patched) = server.call(
