@@ -635,9 +635,29 @@ fn render_mode_observes_the_cluster() {
         folder.join("kustomization.yaml").exists()
     });
 
-    println!("written but not applied: the revision waits");
-    std::thread::sleep(Duration::from_millis(1500));
+    println!("written but not applied: the agent watches the cluster and the revision waits");
+    // The agent looks for its server Deployment in the cluster again and again (absent:
+    // nothing applied it yet), writes nothing there itself, and reports nothing.
+    let server_object = "/apis/apps/v1/namespaces/ns/deployments/observed";
+    wait_until("the agent to look for the rollout three times", 30, || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == server_object)
+            .count()
+            >= 3
+    });
     assert_eq!(status_of(), "DEPLOYING");
+    let writes: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        writes,
+        Vec::<String>::new(),
+        "render mode wrote to the cluster"
+    );
 
     println!("applied by the GitOps tool and rolled out: DEPLOYED, the pod's logs shipped");
     gitops_apply(fake, &folder);
