@@ -15,6 +15,17 @@ use support::agent::{listener_with_key, Agent, BUILT_IMAGE};
 use support::cli::{Cli, Run};
 use support::{postgres_db, sqlite_db, Db, Server, TempDir};
 
+/// The lines `langgraph deploy logs` printed, without their leading `[timestamp] `.
+fn without_times(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| match l.split_once("] ") {
+            Some((time, rest)) if time.starts_with('[') => rest.to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect()
+}
+
 fn image(c: char) -> String {
     format!("docker.io/acme/agent@sha256:{}", c.to_string().repeat(64))
 }
@@ -238,8 +249,10 @@ fn official_cli_with_agent(db: Db) {
     let server = Server::start(&db);
     let (listener, key) = listener_with_key(&server, &db, "cluster");
     let stop = Arc::new(AtomicBool::new(false));
-    let scripted =
-        Agent::new(server.port, &listener, &key, "scripted").spawn_scripted(stop.clone());
+    // The one image the scripted cluster cannot pull.
+    let failing = image('2');
+    let scripted = Agent::new(server.port, &listener, &key, "scripted")
+        .spawn_scripted(stop.clone(), vec![failing.clone()]);
     let cli = Cli::new(&server);
     let result = |run: &Run| {
         run.events()
@@ -271,7 +284,6 @@ fn official_cli_with_agent(db: Db) {
     assert_eq!(d["active_revision_id"], d["latest_revision_id"]);
 
     println!("an image the agent cannot run: DEPLOY_FAILED, the CLI fails");
-    let failing = format!("docker.io/acme/fail@sha256:{}", "2".repeat(64));
     let run = deploy("broken", &failing);
     assert!(!run.ok, "{}", run.stdout);
     assert_eq!(result(&run)["status"], "failed");
@@ -280,13 +292,14 @@ fn official_cli_with_agent(db: Db) {
     println!("deploy logs shows the agent's lines and why a revision failed");
     let run = cli.run(&["deploy", "logs", "--deployment-id", &live]);
     assert!(run.ok, "{}", run.stderr);
-    assert!(
-        run.stdout.contains("[INFO] Application startup complete."),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains(&format!("pulling {}", image('1'))),
+    let live_rev = d["latest_revision_id"].as_str().unwrap();
+    assert_eq!(
+        without_times(&run.stdout),
+        [
+            format!("[INFO] pulling {}", image('1')),
+            "[INFO] Application startup complete.".to_owned(),
+            format!("[INFO] Revision {live_rev} deployed"),
+        ],
         "{}",
         run.stdout
     );
@@ -299,13 +312,20 @@ fn official_cli_with_agent(db: Db) {
         "error",
     ]);
     assert!(run.ok, "{}", run.stderr);
-    assert!(
-        run.stdout
-            .contains("failed to deploy: ImagePullBackOff: cannot pull docker.io/acme/fail"),
+    let (_, b) = server.call("GET", &format!("/v2/deployments/{broken}"), None);
+    let broken_rev = b["latest_revision_id"].as_str().unwrap();
+    assert_eq!(
+        without_times(&run.stdout),
+        [
+            "[ERROR] ERROR back-off pulling image".to_owned(),
+            format!(
+                "[ERROR] Revision {broken_rev} failed to deploy: ImagePullBackOff: cannot pull \
+                 {failing}"
+            ),
+        ],
         "{}",
         run.stdout
     );
-    assert!(!run.stdout.contains("[INFO]"), "{}", run.stdout);
 
     println!("deploy logs -f follows new lines");
     let mut follow = cli

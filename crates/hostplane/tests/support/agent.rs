@@ -115,8 +115,10 @@ impl Agent {
         exchange(self.port, "GET", &path, &[("X-Api-Key", &self.key)], b"").unwrap()
     }
 
-    /// Runs the scripted loop on a thread until `stop` is set.
-    pub fn spawn_scripted(self, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    /// Runs the scripted loop on a thread until `stop` is set. The images in `failing`
+    /// are the ones the test wants to fail to deploy (as a cluster would report an image
+    /// it cannot pull); every other image deploys.
+    pub fn spawn_scripted(self, stop: Arc<AtomicBool>, failing: Vec<String>) -> JoinHandle<()> {
         std::thread::spawn(move || {
             let mut after = -1;
             while !stop.load(Ordering::Relaxed) {
@@ -124,14 +126,14 @@ impl Agent {
                 let state = self.desired(after, 1);
                 after = state["generation"].as_i64().unwrap();
                 for d in state["deployments"].as_array().unwrap() {
-                    self.reconcile(d);
+                    self.reconcile(d, &failing);
                 }
             }
         })
     }
 
     /// One step towards what `d` asks: delete, build or deploy.
-    fn reconcile(&self, d: &Value) {
+    fn reconcile(&self, d: &Value, failing: &[String]) {
         let dep = d["id"].as_str().unwrap();
         if d["deleting"] == true {
             self.log(
@@ -173,7 +175,7 @@ impl Agent {
                     return;
                 }
                 self.log(dep, Some(rid), "deploy", &format!("pulling {image}"));
-                if image.contains("fail") {
+                if failing.iter().any(|f| f == image) {
                     self.log(dep, Some(rid), "deploy", "ERROR back-off pulling image");
                     self.report(
                         rid,
