@@ -276,14 +276,17 @@ pub fn listening_port(child: &mut Child, log: &std::path::Path, message: &str) -
     }
 }
 
-/// The port of the first log line `message ... address=IP:PORT`.
+/// The port of the first log line with `message` and an `address` field: `address=IP:PORT`
+/// in the text format, `"address":"IP:PORT"` in JSON.
 pub fn port_in_log(text: &str, message: &str) -> Option<u16> {
-    text.lines()
-        .filter(|l| l.contains(message))
-        .find_map(|l| l.split("address=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
+    text.lines().filter(|l| l.contains(message)).find_map(|l| {
+        let rest = l
+            .split_once("address=")
+            .or_else(|| l.split_once("\"address\":\""))?
+            .1;
+        let address = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
+        address.rsplit(':').next()?.parse().ok()
+    })
 }
 
 pub fn wait_ready(port: u16) {
