@@ -206,10 +206,13 @@ fn lifecycle(db: &Db) {
             (a.desired(0, 30), t.elapsed())
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_polls(1);
     let (dep, rev) = deploy(&server, "svc", &l, IMAGE);
     let (state, waited) = poll.join().unwrap();
-    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll answered after {waited:?}: the create did not wake it (it waits 30 s)"
+    );
     assert_eq!(state["generation"], 1);
     let created_at = get(&server, &format!("/v2/deployments/{dep}/revisions/{rev}"))["created_at"]
         .as_str()
@@ -846,10 +849,14 @@ fn replicas_postgres() {
         let t = Instant::now();
         (on_two.desired(generation, 30), t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    two.wait_for_polls(1);
     deploy(&one, "wake-up", &l, IMAGE);
     let (state, waited) = poll.join().unwrap();
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll answered after {waited:?}: the change on the other replica did not wake it \
+         (it waits 30 s)"
+    );
     assert_eq!(state["generation"], generation + 1);
 }
 
@@ -915,7 +922,7 @@ fn retention_and_shutdown(db: &Db) {
         let t = Instant::now();
         (a.desired(generation, 60), t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_for_polls(1);
     let stopped = Instant::now();
     assert_eq!(server.stop(), Some(0));
     assert!(

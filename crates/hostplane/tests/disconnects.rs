@@ -134,8 +134,8 @@ fn wait_quiet(metrics: u16, at_rest: u64) {
 }
 
 fn storm(db: Db) {
-    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "storm-key");
-    let metrics = server.logged_port("metrics listening");
+    let server = Server::start_with(&db, &[], "storm-key");
+    let metrics = server.metrics.unwrap();
     let (status, l) = server.call(
         "POST",
         "/v2/listeners",

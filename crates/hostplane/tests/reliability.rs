@@ -917,8 +917,8 @@ fn scraped(text: &str, series: &str) -> u64 {
 #[test]
 fn group_commit_batches_concurrent_creates() {
     let db = sqlite_db();
-    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "batch-key");
-    let metrics = server.logged_port("metrics listening");
+    let server = Server::start_with(&db, &[], "batch-key");
+    let metrics = server.metrics.unwrap();
     let scrape = || try_http(metrics, "GET", "/metrics", &[], "").unwrap().1;
     let before = scrape();
     let (commits0, writes0) = (

@@ -167,8 +167,8 @@ fn files_are_owner_only() {
 #[test]
 fn metrics_live_on_their_own_address() {
     let db = sqlite_db();
-    let server = Server::start_with(&db, &["--metrics-listen", "127.0.0.1:0"], "metrics-key");
-    let metrics_port = server.logged_port("metrics listening");
+    let server = Server::start_with(&db, &[], "metrics-key");
+    let metrics_port = server.metrics.unwrap();
     let (status, body) = http(server.port, "GET", "/metrics", &[], "");
     assert_eq!((status, body.as_str()), (404, r#"{"detail":"Not Found"}"#));
     let (status, body) = http(metrics_port, "GET", "/metrics", &[], "");
@@ -179,7 +179,7 @@ fn metrics_live_on_their_own_address() {
     );
     // Without the setting, nothing listens for metrics.
     drop(server);
-    let server = Server::start_with(&db, &[], "metrics-key");
+    let server = Server::start_without_metrics(&db, &[], "metrics-key");
     assert_eq!(http(server.port, "GET", "/metrics", &[], "").0, 404);
     assert!(std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err());
 }

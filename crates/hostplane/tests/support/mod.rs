@@ -120,6 +120,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// Where its `/metrics` is served, when it was started with it.
+    pub metrics: Option<u16>,
     pub key: String,
     /// Where the server's stderr (its log) goes.
     pub log: std::path::PathBuf,
@@ -136,41 +138,79 @@ impl Server {
     }
 
     /// Starts a server with extra `serve` arguments and the given bootstrap key (which
-    /// only matters on an empty database).
+    /// only matters on an empty database), with its metrics on a port of their own
+    /// (`metrics`).
     pub fn start_with(db: &Db, extra: &[&str], key: &str) -> Server {
+        Self::spawn(db, extra, key, true)
+    }
+
+    /// As [`Server::start_with`], without a metrics listener.
+    pub fn start_without_metrics(db: &Db, extra: &[&str], key: &str) -> Server {
+        Self::spawn(db, extra, key, false)
+    }
+
+    fn spawn(db: &Db, extra: &[&str], key: &str, metrics: bool) -> Server {
         let key = key.to_owned();
         let log = db
             .dir
             .0
             .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
-        let child = bin()
-            .args([
-                "serve",
-                "--database-url",
-                &db.url,
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--storage-dir")
-            .arg(db.dir.0.join("storage"))
-            .args(extra)
-            .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
-            .env(
-                "HOSTPLANE_SECRET_KEY",
-                "test-secret-key-for-hostplane-tests",
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut cmd = bin();
+        cmd.args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--storage-dir")
+        .arg(db.dir.0.join("storage"))
+        .args(extra)
+        .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
+        .env(
+            "HOSTPLANE_SECRET_KEY",
+            "test-secret-key-for-hostplane-tests",
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        if metrics {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let child = cmd.spawn().unwrap();
         let mut server = Server {
             child,
             port: 0,
+            metrics: None,
             key,
             log,
         };
         server.port = listening_port(&mut server.child, &server.log, "hostplane listening");
+        if metrics {
+            server.metrics = Some(server.logged_port("metrics listening"));
+        }
         server
+    }
+
+    /// The value of a series on the server's `/metrics` (e.g. `db_up` or
+    /// `dataplane_polls_waiting`); `None` while it does not exist.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let port = self
+            .metrics
+            .expect("this server was started without metrics");
+        let (status, text) = try_http(port, "GET", "/metrics", &[], "").ok()?;
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
+    /// Waits until a long-poll is waiting on the server (so a change made now is one it
+    /// must be woken for, not one it reads when it starts).
+    pub fn wait_for_polls(&self, n: u32) {
+        wait_until(&format!("{n} long-poll(s) to wait"), 20, || {
+            self.metric("dataplane_polls_waiting")
+                .is_some_and(|w| w >= f64::from(n))
+        });
     }
 
     pub fn url(&self) -> String {
