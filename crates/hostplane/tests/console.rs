@@ -223,6 +223,7 @@ fn console_over_http(db: &Db) {
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("referrer-policy"), Some("same-origin"));
     assert!(page
         .body
         .contains("&lt;img src=x onerror=alert(1)&gt; failed"));
@@ -483,6 +484,25 @@ fn console_over_http(db: &Db) {
     support::wait_until("the revoked key's session to end", 5, || {
         revoked.get(&list).status == 303
     });
+
+    // A session ends 12 hours after sign-in, on the server whatever the browser keeps:
+    // twelve hours are made to pass by moving the session's expiry to now.
+    let mut late = Visitor {
+        server: &server,
+        session: None,
+    };
+    late.sign_in(&server.key, "");
+    assert_eq!(late.get(&list).status, 200);
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    support::sql(
+        db,
+        &format!("UPDATE console_sessions SET expires_at = {now_micros}"),
+    );
+    let page = late.get(&list);
+    assert_eq!(
+        (page.status, page.location()),
+        (303, format!("/console/sign-in?next={}", enc(&list)).as_str())
+    );
 }
 
 #[test]

@@ -79,6 +79,27 @@ pub fn postgres_db() -> Db {
     }
 }
 
+/// Runs one SQL statement on `db` directly (SQLite through rusqlite, PostgreSQL through
+/// psql), for tests that stand in for time passing or for an operator's hand.
+pub fn sql(db: &Db, statement: &str) {
+    if let Some(path) = db.url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch(statement).unwrap();
+        return;
+    }
+    let psql =
+        std::env::var("HOSTPLANE_TEST_PG_BIN").map_or("psql".into(), |b| format!("{b}/psql"));
+    let out = Command::new(psql)
+        .args([&db.url, "-v", "ON_ERROR_STOP=1", "-qc", statement])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `hostplane admin ... --json` on `db`: its JSON output (the command must succeed).
 pub fn admin(db: &Db, args: &[&str]) -> Value {
     let out = bin()
