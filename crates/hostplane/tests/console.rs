@@ -501,7 +501,10 @@ fn console_over_http(db: &Db) {
     let page = late.get(&list);
     assert_eq!(
         (page.status, page.location()),
-        (303, format!("/console/sign-in?next={}", enc(&list)).as_str())
+        (
+            303,
+            format!("/console/sign-in?next={}", enc(&list)).as_str()
+        )
     );
 }
 

@@ -87,6 +87,7 @@ fn files_are_owner_only() {
         ])
         .arg("--storage-dir")
         .arg(&storage)
+        .args(["--registry-url", "127.0.0.1:5000"])
         .env("HOSTPLANE_BOOTSTRAP_API_KEY", "files-key")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -156,6 +157,9 @@ fn files_are_owner_only() {
             mode(path)
         );
     }
+    // The registry's signing key is the owner's alone; its certificate is public.
+    assert_eq!(mode(&storage.join("registry-signing-key.pem")), 0o600);
+    assert_eq!(mode(&storage.join("registry-signing-key.crt")), 0o644);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -209,4 +213,28 @@ fn files_open_to_others_are_warned_about() {
     let server = Server::start(&fresh);
     let log = server.log_text();
     assert!(!log.contains("consider chmod"), "{log}");
+}
+
+/// The settings that handed one registry password to every workspace stop the server
+/// with a message that says why.
+#[test]
+fn old_registry_settings_are_refused() {
+    let db = sqlite_db();
+    for gone in [
+        "HOSTPLANE_REGISTRY_PASSWORD",
+        "HOSTPLANE_REGISTRY_TOKEN_FILE",
+        "HOSTPLANE_REGISTRY_USERNAME",
+    ] {
+        let (code, err) = refused(&db, &["--registry-url", "127.0.0.1:5000"], &[(gone, "x")]);
+        assert_eq!(code, Some(1), "{gone}: {err}");
+        assert_eq!(
+            err.trim_end().lines().last().unwrap_or_default(),
+            format!(
+                "hostplane: {gone} is no longer supported: one registry password handed to \
+                 every workspace is unsafe; hostplane now issues per-workspace registry tokens \
+                 (see docs/security.md)"
+            ),
+            "{err}"
+        );
+    }
 }
