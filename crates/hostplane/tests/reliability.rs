@@ -957,3 +957,38 @@ fn group_commit_batches_concurrent_creates() {
         "no batching: {writes} creates took {commits} commits"
     );
 }
+
+/// A request that runs past `--request-timeout-secs` is answered 503 with the documented
+/// body by the binary (here: a body that stops arriving half-way).
+#[test]
+fn request_timeout_answers_503() {
+    let db = sqlite_db();
+    let server = Server::start_with(&db, &["--request-timeout-secs", "1"], "timeout-key");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = listener_body("never-finished");
+    write!(
+        s,
+        "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: timeout-key\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..body.len() / 2]
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+            && answer.ends_with(r#"{"detail":"The request took too long and was stopped."}"#),
+        "{answer}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "answered after {:?} with a 1 s limit",
+        start.elapsed()
+    );
+    // Nothing was created.
+    let (_, list) = server.call("GET", "/v2/listeners", None);
+    assert_eq!(list["resources"], json!([]));
+}
