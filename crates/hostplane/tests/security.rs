@@ -238,3 +238,60 @@ fn old_registry_settings_are_refused() {
         );
     }
 }
+
+/// Rotating the secret key through the binary: with the new key and the old one as
+/// `--previous-secret-key`, secrets sealed before still reach the agent; a PATCH seals
+/// them anew, after which the old key can go.
+#[test]
+fn secret_key_rotation() {
+    let db = sqlite_db();
+    let (old, new) = (
+        "old-secret-key-of-at-least-32-characters",
+        "new-secret-key-of-at-least-32-characters",
+    );
+    let env_of = |server: &Server, listener: &str, key: &str| {
+        let agent = support::agent::Agent::new(server.port, listener, key, "rotation");
+        agent.desired(-1, 0)["deployments"][0]["env"].clone()
+    };
+    let server = Server::start_with(&db, &["--secret-key", old], "rotation-key");
+    let (listener, lkey) = support::agent::listener_with_key(&server, &db, "rotation");
+    let (status, dep) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({"name": "sealed", "source": "external_docker",
+                    "source_config": {"listener_id": listener},
+                    "source_revision_config": {"image_uri": "img:1"},
+                    "secrets": [{"name": "TOKEN", "value": "before-rotation"}]})),
+    );
+    assert_eq!(status, 201, "{dep}");
+    let dep = dep["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        env_of(&server, &listener, &lkey),
+        json!([{"name": "TOKEN", "value": "before-rotation"}])
+    );
+    drop(server);
+
+    let server = Server::start_with(
+        &db,
+        &["--secret-key", new, "--previous-secret-key", old],
+        "rotation-key",
+    );
+    assert_eq!(
+        env_of(&server, &listener, &lkey),
+        json!([{"name": "TOKEN", "value": "before-rotation"}])
+    );
+    let (status, body) = server.call(
+        "PATCH",
+        &format!("/v2/deployments/{dep}"),
+        Some(json!({"secrets": [{"name": "TOKEN", "value": "after-rotation"}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    drop(server);
+
+    // Sealed with the new key: the old one is no longer needed.
+    let server = Server::start_with(&db, &["--secret-key", new], "rotation-key");
+    assert_eq!(
+        env_of(&server, &listener, &lkey),
+        json!([{"name": "TOKEN", "value": "after-rotation"}])
+    );
+}
