@@ -643,6 +643,61 @@ fn stored_files(app: &TestApp) -> Vec<String> {
     out
 }
 
+/// Deployments that cannot name a listener (remote builds, pushed images) run on the
+/// workspace's oldest listener, in its first namespace; another workspace's listener,
+/// older still, is never used.
+async fn placement_on_the_oldest_listener(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let (_, other_key) = app.other_workspace(Plan::Enterprise).await;
+    let mut listeners = Vec::new();
+    for (key, id) in [
+        (&other_key, "foreign"),
+        (&app.key, "oldest"),
+        (&app.key, "younger"),
+    ] {
+        let body = json!({"compute_type": "k8s", "compute_id": id,
+                          "compute_config": {"k8s_namespaces": [format!("{id}-ns"), "second"]}});
+        let res = app.call_as(key, "POST", "/v2/listeners", Some(body)).await;
+        assert_eq!(res.status, 201);
+        listeners.push(
+            res.json()["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
+    }
+    let mine = &listeners[1..];
+    for source in ["internal_source", "internal_docker"] {
+        let dep = create(
+            &app,
+            &app.key,
+            json!({"name": source.replace('_', "-"), "source": source, "source_config": {},
+                   "source_revision_config": {}, "secrets": []}),
+        )
+        .await;
+        let mut found = Vec::new();
+        for (l, name) in mine.iter().zip(["oldest", "younger"]) {
+            let key = app
+                .key_for(store::KeyScope::Listener {
+                    org_id: app.org,
+                    workspace_id: app.workspace,
+                    listener_id: *l,
+                })
+                .await;
+            let path = format!("/dataplane/v1/listeners/{l}/desired?protocol_version=1");
+            let res = app.call_as(&key, "GET", &path, None).await;
+            assert_eq!(res.status, 200);
+            for d in res.json()["deployments"].as_array().unwrap() {
+                if d["id"] == dep["id"] {
+                    found.push((name, d["namespace"].clone()));
+                }
+            }
+        }
+        assert_eq!(found, [("oldest", json!("oldest-ns"))], "{source}");
+    }
+}
+
 /// An upload URL's token, for a fresh internal_source deployment.
 async fn upload_token(app: &TestApp, name: &str) -> (String, String) {
     let body = json!({"name": name, "source": "internal_source", "source_config": {},
@@ -1285,6 +1340,7 @@ on_both_backends!(
     tarball_paths_are_owned,
     upload_quota_and_cleanup,
     parallel_uploads_share_the_quota,
+    placement_on_the_oldest_listener,
     outstanding_upload_urls_are_bounded,
     nul_text_is_a_client_error,
     push_tokens,
