@@ -283,9 +283,48 @@ fn console_over_http(db: &Db) {
     assert_eq!(listeners.status, 200);
     assert!(listeners.body.contains("test-agent/1.0"));
     assert!(listeners.body.contains("scripted"));
-    assert!(listeners
-        .body
-        .contains("<span class=\"badge ok\">online</span>"));
+    // The row of a listener on the listeners page, by its compute id.
+    let row = |page: &str, compute_id: &str| -> String {
+        page.split("<tr>")
+            .find(|r| r.contains(&format!("<td>{compute_id}<br>")))
+            .unwrap_or_else(|| panic!("no row for {compute_id}:\n{page}"))
+            .to_owned()
+    };
+    let escaped = "&lt;script&gt;alert('cid')&lt;/script&gt;";
+    assert!(
+        row(&listeners.body, escaped).contains("<span class=\"badge ok\">online</span>"),
+        "{}",
+        listeners.body
+    );
+    // A listener whose agent never called stays offline; one whose last heartbeat is
+    // older than a lease (60 s) goes offline.
+    let (status, quiet) = server.call(
+        "POST",
+        "/v2/listeners",
+        Some(json!({"compute_type": "k8s", "compute_id": "quiet",
+                    "compute_config": {"k8s_namespaces": ["q"]}})),
+    );
+    assert_eq!(status, 201, "{quiet}");
+    let listed = visitor.get(&format!("/o/{ws}/host/listeners")).body;
+    let quiet_row = row(&listed, "quiet");
+    assert!(
+        quiet_row.contains("<span class=\"muted\">never</span>")
+            && quiet_row.contains("<span class=\"badge bad\">offline</span>"),
+        "{quiet_row}"
+    );
+    let two_minutes_ago = chrono::Utc::now().timestamp_micros() - 120_000_000;
+    support::sql(
+        db,
+        &format!("UPDATE listeners SET last_seen_at = {two_minutes_ago} WHERE id = '{listener}'"),
+    );
+    let listed = visitor.get(&format!("/o/{ws}/host/listeners")).body;
+    assert!(
+        row(&listed, escaped).contains("<span class=\"badge bad\">offline</span>"),
+        "{listed}"
+    );
+    agent.heartbeat(json!([]));
+    let listed = visitor.get(&format!("/o/{ws}/host/listeners")).body;
+    assert!(row(&listed, escaped).contains("<span class=\"badge ok\">online</span>"));
 
     // Nothing changes without the page's CSRF token, or from another site.
     let csrf = page.csrf();
