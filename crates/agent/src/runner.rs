@@ -238,9 +238,14 @@ async fn reconcile(
         });
         tasks.insert(id, (task.abort_handle(), teardown));
     }
-    let idle = busy.lock().map(|b| b.is_empty()).unwrap_or(false);
-    // Only when nothing is under way: a task may be creating what pruning would remove.
-    if idle {
+    // Only when no task works on a deployment outside `keep`: such a task (a deploy of a
+    // deployment deleted meanwhile) may be creating what pruning would remove. Tasks of
+    // kept deployments (the check after DEPLOYED runs every round) do not stop it.
+    let clear = busy
+        .lock()
+        .map(|b| b.keys().all(|id| keep.contains(id)))
+        .unwrap_or(false);
+    if clear {
         if let Err(e) = sink.prune(&keep, &state.namespaces).await {
             tracing::warn!(error = %e, "pruning what no deployment needs failed");
         }

@@ -723,3 +723,65 @@ fn a_refused_apply_fails_the_revision_with_the_api_servers_words() {
         "{text}"
     );
 }
+
+/// A deployment deleted for good while its agent was away (`--force` once it waited for
+/// deletion) leaves no row to act on: the agent, back, finds objects labelled with a
+/// deployment that no longer exists and removes them, and only them.
+#[test]
+fn objects_of_deployments_deleted_while_away_are_pruned() {
+    let setup = Setup::new("cluster-prune");
+    let Setup {
+        fake,
+        server,
+        listener,
+        ..
+    } = &setup;
+    let cli = Cli::new(server);
+    let image = |c: char| format!("registry.example/agent@sha256:{}", c.to_string().repeat(64));
+    let mut agent = KubeAgent::start(&setup, None);
+    let extra = ["--listener-id", listener.as_str()];
+    let kept = cli.deploy(&image('1'), "kept", true, &extra);
+    assert!(kept.ok, "{}\n{}", kept.stderr, agent.log_tail());
+    let gone = cli.deploy(&image('2'), "gone", true, &extra);
+    assert!(gone.ok, "{}\n{}", gone.stderr, agent.log_tail());
+    let gone = gone.deployment_id();
+    let of = |name: &str| -> Vec<String> {
+        inventory(fake)
+            .into_iter()
+            .filter(|o| o.split('/').nth(2).is_some_and(|n| n.contains(name)))
+            .collect()
+    };
+    assert_eq!(of("gone").len(), 9, "{:?}", inventory(fake));
+    let kept_objects = of("kept");
+    assert_eq!(kept_objects.len(), 9, "{:?}", inventory(fake));
+
+    agent.kill();
+    // Away: the first delete waits for the agent, the forced second removes the row.
+    for _ in 0..2 {
+        let (status, body) = server.call(
+            "DELETE",
+            &format!("/v2/deployments/{gone}?force=true"),
+            None,
+        );
+        assert!(status == 204 || status == 202, "{status} {body}");
+    }
+    assert_eq!(
+        server
+            .call("GET", &format!("/v2/deployments/{gone}"), None)
+            .0,
+        404
+    );
+    assert_eq!(
+        of("gone").len(),
+        9,
+        "nothing may change while the agent is away"
+    );
+
+    let agent = KubeAgent::start(&setup, None);
+    wait_until(
+        "the agent to prune what the gone deployment left",
+        60,
+        || of("gone").is_empty(),
+    );
+    assert_eq!(of("kept"), kept_objects, "{}", agent.log_tail());
+}
