@@ -146,6 +146,9 @@ pub enum Fault {
     CrashLoop { exit_code: i32, logs: Vec<String> },
     /// No node can take the pod.
     Unschedulable,
+    /// The pod runs and reports Ready, but its server's `/ok` answers 500 through the
+    /// Service.
+    Unhealthy,
 }
 
 struct Pod {
@@ -815,9 +818,23 @@ fn service_proxy(c: &Cluster, ns: &str, name: &str) -> Response {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect();
-    let serving = c
+    let behind: Vec<&Value> = c
         .of(resource_of_kind("Pod"), ns)
-        .any(|p| matches(&selector.join(","), &p["metadata"]["labels"]) && ready(p));
+        .filter(|p| matches(&selector.join(","), &p["metadata"]["labels"]) && ready(p))
+        .collect();
+    let unhealthy = |p: &Value| {
+        images(p)
+            .iter()
+            .any(|i| matches!(c.faults.get(i), Some(Fault::Unhealthy)))
+    };
+    if !behind.is_empty() && behind.iter().all(|p| unhealthy(p)) {
+        return status(
+            500,
+            "InternalError",
+            "the server answered 500 on /ok".into(),
+        );
+    }
+    let serving = !behind.is_empty();
     if serving {
         axum::Json(json!({"ok": true})).into_response()
     } else {
@@ -1099,7 +1116,7 @@ fn run_pods(c: &mut Cluster, ns: &str) {
                     })),
                 })
             }
-            None => {
+            Some(Fault::Unhealthy) | None => {
                 let lines: Vec<String> = images(&pod)
                     .iter()
                     .flat_map(|i| c.image_logs.get(i).cloned().unwrap_or_default())

@@ -34,6 +34,11 @@ struct KubeAgent {
 impl KubeAgent {
     /// With `--mode MODE`, or the default mode (native) when `None`.
     fn start(setup: &Setup, mode: Option<&str>) -> Self {
+        Self::start_with_timeout(setup, mode, 15)
+    }
+
+    /// As [`KubeAgent::start`], with `--health-timeout-secs SECS`.
+    fn start_with_timeout(setup: &Setup, mode: Option<&str>, secs: u64) -> Self {
         let Setup {
             server,
             db,
@@ -50,7 +55,7 @@ impl KubeAgent {
             .args(["listener", "--control-plane-url", &server.url()])
             .args(mode.map(|m| ["--mode", m]).into_iter().flatten())
             .args(["--listener-id", listener, "--agent-id", "kube-agent"])
-            .args(["--health-timeout-secs", "15"])
+            .args(["--health-timeout-secs", &secs.to_string()])
             .env("HOSTPLANE_LISTENER_KEY", key)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("HOSTPLANE_LISTENER_MODE")
@@ -784,4 +789,67 @@ fn objects_of_deployments_deleted_while_away_are_pruned() {
         || of("gone").is_empty(),
     );
     assert_eq!(of("kept"), kept_objects, "{}", agent.log_tail());
+}
+
+/// Past `--health-timeout-secs`, a rollout that never becomes ready fails with
+/// `RolloutTimeout`, and ready pods whose `/ok` does not answer with
+/// `HealthCheckTimeout`, each saying what it waited for.
+#[test]
+fn rollouts_and_health_checks_time_out() {
+    let setup = Setup::new("cluster-timeouts");
+    let Setup {
+        fake,
+        server,
+        listener,
+        ..
+    } = &setup;
+    let cli = Cli::new(server);
+    let agent = KubeAgent::start_with_timeout(&setup, None, 3);
+    let image = |c: char| format!("registry.example/agent@sha256:{}", c.to_string().repeat(64));
+    let failed_line = |run: &support::cli::Run| {
+        let dep = run.deployment_id();
+        let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+        let rev = d["latest_revision_id"].as_str().unwrap().to_owned();
+        assert_eq!(server.revision_status(&dep, &rev), "DEPLOY_FAILED");
+        let (_, logs) = server.call(
+            "POST",
+            &format!("/v1/projects/{dep}/revisions/{rev}/deploy_logs"),
+            Some(json!({"level": "ERROR"})),
+        );
+        let prefix = format!("Revision {rev} failed to deploy: ");
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                l["message"]
+                    .as_str()?
+                    .strip_prefix(&prefix)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no failure line: {logs}"))
+    };
+
+    println!("pods that never become ready: RolloutTimeout");
+    fake.set_ready_after(Duration::from_secs(3600));
+    let run = cli.deploy(&image('1'), "slow", true, &["--listener-id", listener]);
+    assert!(!run.ok, "{}\n{}", run.stdout, agent.log_tail());
+    let line = failed_line(&run);
+    assert!(
+        line.starts_with("RolloutTimeout: not rolled out after 3 s: "),
+        "{line}"
+    );
+
+    println!("ready pods whose /ok fails: HealthCheckTimeout");
+    fake.set_ready_after(Duration::from_millis(300));
+    fake.set_fault(&image('2'), Some(Fault::Unhealthy));
+    let run = cli.deploy(&image('2'), "sick", true, &["--listener-id", listener]);
+    assert!(!run.ok, "{}\n{}", run.stdout, agent.log_tail());
+    let line = failed_line(&run);
+    assert!(
+        line.starts_with(
+            "HealthCheckTimeout: GET /ok through Service sick did not answer within 3 s: "
+        ),
+        "{line}"
+    );
 }
