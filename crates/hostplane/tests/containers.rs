@@ -12,6 +12,7 @@
 
 mod support;
 
+use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -440,6 +441,27 @@ fn containers_end_to_end() {
         .filter(|(r, _)| r != "api")
         .collect();
     assert_eq!(support.len(), 2, "{support:?}");
+
+    println!("bringing its own stores: the deployment's PostgreSQL and Redis containers go");
+    let (status, body) = server.call(
+        "PATCH",
+        &format!("/v2/deployments/{dep}"),
+        Some(json!({
+            "source_revision_config": {"image_uri": images.v2},
+            "secrets": [{"name": "OPENAI_API_KEY", "value": "sk-test"},
+                        {"name": "POSTGRES_URI_CUSTOM", "value": "postgres://db.example/agent"},
+                        {"name": "REDIS_URI_CUSTOM", "value": "redis://cache.example"}],
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let own = body["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("the revision with its own stores", 60, || {
+        server.revision_status(&dep, &own) == "DEPLOYED"
+    });
+    wait_until("only the API container", 30, || {
+        containers(&dep) == [("api".to_owned(), own.clone())]
+    });
+    assert_eq!(get_ok(port).as_deref(), Some("v2"));
 
     println!("delete: containers and volume go, then the deployment");
     let run = cli.run(&["deploy", "delete", &dep, "--force"]);

@@ -341,6 +341,31 @@ impl ContainerSink {
     }
 
     /// A running support container (`postgres` or `redis`) of the deployment; its env.
+    /// Removes the store containers of a deployment that now brings its own stores
+    /// (`POSTGRES_URI_CUSTOM`, `REDIS_URI_CUSTOM`), once no older server of it runs; the
+    /// PostgreSQL volume stays until the deployment is deleted, as in Kubernetes.
+    async fn retire_own_stores(&self, d: &DesiredDeployment) {
+        for (role, custom) in [
+            ("postgres", "POSTGRES_URI_CUSTOM"),
+            ("redis", "REDIS_URI_CUSTOM"),
+        ] {
+            if !d.env.iter().any(|e| e.name == custom) {
+                continue;
+            }
+            let unneeded = self
+                .ours(&[
+                    (LABEL_DEPLOYMENT, d.id.to_string()),
+                    (LABEL_ROLE, role.to_owned()),
+                ])
+                .await
+                .unwrap_or_default();
+            for id in unneeded.into_iter().filter_map(|c| c.id) {
+                tracing::info!(deployment = %d.id, role, "removing a store the deployment now brings itself");
+                self.remove(&id).await;
+            }
+        }
+    }
+
     async fn ensure_support(
         &self,
         d: &DesiredDeployment,
@@ -907,6 +932,7 @@ impl Sink for ContainerSink {
             .map(|l| (l.container.clone(), l.port));
         if let Some((container, port)) = current {
             if self.exit_code(&container).await?.is_none() {
+                self.retire_own_stores(d).await;
                 return Ok(address(port));
             }
         }
@@ -979,6 +1005,7 @@ impl Sink for ContainerSink {
             tokio::time::sleep(self.settings.drain).await;
             futures_util::future::join_all(stale.iter().map(|old| self.remove(old))).await;
         }
+        self.retire_own_stores(d).await;
         Ok(address(port))
     }
 
