@@ -488,6 +488,33 @@ fn database_outage_postgres() {
     println!(
         "outage: every acknowledged write stored; {offset} deployments, each with its revision"
     );
+
+    // The server that lived through the outage listens for change notifications again:
+    // a change made through another replica wakes a long-poll held by it.
+    let other = Server::start_with(&db, &[], key);
+    let (listener, lkey) = support::agent::listener_with_key(&server, &db, "after-outage");
+    let agent = support::agent::Agent::new(server.port, &listener, &lkey, "poller");
+    let generation = agent.desired(-1, 0)["generation"].as_i64().unwrap();
+    let poll = std::thread::spawn(move || {
+        let t = Instant::now();
+        (agent.desired(generation, 30), t.elapsed())
+    });
+    server.wait_for_polls(1);
+    let (status, d) = other.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({"name": "after-outage", "source": "external_docker",
+                    "source_config": {"listener_id": listener},
+                    "source_revision_config": {"image_uri": "img:1"}, "secrets": []})),
+    );
+    assert_eq!(status, 201, "{d}");
+    let (state, waited) = poll.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll answered after {waited:?}: the notification from the other replica did not \
+         reach the server after PostgreSQL restarted (it waits 30 s)"
+    );
+    assert_eq!(state["generation"], generation + 1);
 }
 
 /// A create whose request is in flight: the connection was accepted (one request
