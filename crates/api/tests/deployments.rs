@@ -1291,6 +1291,53 @@ async fn list_filters(backend: Backend) {
 
 /// A body nested as deep as the parser accepts (256 levels) is stored and read back
 /// whole, not turned into `null` by a shallower reader.
+/// The bytes of a deployment, its revision list and its revision, field for field in the
+/// reference's order, from create through get.
+async fn deployment_and_revision_bodies_are_exact(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    let res = app
+        .call("POST", "/v2/deployments", Some(image_body("exact")))
+        .await;
+    assert_eq!(res.status, 201);
+    let created = String::from_utf8(res.body.clone()).unwrap();
+    let d = res.json();
+    let text = |k: &str| d[k].as_str().unwrap().to_owned();
+    let (id, rev, at) = (text("id"), text("latest_revision_id"), text("created_at"));
+    let ts = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$").unwrap();
+    assert!(ts.is_match(&at), "{at}");
+    let ws = app.workspace;
+    let source_revision_config = r#"{"repo_ref":null,"langgraph_config_path":null,"image_uri":"docker.io/acme/agent:1","source_tarball_path":null,"repo_commit_sha":null}"#;
+    let expected = format!(
+        r#"{{"name":"exact","source":"external_docker","source_config":{{"integration_id":null,"repo_url":null,"deployment_type":null,"build_on_push":null,"custom_url":null,"resource_spec":null,"listener_id":null,"listener_config":null,"install_command":null,"build_command":null}},"source_revision_config":{source_revision_config},"secrets":[{{"name":"TOKEN","value":"s3cret-value"}}],"secret_references":null,"id":"{id}","tenant_id":"{ws}","created_at":"{at}","updated_at":"{at}","status":"AWAITING_DATABASE","latest_revision_id":"{rev}","active_revision_id":null,"image_version":null}}"#
+    );
+    assert_eq!(created, expected);
+    let got = app
+        .call("GET", &format!("/v2/deployments/{id}"), None)
+        .await;
+    assert_eq!(
+        (got.status.as_u16(), String::from_utf8(got.body).unwrap()),
+        (200, expected)
+    );
+    let revision = format!(
+        r#"{{"id":"{rev}","created_at":"{at}","updated_at":"{at}","status":"AWAITING_DEPLOY","source":"external_docker","source_revision_config":{source_revision_config}}}"#
+    );
+    let list = app
+        .call("GET", &format!("/v2/deployments/{id}/revisions"), None)
+        .await;
+    assert_eq!(
+        String::from_utf8(list.body).unwrap(),
+        format!(r#"{{"resources":[{revision}],"offset":1}}"#)
+    );
+    let one = app
+        .call(
+            "GET",
+            &format!("/v2/deployments/{id}/revisions/{rev}"),
+            None,
+        )
+        .await;
+    assert_eq!(String::from_utf8(one.body).unwrap(), revision);
+}
+
 async fn deep_json_is_kept(backend: Backend) {
     let app = TestApp::new(backend).await;
     // The body, source_config, resource_spec, init_containers, the container and its
@@ -1340,6 +1387,7 @@ on_both_backends!(
     tarball_paths_are_owned,
     upload_quota_and_cleanup,
     parallel_uploads_share_the_quota,
+    deployment_and_revision_bodies_are_exact,
     placement_on_the_oldest_listener,
     outstanding_upload_urls_are_bounded,
     nul_text_is_a_client_error,
