@@ -94,11 +94,12 @@ pub fn check(d: &DesiredDeployment) -> Result<(), Failure> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn with(spec: Value) -> DesiredDeployment {
+    /// A deployment with this `resource_spec` (also for the modes' own checks).
+    pub(crate) fn with(spec: Value) -> DesiredDeployment {
         DesiredDeployment {
             id: uuid::Uuid::nil(),
             name: "d".into(),

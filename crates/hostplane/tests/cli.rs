@@ -141,16 +141,7 @@ fn admin_commands_postgres() {
 fn serve_bootstrap_and_shutdown(db: Db) {
     let log = db.dir.0.join("serve.log");
     let start = || {
-        let mut child = bin()
-            .args([
-                "serve",
-                "--database-url",
-                &db.url,
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--storage-dir")
-            .arg(db.dir.0.join("storage"))
+        let mut child = support::serve_command(&db)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

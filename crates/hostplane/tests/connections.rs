@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::{bin, http, listening_port, sqlite_db, Db, Server};
+use support::{http, listening_port, sqlite_db, Db, Server};
 
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -142,18 +142,11 @@ fn connections_per_address_are_capped() {
 fn a_low_file_limit_and_silent_sockets_do_not_stop_the_server() {
     let db: Db = sqlite_db();
     let log = db.dir.0.join("prlimit.log");
+    let serve = support::serve_command(&db);
     let mut child = std::process::Command::new("prlimit")
         .arg("--nofile=160:160")
-        .arg(bin().get_program())
-        .args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--storage-dir")
-        .arg(db.dir.0.join("storage"))
+        .arg(serve.get_program())
+        .args(serve.get_args())
         .args(["--header-timeout-secs", "3"])
         .args(["--max-connections-per-address", "1000"])
         .env("HOSTPLANE_BOOTSTRAP_API_KEY", "conn-key")

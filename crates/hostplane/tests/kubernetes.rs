@@ -93,6 +93,11 @@ impl Drop for KubeAgent {
     }
 }
 
+/// An image by digest, as the CLI wants them: the digest is `c` repeated.
+fn digest(c: char) -> String {
+    format!("registry.example/agent@sha256:{}", c.to_string().repeat(64))
+}
+
 /// The cluster's objects other than pods, as `Kind/namespace/name`.
 fn inventory(fake: &FakeKube) -> Vec<String> {
     fake.inventory()
@@ -742,12 +747,11 @@ fn objects_of_deployments_deleted_while_away_are_pruned() {
         ..
     } = &setup;
     let cli = Cli::new(server);
-    let image = |c: char| format!("registry.example/agent@sha256:{}", c.to_string().repeat(64));
     let mut agent = KubeAgent::start(&setup, None);
     let extra = ["--listener-id", listener.as_str()];
-    let kept = cli.deploy(&image('1'), "kept", true, &extra);
+    let kept = cli.deploy(&digest('1'), "kept", true, &extra);
     assert!(kept.ok, "{}\n{}", kept.stderr, agent.log_tail());
-    let gone = cli.deploy(&image('2'), "gone", true, &extra);
+    let gone = cli.deploy(&digest('2'), "gone", true, &extra);
     assert!(gone.ok, "{}\n{}", gone.stderr, agent.log_tail());
     let gone = gone.deployment_id();
     let of = |name: &str| -> Vec<String> {
@@ -805,7 +809,6 @@ fn rollouts_and_health_checks_time_out() {
     } = &setup;
     let cli = Cli::new(server);
     let agent = KubeAgent::start_with_timeout(&setup, None, 3);
-    let image = |c: char| format!("registry.example/agent@sha256:{}", c.to_string().repeat(64));
     let failed_line = |run: &support::cli::Run| {
         let dep = run.deployment_id();
         let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
@@ -832,7 +835,7 @@ fn rollouts_and_health_checks_time_out() {
 
     println!("pods that never become ready: RolloutTimeout");
     fake.set_ready_after(Duration::from_secs(3600));
-    let run = cli.deploy(&image('1'), "slow", true, &["--listener-id", listener]);
+    let run = cli.deploy(&digest('1'), "slow", true, &["--listener-id", listener]);
     assert!(!run.ok, "{}\n{}", run.stdout, agent.log_tail());
     let line = failed_line(&run);
     assert!(
@@ -842,8 +845,8 @@ fn rollouts_and_health_checks_time_out() {
 
     println!("ready pods whose /ok fails: HealthCheckTimeout");
     fake.set_ready_after(Duration::from_millis(300));
-    fake.set_fault(&image('2'), Some(Fault::Unhealthy));
-    let run = cli.deploy(&image('2'), "sick", true, &["--listener-id", listener]);
+    fake.set_fault(&digest('2'), Some(Fault::Unhealthy));
+    let run = cli.deploy(&digest('2'), "sick", true, &["--listener-id", listener]);
     assert!(!run.ok, "{}\n{}", run.stdout, agent.log_tail());
     let line = failed_line(&run);
     assert!(

@@ -878,34 +878,22 @@ fn hostile_input_postgres() {
 fn replicas_start_together_postgres() {
     let db = postgres_db();
     let key = "together-key";
-    let starters: Vec<_> = (0..3)
-        .map(|_| {
-            let url = db.url.clone();
-            let storage = db.dir.0.join("storage");
-            std::thread::spawn(move || {
-                let log = storage.with_file_name(format!("{}.log", uuid::Uuid::new_v4()));
-                let mut child = support::bin()
-                    .args(["serve", "--database-url", &url, "--listen", "127.0.0.1:0"])
-                    .arg("--storage-dir")
-                    .arg(storage)
-                    .env("HOSTPLANE_BOOTSTRAP_API_KEY", key)
-                    .env(
-                        "HOSTPLANE_SECRET_KEY",
-                        "test-secret-key-for-hostplane-tests",
-                    )
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::fs::File::create(&log).unwrap())
-                    .spawn()
-                    .unwrap();
-                let port = support::listening_port(&mut child, &log, "hostplane listening");
-                (child, port)
-            })
-        })
-        .collect();
-    let mut servers: Vec<_> = starters.into_iter().map(|s| s.join().unwrap()).collect();
-    for (_, port) in &servers {
-        let (status, _) =
-            try_http(*port, "GET", "/v2/listeners", &[("X-Api-Key", key)], "").unwrap();
+    let servers: Vec<Server> = std::thread::scope(|scope| {
+        let starters: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Server::start_with(&db, &[], key)))
+            .collect();
+        starters.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+
+    for server in &servers {
+        let (status, _) = try_http(
+            server.port,
+            "GET",
+            "/v2/listeners",
+            &[("X-Api-Key", key)],
+            "",
+        )
+        .unwrap();
         assert_eq!(status, 200);
     }
     let out = support::bin()
@@ -922,12 +910,8 @@ fn replicas_start_together_postgres() {
         "replicas: three servers started together on an empty database; one organization, \
          all serve"
     );
-    for (child, _) in &mut servers {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-    }
+    // Each server is stopped (SIGTERM) when dropped.
+    drop(servers);
 }
 
 /// The value of a series in a Prometheus scrape; fails when the series is missing.

@@ -9,25 +9,16 @@ use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{bin, http, listening_port, sqlite_db, Db, Server};
+use support::{http, listening_port, sqlite_db, Db, Server};
 
 /// `hostplane serve` on `db` with extra arguments, expected to refuse to start: its exit
 /// code and what it printed.
 fn refused(db: &Db, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = bin();
-    cmd.args([
-        "serve",
-        "--database-url",
-        &db.url,
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--storage-dir")
-    .arg(db.dir.0.join("storage"))
-    .args(extra)
-    .envs(env.iter().copied())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = support::serve_command(db);
+    cmd.args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
@@ -77,16 +68,7 @@ fn files_are_owner_only() {
     let db = sqlite_db();
     let storage = db.dir.0.join("storage");
     let log = db.dir.0.join("server.log");
-    let mut child = bin()
-        .args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--storage-dir")
-        .arg(&storage)
+    let mut child = support::serve_command(&db)
         .args(["--registry-url", "127.0.0.1:5000"])
         .env("HOSTPLANE_BOOTSTRAP_API_KEY", "files-key")
         .stdout(Stdio::null())

@@ -1032,24 +1032,8 @@ impl Sink for ContainerSink {
 #[cfg(test)]
 mod tests {
     use super::unsupported;
-    use protocol::DesiredDeployment;
-    use serde_json::{json, Value};
-
-    fn with(spec: Value) -> DesiredDeployment {
-        DesiredDeployment {
-            id: uuid::Uuid::nil(),
-            name: "d".into(),
-            namespace: None,
-            deployment_type: None,
-            status: "DEPLOYING".into(),
-            deleting: false,
-            active_revision_id: None,
-            revision: None,
-            resource_spec: Some(spec),
-            secret_references: None,
-            env: vec![],
-        }
-    }
+    use crate::spec::tests::with;
+    use serde_json::json;
 
     #[test]
     fn what_one_container_cannot_honour_is_refused() {

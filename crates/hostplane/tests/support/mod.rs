@@ -129,6 +129,22 @@ pub fn other_workspace(db: &Db) -> (String, String) {
     (ws_id, key["key"].as_str().unwrap().to_owned())
 }
 
+/// `hostplane serve` on `db`, its storage in the test's folder, on a port the system
+/// picks (read it back from the log with [`listening_port`]).
+pub fn serve_command(db: &Db) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--database-url",
+        &db.url,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--storage-dir")
+    .arg(db.dir.0.join("storage"));
+    cmd
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -176,24 +192,15 @@ impl Server {
             .dir
             .0
             .join(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut cmd = bin();
-        cmd.args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--storage-dir")
-        .arg(db.dir.0.join("storage"))
-        .args(extra)
-        .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
-        .env(
-            "HOSTPLANE_SECRET_KEY",
-            "test-secret-key-for-hostplane-tests",
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+        let mut cmd = serve_command(db);
+        cmd.args(extra)
+            .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
+            .env(
+                "HOSTPLANE_SECRET_KEY",
+                "test-secret-key-for-hostplane-tests",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         if metrics {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
