@@ -55,6 +55,31 @@ impl Sink for HeldSink {
     }
 }
 
+/// The shared runner against `server` as `listener`'s agent, with a [`HeldSink`]: the
+/// task, the ids its sink was asked to deploy, and the gate of its held calls.
+fn run_held(
+    server: &Server,
+    listener: &str,
+    key: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<Uuid>,
+    Arc<Semaphore>,
+) {
+    let (tx, calls) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = HeldSink {
+        calls: tx,
+        seen: Mutex::default(),
+        gate: gate.clone(),
+    };
+    let control =
+        agent::control::ControlPlane::new(&server.url(), listener.parse().unwrap(), key, "held")
+            .unwrap();
+    let task = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+    (task, calls, gate)
+}
+
 async fn next_call(calls: &mut mpsc::UnboundedReceiver<Uuid>, what: &str) -> Uuid {
     tokio::time::timeout(Duration::from_secs(20), calls.recv())
         .await
@@ -81,21 +106,7 @@ async fn work_skipped_while_busy_starts_when_the_task_ends() {
     let dep_id = dep["id"].as_str().unwrap().to_owned();
     let first: Uuid = dep["latest_revision_id"].as_str().unwrap().parse().unwrap();
 
-    let (tx, mut calls) = mpsc::unbounded_channel();
-    let gate = Arc::new(Semaphore::new(0));
-    let sink = HeldSink {
-        calls: tx,
-        seen: Mutex::default(),
-        gate: gate.clone(),
-    };
-    let control = agent::control::ControlPlane::new(
-        &server.url(),
-        listener.parse().unwrap(),
-        &key,
-        "held-agent",
-    )
-    .unwrap();
-    let agent = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+    let (agent, mut calls, gate) = run_held(&server, &listener, &key);
 
     assert_eq!(
         next_call(&mut calls, "deploy the first revision").await,
@@ -158,20 +169,7 @@ async fn unwritable_specs_fail_before_any_mode_sees_them() {
     assert_eq!(status, 201, "{dep}");
     let dep_id = dep["id"].as_str().unwrap().to_owned();
     let rev = dep["latest_revision_id"].as_str().unwrap().to_owned();
-    let (tx, mut calls) = mpsc::unbounded_channel();
-    let sink = HeldSink {
-        calls: tx,
-        seen: Mutex::default(),
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let control = agent::control::ControlPlane::new(
-        &server.url(),
-        listener.parse().unwrap(),
-        &key,
-        "refusing-agent",
-    )
-    .unwrap();
-    let agent = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+    let (agent, mut calls, _gate) = run_held(&server, &listener, &key);
     support::wait_until("the revision to fail", 20, || {
         server.revision_status(&dep_id, &rev) == "DEPLOY_FAILED"
     });
