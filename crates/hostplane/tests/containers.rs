@@ -379,23 +379,61 @@ fn containers_end_to_end() {
     println!("a failing image: DEPLOY_FAILED with its exit, the previous one still answers");
     let run = deploy(&images.failing, true);
     assert!(!run.ok, "{}", run.stdout);
-    assert!(run.stdout.contains("\"failed\""), "{}", run.stdout);
+    assert_eq!(
+        run.events()
+            .into_iter()
+            .find(|e| e["event"] == "result")
+            .map(|e| e["status"].clone()),
+        Some(json!("failed")),
+        "{}",
+        run.stdout
+    );
     assert_eq!(get_ok(port).as_deref(), Some("v2"));
+    // The revision's error lines, through the API: exactly why it failed.
+    let failure_of = |rev: &str| -> Vec<String> {
+        let (status, logs) = server.call(
+            "POST",
+            &format!("/v1/projects/{dep}/revisions/{rev}/deploy_logs"),
+            Some(json!({"level": "ERROR", "order": "asc"})),
+        );
+        assert_eq!(status, 200, "{logs}");
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let latest = || {
+        let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+        d["latest_revision_id"].as_str().unwrap().to_owned()
+    };
+    let failed = latest();
+    let last = failure_of(&failed).pop().unwrap_or_default();
+    // The container restarts (unless-stopped) before the agent sees it exit: its last
+    // lines are the one line it prints, once per start.
+    let (head, tail) = last.split_once("; last lines:\n").unwrap_or((&last, ""));
+    assert_eq!(
+        head,
+        format!(
+            "Revision {failed} failed to deploy: ContainerExited: the server exited with code 3"
+        ),
+        "{last}"
+    );
+    assert!(
+        !tail.is_empty()
+            && tail
+                .lines()
+                .all(|l| l == "fatal: OPENAI_API_KEY is not set"),
+        "{last}"
+    );
+    // Container output reaches the deploy logs too (the previous revision's, here).
     let logs = cli.run(&["deploy", "logs", "--deployment-id", &dep, "--limit", "50"]);
     assert!(logs.ok, "{}", logs.stderr);
-    assert!(logs.stdout.contains("ContainerExited"), "{}", logs.stdout);
     assert!(
-        logs.stdout.contains("exited with code 3"),
-        "{}",
         logs.stdout
-    );
-    assert!(
-        logs.stdout.contains("fatal: OPENAI_API_KEY is not set"),
-        "{}",
-        logs.stdout
-    );
-    assert!(
-        logs.stdout.contains("serving v2"),
+            .lines()
+            .any(|l| l.ends_with("] [INFO] serving v2")),
         "the container's output: {}",
         logs.stdout
     );
@@ -405,8 +443,16 @@ fn containers_end_to_end() {
     let run = deploy(&missing, true);
     assert!(!run.ok, "{}", run.stdout);
     assert_eq!(get_ok(port).as_deref(), Some("v2"));
-    let logs = cli.run(&["deploy", "logs", "--deployment-id", &dep, "--limit", "1"]);
-    assert!(logs.stdout.contains("ImagePullFailed"), "{}", logs.stdout);
+    let unpulled = latest();
+    let lines = failure_of(&unpulled);
+    // The engine's own words follow; Docker and Podman word them differently.
+    let reason = format!("Revision {unpulled} failed to deploy: ImagePullFailed: ");
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with(&reason) && l.contains(&missing)),
+        "{lines:?}"
+    );
 
     println!("kill -9 of the agent mid-rollout: it converges without duplicates");
     let run = deploy(&images.slow, false);
