@@ -570,7 +570,7 @@ fn console_can_be_turned_off() {
     assert_eq!(status, 200);
 }
 
-/// A ChromeDriver on a free port, stopped on drop.
+/// A ChromeDriver on a port it picks (read from the line it prints), stopped on drop.
 struct Driver {
     child: std::process::Child,
     port: u16,
@@ -578,16 +578,28 @@ struct Driver {
 
 impl Driver {
     fn start() -> Driver {
-        let port = support::free_port();
-        let child = std::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("chromedriver is not installed: run `scripts/test`, which installs it");
-        support::wait_until("chromedriver to listen", 30, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        let port = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let port = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|p| p.trim_end_matches('.').parse().ok());
+                printed.push(line);
+                port
+            })
+            .unwrap_or_else(|| panic!("chromedriver did not say its port: {printed:?}"));
+        // What it prints later is read and dropped, so that it never blocks on a pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         Driver { child, port }
     }
 }
