@@ -47,17 +47,35 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Inside the router: remembers which route template matched.
+/// Inside the router: remembers which route template matched, and counts the requests
+/// of each route between routing and their answer in `http_requests_in_flight` (a
+/// request whose client went away stops counting when its handler is dropped).
 pub async fn tag_route(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
+    let _in_flight = route.clone().map(InFlight::start);
     let mut res = next.run(req).await;
     if let Some(route) = route {
         res.extensions_mut().insert(Route(route));
     }
     res
+}
+
+struct InFlight(String);
+
+impl InFlight {
+    fn start(route: String) -> Self {
+        metrics::gauge!("http_requests_in_flight", "route" => route.clone()).increment(1.0);
+        InFlight(route)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("http_requests_in_flight", "route" => self.0.clone()).decrement(1.0);
+    }
 }
 
 /// The method as a label: made-up methods all count as `other`.

@@ -533,7 +533,7 @@ impl InFlight {
             .unwrap();
         let request = |body: &str| {
             format!(
-                "POST /v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\n\
+                "POST /api-host/v2/listeners HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\n\
                  Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
@@ -603,14 +603,21 @@ fn shutdown_under_load(db: Db, signal: &str) {
     let in_flight: Vec<InFlight> = (0..8)
         .map(|i| InFlight::start(server.port, key, &format!("held-{i}")))
         .collect();
-    // Give the server time to read the held requests' headers: from then on they are in
-    // flight (before that, a kept-alive connection is idle and may be closed).
-    std::thread::sleep(Duration::from_millis(300));
+    // The held requests are in flight once the server has routed them (before that, a
+    // kept-alive connection is idle and may be closed): they alone use `/api-host`.
+    support::wait_until("the 8 held requests to be in flight", 20, || {
+        server.metric(r#"http_requests_in_flight{route="/api-host/v2/listeners"}"#) == Some(8.0)
+    });
     Command::new("kill")
         .args([&format!("-{signal}"), &server.pid().to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The held requests are finished only once the server is shutting down.
+    support::wait_until("the server to start shutting down", 20, || {
+        server
+            .log_text()
+            .contains("shutting down: finishing in-flight requests")
+    });
     let finished: Vec<(u16, Value)> = in_flight.into_iter().map(InFlight::finish).collect();
     let code = server.child.wait().unwrap().code();
     stop.store(true, Ordering::Relaxed);
