@@ -158,24 +158,53 @@ fn request_logs() {
                 uuid::Uuid::parse_str(second["fields"]["request_id"].as_str().unwrap()).is_ok()
             );
         } else {
-            for needle in [
-                "request_id=req-abc.123",
-                "method=POST",
-                "route=/v2/deployments",
-                "status=201",
-            ] {
-                assert!(
-                    requests[0].contains(needle),
-                    "{needle} not in {}",
-                    requests[0]
-                );
-            }
-            assert!(
-                requests[1].contains("route=/v2/deployments/{deployment_id}"),
-                "{}",
-                requests[1]
+            // `... hostplane::request: request request_id=... method=... route=...
+            // status=... duration_ms=...`: every field, exactly (but the duration).
+            let fields = |line: &str| -> Vec<(String, String)> {
+                line.split_once("hostplane::request: request ")
+                    .unwrap_or_else(|| panic!("not a request line: {line}"))
+                    .1
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter(|(k, _)| *k != "duration_ms")
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            };
+            let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+                items
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            };
+            assert_eq!(
+                fields(requests[0]),
+                pairs(&[
+                    ("request_id", "req-abc.123"),
+                    ("method", "POST"),
+                    ("route", "/v2/deployments"),
+                    ("status", "201"),
+                ])
             );
-            assert!(requests[2].contains("status=401"), "{}", requests[2]);
+            let second = fields(requests[1]);
+            let generated = &second[0].1;
+            assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+            assert_eq!(
+                second,
+                pairs(&[
+                    ("request_id", generated),
+                    ("method", "GET"),
+                    ("route", "/v2/deployments/{deployment_id}"),
+                    ("status", "200"),
+                ])
+            );
+            assert_eq!(
+                fields(requests[2])[1..],
+                pairs(&[
+                    ("method", "GET"),
+                    ("route", "/v2/listeners"),
+                    ("status", "401")
+                ])
+            );
         }
         for never in [
             key,
