@@ -51,6 +51,20 @@ impl Page {
         let at = self.body.find("name=\"csrf\" value=\"").unwrap() + 19;
         self.body[at..at + 64].to_owned()
     }
+
+    /// The text of the page's one alert (`role="alert"`), as the browser shows it; fails
+    /// when there is none or more than one.
+    fn alert(&self) -> String {
+        let marker = "role=\"alert\">";
+        assert_eq!(self.body.matches(marker).count(), 1, "{}", self.body);
+        let at = self.body.find(marker).unwrap() + marker.len();
+        let text = &self.body[at..at + self.body[at..].find('<').unwrap()];
+        text.replace("&#39;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
 }
 
 /// A browser without a browser: requests with a session cookie and form bodies.
@@ -162,13 +176,14 @@ fn console_over_http(db: &Db) {
     assert_eq!(page.header("content-security-policy"), Some(CSP));
     let refused = visitor.sign_in("hp_not_a_key", &link);
     assert_eq!(refused.status, 401);
-    assert!(refused.body.contains("That API key is not valid."));
+    assert_eq!(refused.alert(), "That API key is not valid.");
     assert!(refused.header("set-cookie").is_none());
     let refused = visitor.sign_in(&agent.key, &link);
     assert_eq!(refused.status, 401);
-    assert!(refused
-        .body
-        .contains("A listener key cannot sign in: use a workspace or organization key."));
+    assert_eq!(
+        refused.alert(),
+        "A listener key cannot sign in: use a workspace or organization key."
+    );
     // Another site's page cannot sign a visitor in.
     let form = format!("api_key={}", enc(&server.key));
     let page = visitor.send(
@@ -331,9 +346,10 @@ fn console_over_http(db: &Db) {
     let redeploy = format!("{link}/revisions/{rev}/redeploy");
     let page = visitor.post(&redeploy, "csrf=0000");
     assert_eq!(page.status, 403);
-    assert!(page
-        .body
-        .contains("This form has expired; reload the page and try again."));
+    assert_eq!(
+        page.alert(),
+        "This form has expired; reload the page and try again."
+    );
     let page = visitor.send(
         "POST",
         &redeploy,
@@ -450,9 +466,10 @@ fn console_over_http(db: &Db) {
         &format!("csrf={csrf}&confirm=nope"),
     );
     assert_eq!(page.status, 422);
-    assert!(page
-        .body
-        .contains("The name does not match; nothing was deleted."));
+    assert_eq!(
+        page.alert(),
+        "The name does not match; nothing was deleted."
+    );
     let page = visitor.post(
         &format!("{link}/delete"),
         &format!("csrf={csrf}&confirm=escaped"),
