@@ -454,6 +454,22 @@ fn containers_end_to_end() {
         "{lines:?}"
     );
 
+    println!("a server that never answers /ok: HealthCheckTimeout, the previous one serves");
+    let run = deploy(&images.idle, true);
+    assert!(!run.ok, "{}", run.stdout);
+    assert_eq!(get_ok(port).as_deref(), Some("v2"));
+    let mute = latest();
+    assert_eq!(
+        failure_of(&mute).last().map(String::as_str),
+        Some(
+            format!(
+                "Revision {mute} failed to deploy: HealthCheckTimeout: GET /ok did not answer \
+                 200 within 20s; last lines:\n"
+            )
+            .as_str()
+        )
+    );
+
     println!("kill -9 of the agent mid-rollout: it converges without duplicates");
     let run = deploy(&images.slow, false);
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
