@@ -118,17 +118,29 @@ pub async fn put_upload(
             ApiError::PayloadTooLarge(format!("Uploads are limited to {max} bytes."))
         }
     };
-    if announced.is_some_and(|n| n > held) {
-        return Err(too_large());
+    let written = async {
+        if announced.is_some_and(|n| n > held) {
+            return Err(too_large());
+        }
+        let final_path = app.config.storage_dir.join(&object_path);
+        let dir = final_path
+            .parent()
+            .ok_or_else(|| ApiError::Internal(format!("no folder for {object_path}")))?
+            .to_owned();
+        owner_only_dir(&dir).await.map_err(io_error)?;
+        let partial = PartialFile(dir.join(format!(".{}{PARTIAL_SUFFIX}", Uuid::new_v4())));
+        let size = stream_to_file(body, &partial.0, held, too_large).await?;
+        Ok((partial, final_path, size))
     }
-    let final_path = app.config.storage_dir.join(&object_path);
-    let dir = final_path
-        .parent()
-        .ok_or_else(|| ApiError::Internal(format!("no folder for {object_path}")))?
-        .to_owned();
-    owner_only_dir(&dir).await.map_err(io_error)?;
-    let partial = PartialFile(dir.join(format!(".{}{PARTIAL_SUFFIX}", Uuid::new_v4())));
-    let size = stream_to_file(body, &partial.0, held, too_large).await?;
+    .await;
+    let (partial, final_path, size) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            // Given back before the answer, so that the URL works again at once.
+            reservation.release().await;
+            return Err(e);
+        }
+    };
     match app.store.complete_upload(&hash, size as i64).await {
         Ok(()) => reservation.completed(),
         Err(StoreError::Conflict) => return Err(unavailable()),
@@ -140,25 +152,30 @@ pub async fn put_upload(
     Ok(StatusCode::OK.into_response())
 }
 
-/// Quota held for an upload being written: given back when dropped before the upload
-/// completed (an error, a client that goes away, the time limit).
+/// Quota held for an upload being written: given back by [`Held::release`] when the
+/// upload fails, or when dropped before it completed (a client that goes away, the time
+/// limit: then just after the request ends).
 struct Held(Option<(std::sync::Arc<dyn store::Store>, String)>);
 
 impl Held {
     fn completed(mut self) {
         self.0 = None;
     }
+
+    async fn release(mut self) {
+        if let Some((store, hash)) = self.0.take() {
+            if let Err(e) = store.release_upload(&hash).await {
+                // The hold ends by itself at its deadline.
+                tracing::warn!(error = %e, "could not release an upload's quota");
+            }
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some((store, hash)) = self.0.take() {
-            tokio::spawn(async move {
-                if let Err(e) = store.release_upload(&hash).await {
-                    // The hold ends by itself at its deadline.
-                    tracing::warn!(error = %e, "could not release an upload's quota");
-                }
-            });
+        if let Some(hold) = self.0.take() {
+            tokio::spawn(Held(Some(hold)).release());
         }
     }
 }
