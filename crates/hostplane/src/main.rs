@@ -341,6 +341,11 @@ fn fit_open_files(wanted: u64) -> usize {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log, args.log_format);
     let store = args.db.open().await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    // The bound address, so that port 0 (the system picks) gives working URLs.
+    let address = listener.local_addr()?;
     if let Some(b) = store
         .bootstrap(args.bootstrap_api_key.as_deref())
         .await
@@ -356,19 +361,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(key) => {
                 println!("hostplane: API key for it (shown once, store it now): {key}");
                 println!(
-                    "hostplane: try: curl -H 'X-Api-Key: {key}' http://{}/v2/listeners",
-                    args.listen
+                    "hostplane: try: curl -H 'X-Api-Key: {key}' http://{address}/v2/listeners"
                 );
             }
             None => println!("hostplane: API key for it: the value of HOSTPLANE_BOOTSTRAP_API_KEY"),
         }
     }
     owner_only_dir(&args.storage_dir)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    // The bound address, so that port 0 (the system picks) gives working URLs.
-    let address = listener.local_addr()?;
     let config = api::ApiConfig {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
