@@ -63,18 +63,19 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
     res
 }
 
-struct InFlight(String);
+struct InFlight(metrics::Gauge);
 
 impl InFlight {
     fn start(route: String) -> Self {
-        metrics::gauge!("http_requests_in_flight", "route" => route.clone()).increment(1.0);
-        InFlight(route)
+        let gauge = metrics::gauge!("http_requests_in_flight", "route" => route);
+        gauge.increment(1.0);
+        InFlight(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("http_requests_in_flight", "route" => self.0.clone()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 

@@ -17,6 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -85,7 +86,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let activity = Activity::default();
+        let activity = Activity::new();
         let service = TowerToHyperService::new(tracked(app.clone(), activity.clone()));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -126,7 +127,7 @@ pub async fn serve(
 /// response body is done (or dropped).
 fn tracked(
     app: Router,
-    activity: Activity,
+    activity: Arc<Activity>,
 ) -> impl tower::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -148,54 +149,67 @@ fn tracked(
     })
 }
 
-#[derive(Default, Clone, Copy, PartialEq)]
-struct Requests {
-    in_flight: usize,
-    started: u64,
+/// A connection's requests, read by its idle timer: how many are in flight, whether one
+/// was ever made, and when one last started or ended (milliseconds after `opened`).
+/// Atomics only: a request costs no wake-up of the timer, which looks when it is due.
+struct Activity {
+    opened: std::time::Instant,
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+    last: AtomicU64,
 }
 
-/// A connection's requests, watched by its idle timer.
-#[derive(Clone)]
-struct Activity(Arc<watch::Sender<Requests>>);
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity(Arc::new(watch::channel(Requests::default()).0))
-    }
-}
-
-struct InFlight(Arc<watch::Sender<Requests>>);
+struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|r| r.in_flight -= 1);
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Activity {
-    fn start(&self) -> InFlight {
-        self.0.send_modify(|r| {
-            r.in_flight += 1;
-            r.started += 1;
-        });
-        InFlight(self.0.clone())
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            opened: std::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let at = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(at, Ordering::Release);
+    }
+
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.touch();
+        self.served.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
     }
 
     /// Returns once the connection had no request in flight for `first` before its
     /// first request, or for `then` after a later one.
     async fn idle(&self, first: Duration, then: Duration) {
-        let mut rx = self.0.subscribe();
-        let mut bound = first;
         loop {
-            let seen = match rx.wait_for(|r| r.in_flight == 0).await {
-                Ok(r) => r.started,
-                Err(_) => return,
+            let bound = if self.served.load(Ordering::Relaxed) {
+                then
+            } else {
+                first
             };
-            let busy = rx.wait_for(|r| r.in_flight > 0 || r.started != seen);
-            if tokio::time::timeout(bound, busy).await.is_err() {
-                return;
-            }
-            bound = then;
+            let due = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy (a long-poll, an upload): look again later.
+                std::time::Instant::now() + bound
+            } else {
+                let last = self.opened + Duration::from_millis(self.last.load(Ordering::Acquire));
+                if last.elapsed() >= bound {
+                    return;
+                }
+                last + bound
+            };
+            tokio::time::sleep_until(due.into()).await;
         }
     }
 }
