@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{free_port, sqlite_db, wait_ready, Server};
+use support::{free_port, sqlite_db, Server};
 
 /// One HTTP/1.1 exchange: status, headers (lower-cased names) and body.
 fn exchange(
@@ -119,17 +119,14 @@ fn push_blob(registry: u16, repository: &str, token: &str, blob: &[u8]) -> u16 {
     status
 }
 
-#[test]
-fn push_tokens_against_a_real_registry() {
-    let bin =
-        std::env::var("HOSTPLANE_TEST_REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
-    let db = sqlite_db();
-    let registry_port = free_port();
+/// hostplane with the registry at `port`, and the registry (docker-registry) told to
+/// bind `port` and to send clients to hostplane for tokens.
+fn start_pair(bin: &str, db: &support::Db, port: u16) -> (Server, Child) {
     let server = Server::start_with(
-        &db,
+        db,
         &[
             "--registry-url",
-            &format!("127.0.0.1:{registry_port}"),
+            &format!("127.0.0.1:{port}"),
             "--registry-service",
             "hp-test-registry",
         ],
@@ -141,7 +138,7 @@ fn push_tokens_against_a_real_registry() {
         &config,
         format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: \
-             {}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n\
+             {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
              auth:\n  token:\n    realm: {}/registry/token\n    service: hp-test-registry\n\
              \x20   issuer: hostplane\n    rootcertbundle: {}\n",
             db.dir.0.join("registry-data").display(),
@@ -150,7 +147,7 @@ fn push_tokens_against_a_real_registry() {
         ),
     )
     .unwrap();
-    let child = Command::new(&bin)
+    let child = Command::new(bin)
         .arg("serve")
         .arg(&config)
         .stdout(Stdio::null())
@@ -159,8 +156,56 @@ fn push_tokens_against_a_real_registry() {
         .unwrap_or_else(|e| {
             panic!("cannot run {bin} ({e}): install docker-registry or run scripts/test")
         });
-    let _registry = Registry(child);
-    wait_ready(registry_port);
+    (server, child)
+}
+
+/// Waits until the registry answers on `port` with a challenge naming this `server`
+/// (so it is ours, not a stranger that took the port); an error when it exited.
+fn registry_ready(server: &Server, port: u16, mut child: Child) -> Result<Registry, String> {
+    let realm = format!("realm=\"{}/registry/token\"", server.url());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited ({status}); the port was taken"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, headers, _) = exchange(port, "GET", "/v2/", &[], b"");
+            if status == 401 && header(&headers, "www-authenticate").contains(&realm) {
+                return Ok(Registry(child));
+            }
+            let _ = child.kill();
+            return Err(format!("something else answers there ({status})"));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("it did not listen within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn push_tokens_against_a_real_registry() {
+    let bin =
+        std::env::var("HOSTPLANE_TEST_REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
+    let db = sqlite_db();
+    // hostplane and the registry each need the other's address when they start, so the
+    // registry's port is picked before it binds. Should another process take it in
+    // between, the registry exits (or a stranger answers): both start again on another
+    // port, three tries at most, each failure said.
+    let (registry_port, server, _registry) = (1..=3)
+        .find_map(|attempt| {
+            let port = free_port();
+            let (server, registry) = start_pair(&bin, &db, port);
+            match registry_ready(&server, port, registry) {
+                Ok(registry) => Some((port, server, registry)),
+                Err(why) => {
+                    eprintln!("try {attempt}: the registry on port {port}: {why}");
+                    None
+                }
+            }
+        })
+        .expect("the registry did not start in three tries");
 
     // The registry sends clients to hostplane for tokens.
     let (status, headers, _) = exchange(registry_port, "GET", "/v2/", &[], b"");
