@@ -26,17 +26,17 @@ fn invalid(message: String) -> Failure {
     Failure::new(INVALID, message)
 }
 
-fn field<'a>(d: &'a DesiredDeployment, name: &str) -> Option<&'a Value> {
+/// A field of `d`'s `resource_spec`, unless absent or `null`.
+pub(crate) fn field<'a>(d: &'a DesiredDeployment, name: &str) -> Option<&'a Value> {
     d.resource_spec
         .as_ref()
         .and_then(|s| s.get(name))
         .filter(|v| !v.is_null())
 }
 
-/// The items of a list field (none when absent or not a list).
-fn items<'a>(d: &'a DesiredDeployment, name: &str) -> impl Iterator<Item = (usize, &'a Value)> {
-    field(d, name)
-        .and_then(Value::as_array)
+/// The items of a list, numbered (none when absent or not a list).
+fn entries(list: Option<&Value>) -> impl Iterator<Item = (usize, &Value)> {
+    list.and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
@@ -53,12 +53,7 @@ fn named(item: &Value, path: &str, key: &str) -> Result<(), Failure> {
 }
 
 fn mounts(list: Option<&Value>, path: &str) -> Result<(), Failure> {
-    for (i, m) in list
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, m) in entries(list) {
         named(m, &format!("{path}[{i}]"), "name")?;
         named(m, &format!("{path}[{i}]"), "mountPath")?;
     }
@@ -80,11 +75,11 @@ pub fn check(d: &DesiredDeployment) -> Result<(), Failure> {
         }
     }
     mounts(field(d, "volume_mounts"), "volume_mounts")?;
-    for (i, v) in items(d, "volumes") {
+    for (i, v) in entries(field(d, "volumes")) {
         named(v, &format!("volumes[{i}]"), "name")?;
     }
     for list in ["init_containers", "sidecars"] {
-        for (i, c) in items(d, list) {
+        for (i, c) in entries(field(d, list)) {
             let path = format!("{list}[{i}]");
             named(c, &path, "name")?;
             mounts(c.get("volumeMounts"), &format!("{path}.volumeMounts"))?;

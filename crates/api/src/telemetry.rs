@@ -55,7 +55,9 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
-    let _in_flight = route.clone().map(InFlight::start);
+    let _in_flight = route
+        .clone()
+        .map(|route| Held::up(metrics::gauge!("http_requests_in_flight", "route" => route)));
     let mut res = next.run(req).await;
     if let Some(route) = route {
         res.extensions_mut().insert(Route(route));
@@ -63,17 +65,18 @@ pub async fn tag_route(req: Request, next: Next) -> Response {
     res
 }
 
-struct InFlight(metrics::Gauge);
+/// One unit of a gauge, held from [`Held::up`] until dropped (the answer, a wake-up, or
+/// a client that went away, which drops its handler).
+pub(crate) struct Held(metrics::Gauge);
 
-impl InFlight {
-    fn start(route: String) -> Self {
-        let gauge = metrics::gauge!("http_requests_in_flight", "route" => route);
+impl Held {
+    pub(crate) fn up(gauge: metrics::Gauge) -> Self {
         gauge.increment(1.0);
-        InFlight(gauge)
+        Held(gauge)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Held {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }

@@ -10,7 +10,6 @@ mod common;
 use common::{Backend, TestApp};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use store::KeyScope;
 
 fn document() -> Value {
     serde_json::from_str(hostplane_api::dataplane::openapi::DOCUMENT).unwrap()
@@ -198,13 +197,7 @@ async fn round_conforms(backend: Backend) {
         .await;
     assert_eq!(created.status, 201);
     let listener: uuid::Uuid = created.json()["id"].as_str().unwrap().parse().unwrap();
-    let key = app
-        .key_for(KeyScope::Listener {
-            org_id: app.org,
-            workspace_id: app.workspace,
-            listener_id: listener,
-        })
-        .await;
+    let key = app.listener_key(listener).await;
     let base = format!("/dataplane/v1/listeners/{listener}");
     let p = |rest: &str| format!("/dataplane/v1/listeners/{{listener_id}}{rest}");
     let call = |method: &'static str, uri: String, body: Option<Value>| {

@@ -678,13 +678,7 @@ async fn placement_on_the_oldest_listener(backend: Backend) {
         .await;
         let mut found = Vec::new();
         for (l, name) in mine.iter().zip(["oldest", "younger"]) {
-            let key = app
-                .key_for(store::KeyScope::Listener {
-                    org_id: app.org,
-                    workspace_id: app.workspace,
-                    listener_id: *l,
-                })
-                .await;
+            let key = app.listener_key(*l).await;
             let path = format!("/dataplane/v1/listeners/{l}/desired?protocol_version=1");
             let res = app.call_as(&key, "GET", &path, None).await;
             assert_eq!(res.status, 200);

@@ -640,13 +640,7 @@ async fn foreign_delete_changes_nothing(backend: Backend) {
     let app = TestApp::new(backend).await;
     let mine = create(&app, &app.key, "cluster-a").await;
     let id: uuid::Uuid = mine["id"].as_str().unwrap().parse().unwrap();
-    let listener_key = app
-        .key_for(KeyScope::Listener {
-            org_id: app.org,
-            workspace_id: app.workspace,
-            listener_id: id,
-        })
-        .await;
+    let listener_key = app.listener_key(id).await;
     let desired = format!("/dataplane/v1/listeners/{id}/desired?protocol_version=1");
     let now = app.call_as(&listener_key, "GET", &desired, None).await;
     assert_eq!(now.status, 200);

@@ -285,10 +285,7 @@ async fn uploads(postgres: bool) {
         }
     ));
     store.release_upload("hash-2").await.unwrap();
-    assert!(store
-        .upload_completed(d.id, "hostplane-uploads/x/1.tar.gz")
-        .await
-        .unwrap());
+    assert!(store.upload_completed(d.id, path).await.unwrap());
     // Young, it stays; unused past the grace, it goes (and frees the quota).
     let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     assert!(!store.collect_upload(path, an_hour_ago).await.unwrap());

@@ -340,7 +340,6 @@ impl ContainerSink {
         Ok(created.id)
     }
 
-    /// A running support container (`postgres` or `redis`) of the deployment; its env.
     /// Removes the store containers of a deployment that now brings its own stores
     /// (`POSTGRES_URI_CUSTOM`, `REDIS_URI_CUSTOM`), once no older server of it runs; the
     /// PostgreSQL volume stays until the deployment is deleted, as in Kubernetes.
@@ -366,6 +365,7 @@ impl ContainerSink {
         }
     }
 
+    /// A running support container (`postgres` or `redis`) of the deployment; its env.
     async fn ensure_support(
         &self,
         d: &DesiredDeployment,
@@ -851,8 +851,7 @@ async fn probe(addr: SocketAddr) -> bool {
 /// What container mode cannot honour of a `resource_spec`: it runs one API server
 /// container and nothing of the pod spec, so these would be dropped without a word.
 fn unsupported(d: &DesiredDeployment) -> Result<(), Failure> {
-    let spec = d.resource_spec.as_ref();
-    let field = |name: &str| spec.and_then(|s| s.get(name)).filter(|v| !v.is_null());
+    use crate::spec::field;
     let refuse = |what: String| {
         Err(Failure::new(
             "UnsupportedInContainerMode",
@@ -860,14 +859,14 @@ fn unsupported(d: &DesiredDeployment) -> Result<(), Failure> {
         ))
     };
     for list in ["volumes", "volume_mounts", "init_containers", "sidecars"] {
-        if field(list)
+        if field(d, list)
             .and_then(serde_json::Value::as_array)
             .is_some_and(|a| !a.is_empty())
         {
             return refuse(format!("resource_spec.{list} is set"));
         }
     }
-    if let Some(min) = field("min_scale").and_then(serde_json::Value::as_i64) {
+    if let Some(min) = field(d, "min_scale").and_then(serde_json::Value::as_i64) {
         if min > 1 {
             return refuse(format!("resource_spec.min_scale is {min}"));
         }

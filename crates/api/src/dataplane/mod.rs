@@ -246,7 +246,8 @@ pub async fn desired(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
         if rows.generation > after || closing || tokio::time::Instant::now() >= deadline {
             return ok(&desired_state(&app, rows)?);
         }
-        let _waiting = Waiting::start();
+        // Counted in `dataplane_polls_waiting` while it waits for a change.
+        let _waiting = crate::telemetry::Held::up(metrics::gauge!("dataplane_polls_waiting"));
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
@@ -255,23 +256,6 @@ pub async fn desired(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
             }
             () = tokio::time::sleep_until(deadline) => {}
         }
-    }
-}
-
-/// A long-poll waiting for a change, counted in `dataplane_polls_waiting` from its
-/// start until it wakes or its client goes away.
-struct Waiting;
-
-impl Waiting {
-    fn start() -> Self {
-        metrics::gauge!("dataplane_polls_waiting").increment(1.0);
-        Waiting
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        metrics::gauge!("dataplane_polls_waiting").decrement(1.0);
     }
 }
 

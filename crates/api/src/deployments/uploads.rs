@@ -51,7 +51,8 @@ pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Re
     if !issued {
         return Err(ApiError::TooManyRequests(format!(
             "This deployment already has {MAX_OUTSTANDING_UPLOADS} upload URLs that are neither \
-             used nor expired; use one, or wait until they expire (30 minutes after issue)."
+             used nor expired; use one, or wait until they expire ({} minutes after issue).",
+            UPLOAD_TTL.num_minutes()
         )));
     }
     let base = app.config.public_url.trim_end_matches('/');

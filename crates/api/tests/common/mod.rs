@@ -178,6 +178,16 @@ impl TestApp {
         value
     }
 
+    /// A listener key for `listener` of the bootstrap workspace.
+    pub async fn listener_key(&self, listener: Uuid) -> String {
+        self.key_for(KeyScope::Listener {
+            org_id: self.org,
+            workspace_id: self.workspace,
+            listener_id: listener,
+        })
+        .await
+    }
+
     /// Sends raw parts through the router.
     pub async fn send(
         &self,

@@ -357,14 +357,6 @@ pub fn port_in_log(text: &str, message: &str) -> Option<u16> {
     })
 }
 
-pub fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Polls `done` every 100 ms until it holds; fails the test after `seconds`.
 pub fn wait_until(what: &str, seconds: u64, done: impl FnMut() -> bool) {
     wait_until_or(what, seconds, done, String::new);
