@@ -1,5 +1,8 @@
-//! hostplane's storage: the [`Store`] trait, the records it reads and writes, and one
-//! module per backend. All SQL lives in this crate.
+//! hostplane's storage: the [`Store`] trait, the records it reads and writes, every
+//! operation written once over both databases (`transactions/`, through what each
+//! backend provides in `sql.rs`: statements, locks, the few spellings that differ), and
+//! one module per backend (`sqlite/`, `postgres/`). The state machine's rules are pure
+//! functions in [`lifecycle`]. All SQL lives in this crate.
 
 pub mod changes;
 mod keys;
@@ -7,7 +10,9 @@ pub mod lifecycle;
 pub mod postgres;
 pub mod records;
 mod rows;
+mod sql;
 pub mod sqlite;
+mod transactions;
 
 use async_trait::async_trait;
 use std::sync::Arc;

@@ -96,19 +96,18 @@ impl RevisionStatus {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
-    /// The statuses a new revision supersedes (they become `SKIPPED`), as an SQL list of
-    /// literals: `'AWAITING_BUILD', 'AWAITING_DEPLOY'`.
-    /// Built once: it is part of every revision insert.
-    pub fn superseded_sql() -> &'static str {
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        SQL.get_or_init(|| {
-            let names: Vec<String> = Self::ALL
-                .into_iter()
-                .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect();
-            names.join(", ")
-        })
+    /// The statuses a newer revision supersedes: they become `SKIPPED`.
+    pub fn superseded() -> impl Iterator<Item = RevisionStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
+    }
+
+    /// The statuses an agent holds a lease in, which go back to waiting when it expires.
+    pub fn leased() -> impl Iterator<Item = RevisionStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| released_status(*s).is_some())
     }
 
     /// Where a new revision starts: an image only needs deploying, anything else a build.
@@ -300,10 +299,140 @@ pub fn report_log_line(
     }
 }
 
+/// What a report sees of the revision's deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentView {
+    pub status: DeploymentStatus,
+    /// When its active revision was created, if it has one.
+    pub active_created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The whole effect of an accepted report, which a store applies as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportEffect {
+    /// The revision's new status; its lease ends.
+    pub revision: RevisionStatus,
+    /// The revision becomes the deployment's active one, and the deployment takes this
+    /// status: a deployed revision never replaces a newer active one.
+    pub activate: Option<DeploymentStatus>,
+    /// Revisions of the deployment created before this one and still waiting become
+    /// `SKIPPED`.
+    pub skip_older: bool,
+    /// The log line it leaves: kind, level, text.
+    pub log: (&'static str, &'static str, String),
+}
+
+/// Decides a report on `rev` (see [`report`]) and, when it changes something, everything
+/// it changes. `Ok(None)`: the same report again, nothing to do.
+pub fn report_effect(
+    rev: &crate::Revision,
+    deployment: DeploymentView,
+    r: &crate::Report,
+) -> std::result::Result<Option<ReportEffect>, crate::ReportRefusal> {
+    let held = rev.data_plane.lease_holder.as_deref();
+    let stored_image = rev.data_plane.image.as_deref();
+    let image = r.image.as_deref();
+    let Some(next) = report(rev.status, held, &r.agent_id, stored_image, r.status, image)? else {
+        return Ok(None);
+    };
+    let deployed = next == RevisionStatus::Deployed;
+    let newest = deployment
+        .active_created_at
+        .is_none_or(|active| active <= rev.created_at);
+    let activate = (deployed && newest).then_some(match deployment.status {
+        DeploymentStatus::AwaitingDelete => DeploymentStatus::AwaitingDelete,
+        _ => DeploymentStatus::Ready,
+    });
+    let (reason, message) = (r.reason.as_deref(), r.message.as_deref());
+    Ok(Some(ReportEffect {
+        revision: next,
+        activate,
+        skip_older: deployed,
+        log: report_log_line(rev.id, next, image, reason, message),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::RevisionStatus::*;
     use super::*;
+
+    fn deploying(created_at: i64) -> crate::Revision {
+        crate::Revision {
+            id: uuid::Uuid::nil(),
+            deployment_id: uuid::Uuid::nil(),
+            source: "internal_docker".into(),
+            source_revision_config: serde_json::json!({}),
+            status: Deploying,
+            remote_reconciled: true,
+            created_at: chrono::DateTime::from_timestamp_micros(created_at).unwrap(),
+            updated_at: chrono::DateTime::from_timestamp_micros(created_at).unwrap(),
+            data_plane: crate::RevisionProgress {
+                lease_holder: Some("a".into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn reported(status: RevisionStatus) -> crate::Report {
+        crate::Report {
+            agent_id: "a".into(),
+            status,
+            image: None,
+            reason: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn report_effects() {
+        let view = |status, active: Option<i64>| DeploymentView {
+            status,
+            active_created_at: active.map(|t| chrono::DateTime::from_timestamp_micros(t).unwrap()),
+        };
+        let ready = DeploymentStatus::Ready;
+        let effect = |rev: &crate::Revision, d, s| report_effect(rev, d, &reported(s));
+        // Deployed with no active revision, or one no newer: it becomes active, the
+        // deployment READY, and older waiting revisions are skipped.
+        for active in [None, Some(5), Some(10)] {
+            let e = effect(
+                &deploying(10),
+                view(DeploymentStatus::Unknown, active),
+                Deployed,
+            );
+            let e = e.unwrap().unwrap();
+            assert_eq!(
+                (e.revision, e.activate, e.skip_older),
+                (Deployed, Some(ready), true)
+            );
+        }
+        // A newer revision is active already: this one does not replace it.
+        let e = effect(&deploying(10), view(ready, Some(11)), Deployed)
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.activate, e.skip_older), (None, true));
+        // A deployment being deleted stays so.
+        let deleting = view(DeploymentStatus::AwaitingDelete, None);
+        let e = effect(&deploying(10), deleting, Deployed).unwrap().unwrap();
+        assert_eq!(e.activate, Some(DeploymentStatus::AwaitingDelete));
+        // A failure changes only the revision.
+        let e = effect(&deploying(10), view(ready, None), DeployFailed)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.revision, e.activate, e.skip_older),
+            (DeployFailed, None, false)
+        );
+        assert_eq!(e.log.0, "deploy");
+        // The same report again does nothing; a refused one is refused.
+        let mut done = deploying(10);
+        done.status = Deployed;
+        assert_eq!(effect(&done, view(ready, None), Deployed), Ok(None));
+        assert_eq!(
+            effect(&done, view(ready, None), BuildFailed),
+            Err(crate::ReportRefusal::NotAllowed)
+        );
+    }
 
     #[test]
     fn image_path_and_build_path() {
@@ -410,8 +539,12 @@ mod tests {
         }
         assert_eq!(RevisionStatus::parse("DONE"), None);
         assert_eq!(
-            RevisionStatus::superseded_sql(),
-            "'AWAITING_BUILD', 'AWAITING_DEPLOY'"
+            RevisionStatus::superseded().collect::<Vec<_>>(),
+            [AwaitingBuild, AwaitingDeploy]
+        );
+        assert_eq!(
+            RevisionStatus::leased().collect::<Vec<_>>(),
+            [Building, Deploying]
         );
         assert!(Skipped.is_final() && !Skipped.started() && Building.started());
     }

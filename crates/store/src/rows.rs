@@ -138,7 +138,7 @@ pub(crate) fn delete_outcome(
     ))
 }
 
-pub(crate) fn listener(r: &impl Columns) -> Result<Listener> {
+pub(crate) fn listener(r: &dyn Columns) -> Result<Listener> {
     Ok(Listener {
         id: r.uuid("id")?,
         workspace_id: r.uuid("workspace_id")?,
@@ -151,7 +151,7 @@ pub(crate) fn listener(r: &impl Columns) -> Result<Listener> {
     })
 }
 
-pub(crate) fn org(r: &impl Columns) -> Result<Org> {
+pub(crate) fn org(r: &dyn Columns) -> Result<Org> {
     Ok(Org {
         id: r.uuid("id")?,
         name: r.text("name")?,
@@ -160,7 +160,7 @@ pub(crate) fn org(r: &impl Columns) -> Result<Org> {
     })
 }
 
-pub(crate) fn workspace(r: &impl Columns) -> Result<Workspace> {
+pub(crate) fn workspace(r: &dyn Columns) -> Result<Workspace> {
     Ok(Workspace {
         id: r.uuid("id")?,
         org_id: r.uuid("org_id")?,
@@ -169,11 +169,11 @@ pub(crate) fn workspace(r: &impl Columns) -> Result<Workspace> {
     })
 }
 
-pub(crate) fn workspace_with_plan(r: &impl Columns) -> Result<(Workspace, Plan)> {
+pub(crate) fn workspace_with_plan(r: &dyn Columns) -> Result<(Workspace, Plan)> {
     Ok((workspace(r)?, plan(&r.text("plan")?)?))
 }
 
-pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
+pub(crate) fn api_key(r: &dyn Columns) -> Result<ApiKey> {
     Ok(ApiKey {
         id: r.uuid("id")?,
         key_hash: r.text("key_hash")?,
@@ -186,7 +186,7 @@ pub(crate) fn api_key(r: &impl Columns) -> Result<ApiKey> {
 }
 
 /// A key with the workspace it acts in (`ws_org`, `ws_plan` from the join).
-pub(crate) fn authenticated(r: &impl Columns) -> Result<(ApiKey, Option<WorkspaceAccess>)> {
+pub(crate) fn authenticated(r: &dyn Columns) -> Result<(ApiKey, Option<WorkspaceAccess>)> {
     let access = match (r.opt_uuid("ws_org")?, r.opt_text("ws_plan")?) {
         (Some(org_id), Some(p)) => Some(WorkspaceAccess {
             org_id,
@@ -197,7 +197,7 @@ pub(crate) fn authenticated(r: &impl Columns) -> Result<(ApiKey, Option<Workspac
     Ok((api_key(r)?, access))
 }
 
-pub(crate) fn deployment(r: &impl Columns) -> Result<Deployment> {
+pub(crate) fn deployment(r: &dyn Columns) -> Result<Deployment> {
     Ok(Deployment {
         id: r.uuid("id")?,
         workspace_id: r.uuid("workspace_id")?,
@@ -220,12 +220,12 @@ pub(crate) fn deployment(r: &impl Columns) -> Result<Deployment> {
     })
 }
 
-pub(crate) fn revision(r: &impl Columns) -> Result<Revision> {
+pub(crate) fn revision(r: &dyn Columns) -> Result<Revision> {
     revision_prefixed(r, "")
 }
 
 /// A revision read from columns named `{prefix}{column}`.
-pub(crate) fn revision_prefixed(r: &impl Columns, prefix: &str) -> Result<Revision> {
+pub(crate) fn revision_prefixed(r: &dyn Columns, prefix: &str) -> Result<Revision> {
     let c = |name: &str| format!("{prefix}{name}");
     Ok(Revision {
         id: r.uuid(&c("id"))?,
@@ -250,7 +250,7 @@ pub(crate) fn revision_prefixed(r: &impl Columns, prefix: &str) -> Result<Revisi
 }
 
 /// A log line (`seq, at, level, message`).
-pub(crate) fn log_entry(r: &impl Columns) -> Result<LogEntry> {
+pub(crate) fn log_entry(r: &dyn Columns) -> Result<LogEntry> {
     Ok(LogEntry {
         seq: r.int("seq")?,
         at: r.time("at")?,
@@ -259,7 +259,7 @@ pub(crate) fn log_entry(r: &impl Columns) -> Result<LogEntry> {
     })
 }
 
-pub(crate) fn counts(r: &impl Columns) -> Result<ResourceCounts> {
+pub(crate) fn counts(r: &dyn Columns) -> Result<ResourceCounts> {
     Ok(ResourceCounts {
         organizations: r.int("organizations")?,
         workspaces: r.int("workspaces")?,
@@ -271,7 +271,7 @@ pub(crate) fn counts(r: &impl Columns) -> Result<ResourceCounts> {
 }
 
 /// An upload row: its deployment and object path.
-pub(crate) fn upload(r: &impl Columns) -> Result<(Uuid, String)> {
+pub(crate) fn upload(r: &dyn Columns) -> Result<(Uuid, String)> {
     Ok((r.uuid("deployment_id")?, r.text("object_path")?))
 }
 
@@ -285,7 +285,7 @@ pub(crate) fn qualified(table: &str, columns: &str) -> String {
 }
 
 /// A joined revision that may be absent (its `id` column null).
-pub(crate) fn optional_revision(r: &impl Columns, prefix: &str) -> Result<Option<Revision>> {
+pub(crate) fn optional_revision(r: &dyn Columns, prefix: &str) -> Result<Option<Revision>> {
     if r.opt_uuid(&format!("{prefix}id"))?.is_none() {
         return Ok(None);
     }
@@ -304,7 +304,7 @@ pub(crate) fn build_source(rev: &Revision) -> Result<BuildSource> {
     })
 }
 
-pub(crate) fn agent_state(r: &impl Columns) -> Result<AgentState> {
+pub(crate) fn agent_state(r: &dyn Columns) -> Result<AgentState> {
     Ok(AgentState {
         listener_id: r.uuid("id")?,
         last_seen_at: r.opt_int("last_seen_at")?.map(micros_to_time).transpose()?,

@@ -12,8 +12,9 @@
 //! committed (and so acknowledged) before it started. Writes stay on sqlx.
 
 use crate::rows::Columns;
+use crate::sql::{Arg, Decode, Query};
 use crate::{Result, StoreError};
-use rusqlite::{Connection, OpenFlags, Params, Row};
+use rusqlite::{Connection, OpenFlags, Row};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -80,46 +81,35 @@ impl Readers {
         out
     }
 
-    /// The first row of `sql`, mapped.
-    pub(super) fn optional<T>(
-        &self,
-        sql: &str,
-        params: impl Params,
-        map: impl Fn(&Named<'_, '_>) -> Result<T>,
-    ) -> Result<Option<T>> {
-        Ok(self.rows(sql, params, 1, map)?.pop())
-    }
-
-    /// Every row of `sql`, mapped.
-    pub(super) fn all<T>(
-        &self,
-        sql: &str,
-        params: impl Params,
-        map: impl FnMut(&Named<'_, '_>) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        self.rows(sql, params, usize::MAX, map)
-    }
-
-    /// Up to `limit` rows of `sql`, mapped.
-    fn rows<T>(
-        &self,
-        sql: &str,
-        params: impl Params,
-        limit: usize,
-        mut map: impl FnMut(&Named<'_, '_>) -> Result<T>,
-    ) -> Result<Vec<T>> {
+    /// Every row of `q`, decoded. Its `$n` placeholders are bound by name, as sqlx
+    /// binds them, so one statement text serves both.
+    pub(super) fn all<T>(&self, q: &Query, decode: Decode<T>) -> Result<Vec<T>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(error)?;
+            let mut stmt = conn.prepare_cached(&q.sql).map_err(error)?;
+            for (i, arg) in q.args.iter().enumerate() {
+                let Some(index) = stmt
+                    .parameter_index(&format!("${}", i + 1))
+                    .map_err(error)?
+                else {
+                    continue;
+                };
+                let value: rusqlite::types::Value = match arg {
+                    Arg::Id(v) => v.map(|id| id.to_string()).into(),
+                    Arg::Ids(v) => v.as_deref().map(super::json_list).into(),
+                    Arg::Text(v) => v.clone().into(),
+                    Arg::Texts(v) => v.as_deref().map(super::json_list).into(),
+                    Arg::Int(v) => (*v).into(),
+                    Arg::Flag(v) => v.map(i64::from).into(),
+                };
+                stmt.raw_bind_parameter(index, value).map_err(error)?;
+            }
             // Columns by name once per query: rusqlite looks a name up by scanning
             // SQLite's column names, which showed in the profile of a page of 100.
             let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-            let mut rows = stmt.query(params).map_err(error)?;
+            let mut rows = stmt.raw_query();
             let mut out = Vec::new();
-            while out.len() < limit {
-                let Some(row) = rows.next().map_err(error)? else {
-                    break;
-                };
-                out.push(map(&Named { row, names: &names })?);
+            while let Some(row) = rows.next().map_err(error)? {
+                out.push(decode(&Named { row, names: &names })?);
             }
             Ok(out)
         })
