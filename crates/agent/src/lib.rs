@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod control;
+pub mod env;
 pub mod kube;
 pub mod runner;
 pub mod spec;

@@ -166,6 +166,7 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         Mode::Containers => Arc::new(
             ContainerSink::connect(ContainerSettings {
                 listener_id: args.listener_id,
+                listener_key: args.listener_key.clone(),
                 bind: args.bind,
                 ports: args.ports,
                 postgres_image: args.postgres_image.clone(),

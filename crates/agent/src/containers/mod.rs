@@ -52,6 +52,8 @@ pub const LABEL_PORT: &str = "hostplane.port";
 #[derive(Debug, Clone)]
 pub struct ContainerSettings {
     pub listener_id: Uuid,
+    /// The listener key, from which each deployment's PostgreSQL password is derived.
+    pub listener_key: String,
     /// Address the deployments' ports are opened on.
     pub bind: std::net::IpAddr,
     /// Ports deployments get their address from, inclusive.
@@ -444,66 +446,60 @@ impl ContainerSink {
         Ok(env)
     }
 
-    /// The env of the API server: the deployment's, plus where Postgres and Redis are.
-    async fn server_env(&self, d: &DesiredDeployment) -> Result<Vec<String>, Failure> {
-        let given: HashMap<&str, &str> = d
-            .env
-            .iter()
-            .map(|e| (e.name.as_str(), e.value.as_str()))
-            .collect();
+    /// The env of the API server ([`crate::env::container_env`]), with the deployment's
+    /// own PostgreSQL and Redis started when it uses them.
+    async fn server_env(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+    ) -> Result<Vec<String>, Failure> {
+        use crate::env::{container_env, Role, Value};
         let prefix = Self::prefix(d);
-        let mut env: Vec<String> = d
-            .env
-            .iter()
-            .map(|e| format!("{}={}", e.name, e.value))
-            .collect();
-        let postgres = match given.get("POSTGRES_URI_CUSTOM") {
-            Some(uri) => (*uri).to_owned(),
-            None => {
-                let password: String = {
-                    use rand::Rng;
-                    rand::thread_rng()
-                        .sample_iter(&rand::distributions::Alphanumeric)
-                        .take(32)
-                        .map(char::from)
-                        .collect()
-                };
-                let fresh = vec![
-                    format!("POSTGRES_PASSWORD={password}"),
-                    "POSTGRES_USER=postgres".to_owned(),
-                    "POSTGRES_DB=postgres".to_owned(),
-                ];
-                let volume = format!("{prefix}-pgdata");
-                let actual = self
-                    .ensure_support(
-                        d,
-                        "postgres",
-                        &self.settings.postgres_image.clone(),
-                        fresh,
-                        Some((&volume, "/var/lib/postgresql/data")),
-                    )
-                    .await?;
-                let password = actual
+        let mut env = Vec::new();
+        for var in container_env(d, rev, Role::Combined) {
+            let value = match var.value {
+                Value::Literal(value) => value,
+                Value::Given(name) => d
+                    .env
                     .iter()
-                    .find_map(|e| e.strip_prefix("POSTGRES_PASSWORD="))
-                    .unwrap_or_default()
-                    .to_owned();
-                format!("postgres://postgres:{password}@{prefix}-postgres:5432/postgres?sslmode=disable")
-            }
-        };
-        let redis = match given.get("REDIS_URI_CUSTOM") {
-            Some(uri) => (*uri).to_owned(),
-            None => {
-                self.ensure_support(d, "redis", &self.settings.redis_image.clone(), vec![], None)
-                    .await?;
-                format!("redis://{prefix}-redis:6379")
-            }
-        };
-        env.push(format!("POSTGRES_URI={postgres}"));
-        env.push(format!("REDIS_URI={redis}"));
-        env.push("PORT=8000".to_owned());
-        env.push(format!("LANGSMITH_HOST_PROJECT_ID={}", d.id));
-        env.push(format!("LANGGRAPH_HOST_DEPLOYMENT_NAME={}", d.name));
+                    .rev()
+                    .find(|e| e.name == name)
+                    .map(|e| e.value.clone())
+                    .unwrap_or_default(),
+                // Refused before anything starts (`unsupported`).
+                Value::SecretRef { .. } => return Err(refusal(SECRET_REFERENCES.into())),
+                Value::OwnPostgres => {
+                    let password = crate::env::postgres_password(&self.settings.listener_key, d.id);
+                    let fresh = vec![
+                        format!("POSTGRES_PASSWORD={password}"),
+                        "POSTGRES_USER=postgres".to_owned(),
+                        "POSTGRES_DB=postgres".to_owned(),
+                    ];
+                    let volume = format!("{prefix}-pgdata");
+                    let image = self.settings.postgres_image.clone();
+                    let data = Some((volume.as_str(), "/var/lib/postgresql/data"));
+                    let actual = self
+                        .ensure_support(d, "postgres", &image, fresh, data)
+                        .await?;
+                    // A container made earlier keeps the password it was made with.
+                    let password = actual
+                        .iter()
+                        .find_map(|e| e.strip_prefix("POSTGRES_PASSWORD="))
+                        .unwrap_or_default();
+                    format!(
+                        "postgres://postgres:{password}@{prefix}-postgres:5432/postgres\
+                         ?sslmode=disable"
+                    )
+                }
+                Value::OwnRedis => {
+                    let image = self.settings.redis_image.clone();
+                    self.ensure_support(d, "redis", &image, vec![], None)
+                        .await?;
+                    format!("redis://{prefix}-redis:6379")
+                }
+            };
+            env.push(format!("{}={value}", var.name));
+        }
         Ok(env)
     }
 
@@ -580,7 +576,7 @@ impl ContainerSink {
             self.remove(&id).await;
         }
         self.ensure_image(image).await?;
-        let env = self.server_env(d).await?;
+        let env = self.server_env(d, rev).await?;
         let short: String = rev.id.simple().to_string().chars().take(8).collect();
         let name = format!("{}-{short}", Self::prefix(d));
         let mut labels = labels(&self.settings, d.id, "api");
@@ -848,16 +844,20 @@ async fn probe(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
+const SECRET_REFERENCES: &str = "secret_references name Kubernetes Secrets";
+
+fn refusal(what: String) -> Failure {
+    Failure::new(
+        "UnsupportedInContainerMode",
+        format!("{what}; container mode runs one server container per deployment"),
+    )
+}
+
 /// What container mode cannot honour of a `resource_spec`: it runs one API server
 /// container and nothing of the pod spec, so these would be dropped without a word.
 fn unsupported(d: &DesiredDeployment) -> Result<(), Failure> {
     use crate::spec::field;
-    let refuse = |what: String| {
-        Err(Failure::new(
-            "UnsupportedInContainerMode",
-            format!("{what}; container mode runs one server container per deployment"),
-        ))
-    };
+    let refuse = |what: String| Err(refusal(what));
     for list in ["volumes", "volume_mounts", "init_containers", "sidecars"] {
         if field(d, list)
             .and_then(serde_json::Value::as_array)
@@ -870,6 +870,9 @@ fn unsupported(d: &DesiredDeployment) -> Result<(), Failure> {
         if min > 1 {
             return refuse(format!("resource_spec.min_scale is {min}"));
         }
+    }
+    if crate::env::secret_references(d).next().is_some() {
+        return refuse(SECRET_REFERENCES.into());
     }
     Ok(())
 }
@@ -1059,6 +1062,21 @@ mod tests {
                 f.message,
                 format!("{message}; container mode runs one server container per deployment")
             );
+        }
+        let mut d = with(json!({}));
+        let refs = json!([{"name": "T", "secret_name": "s", "secret_key": "k"}]);
+        for (refs, refused) in [(json!([]), false), (refs, true)] {
+            d.secret_references = Some(refs);
+            let f = unsupported(&d);
+            assert_eq!(f.is_err(), refused);
+            if let Err(f) = f {
+                assert_eq!(f.reason, "UnsupportedInContainerMode");
+                assert_eq!(
+                    f.message,
+                    "secret_references name Kubernetes Secrets; container mode runs one \
+                     server container per deployment"
+                );
+            }
         }
     }
 }

@@ -243,55 +243,39 @@ impl<'a> Renderer<'a> {
         self.d.deployment_type.as_deref() == Some("prod")
     }
 
-    /// The env of the server (`api`) or the queue worker (`queue`).
+    /// The env of the server (`api`) or the queue worker (`queue`): values of the
+    /// deployment's own secrets and stores are read from their Secrets.
     fn env(&self, component: &str) -> Value {
-        let env_secret = format!("{}-env", self.base);
-        let mut env = vec![
-            json!({"name": "PORT", "value": "8000"}),
-            json!({"name": "LANGSMITH_HOST_PROJECT_ID", "value": self.d.id.to_string()}),
-            json!({"name": "LANGSMITH_HOST_REVISION_ID", "value": self.rev.id.to_string()}),
-        ];
-        if self.queued() {
-            let jobs = if component == "api" { "0" } else { "10" };
-            env.push(json!({"name": "N_JOBS_PER_WORKER", "value": jobs}));
-        }
-        let postgres = if self.has_env("POSTGRES_URI_CUSTOM") {
-            Self::secret_ref(&env_secret, "POSTGRES_URI_CUSTOM")
-        } else {
-            Self::secret_ref(&format!("{}-postgres", self.base), "uri")
+        use crate::env::{container_env, Role, Value as From};
+        let role = match (component, self.queued()) {
+            ("queue", _) => Role::Queue,
+            (_, true) => Role::Server,
+            (_, false) => Role::Combined,
         };
-        env.push(json!({"name": "POSTGRES_URI", "valueFrom": postgres}));
-        if self.has_env("REDIS_URI_CUSTOM") {
-            env.push(json!({"name": "REDIS_URI",
-                            "valueFrom": Self::secret_ref(&env_secret, "REDIS_URI_CUSTOM")}));
-        } else {
-            env.push(json!({"name": "REDIS_URI",
-                            "value": format!("redis://{}-redis:6379", self.base)}));
-        }
-        let mut names: Vec<&str> = self.d.env.iter().map(|e| e.name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            env.push(json!({"name": name, "valueFrom": Self::secret_ref(&env_secret, name)}));
-        }
-        for r in self
-            .d
-            .secret_references
-            .as_ref()
-            .and_then(Value::as_array)
+        let env_secret = format!("{}-env", self.base);
+        let own_postgres = format!("{}-postgres", self.base);
+        let entries = container_env(self.d, self.rev, role)
             .into_iter()
-            .flatten()
-        {
-            let (Some(name), Some(secret), Some(key)) = (
-                r.get("name").and_then(Value::as_str),
-                r.get("secret_name").and_then(Value::as_str),
-                r.get("secret_key").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
-            env.push(json!({"name": name, "valueFrom": Self::secret_ref(secret, key)}));
-        }
-        Value::Array(env)
+            .map(|var| {
+                let name = var.name;
+                match var.value {
+                    From::Literal(value) => json!({"name": name, "value": value}),
+                    From::OwnRedis => {
+                        json!({"name": name, "value": format!("redis://{}-redis:6379", self.base)})
+                    }
+                    From::Given(key) => {
+                        json!({"name": name, "valueFrom": Self::secret_ref(&env_secret, key)})
+                    }
+                    From::SecretRef { secret, key } => {
+                        json!({"name": name, "valueFrom": Self::secret_ref(secret, key)})
+                    }
+                    From::OwnPostgres => {
+                        json!({"name": name, "valueFrom": Self::secret_ref(&own_postgres, "uri")})
+                    }
+                }
+            })
+            .collect();
+        Value::Array(entries)
     }
 
     /// The pod template of the server (`api`) or the queue worker (`queue`).
