@@ -73,6 +73,8 @@ impl KeyCache {
 /// The workspace a request acts in.
 #[derive(Debug, Clone, Copy)]
 pub struct Tenant {
+    /// The organization of the key (and of the workspace).
+    pub org_id: Uuid,
     pub workspace_id: Uuid,
     pub plan: Plan,
     /// The API key the request was made with.
@@ -208,6 +210,7 @@ pub fn tenant(
         _ => return Err(no_access(&workspace_id.to_string())),
     };
     Ok(Tenant {
+        org_id: record.org_id,
         workspace_id,
         plan,
         key_id: record.id,

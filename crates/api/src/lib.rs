@@ -2,6 +2,7 @@
 //! error-to-HTTP mapping and the served OpenAPI document.
 
 pub mod auth;
+pub mod background;
 pub mod bodies;
 pub mod console;
 pub mod dataplane;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod listeners;
 pub mod logs;
 pub mod openapi;
+pub mod operations;
 pub mod registry;
 pub mod request;
 pub mod routing;

@@ -1,7 +1,9 @@
-//! Listeners (v2): the five operations, their request models and their rules.
+//! Listeners (v2): the five routes, their request models and their JSON; what each does
+//! is [`crate::operations::listeners`].
 
 use crate::auth::Tenant;
 use crate::error::{json_response, ApiError, ApiResult};
+use crate::operations::listeners;
 use crate::request::{BodyCall, Call};
 use crate::AppState;
 use axum::extract::State;
@@ -11,7 +13,7 @@ use compat::format::Timestamp;
 use compat::validate::{self, Fields};
 use compat::{ErrorItem, Errors, Loc, Value};
 use serde::Serialize;
-use store::{Listener, ListenerPatch, NewListener, Plan, StoreError, Versioned};
+use store::{Listener, ListenerPatch};
 use uuid::Uuid;
 
 /// The listener's JSON, fields in the reference's order.
@@ -45,32 +47,6 @@ fn to_json(l: &Listener) -> ListenerOut<'_> {
     }
 }
 
-fn not_found(id: Uuid) -> ApiError {
-    ApiError::NotFound(format!("Listener ID {id} not found."))
-}
-
-/// Listeners belong to self-hosted enterprise organizations only.
-fn require_enterprise(tenant: &Tenant) -> ApiResult<()> {
-    match tenant.plan {
-        Plan::Enterprise => Ok(()),
-        Plan::Standard => Err(ApiError::Forbidden(format!(
-            "Listeners cannot be created for LangSmith workspace ID '{}'. Creating listeners is \
-             only allowed for LangSmith organizations with self-hosted enterprise plans.",
-            tenant.workspace_id
-        ))),
-    }
-}
-
-/// A Kubernetes namespace name (an RFC 1123 label).
-fn is_namespace_name(ns: &str) -> bool {
-    let b = ns.as_bytes();
-    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&b.len())
-        && ok(&b[0])
-        && ok(&b[b.len() - 1])
-        && b.iter().all(|c| ok(c) || *c == b'-')
-}
-
 /// `ListenerComputeConfig`: `k8s_namespaces` is an optional list of distinct namespace
 /// names; a bad list fails as a whole with the first problem found.
 fn compute_config(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Option<Vec<String>>> {
@@ -81,47 +57,30 @@ fn compute_config(v: &Value, loc: Loc, errs: &mut Errors) -> Option<Option<Vec<S
         validate::list(v, loc, errs, validate::string)
     })?;
     if let (Some(list), Some(raw)) = (&namespaces, raw) {
-        let mut seen = std::collections::HashSet::new();
-        for ns in list {
-            let problem = if !is_namespace_name(ns) {
-                Some(format!("'{ns}' is not a valid Kubernetes namespace name"))
-            } else if !seen.insert(ns.as_str()) {
-                Some(format!("duplicate namespace '{ns}'"))
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                m.errs.push(ErrorItem::value_error(ns_loc, &problem, raw));
-                return None;
-            }
+        if let Some(problem) = listeners::namespaces_problem(list) {
+            m.errs.push(ErrorItem::value_error(ns_loc, &problem, raw));
+            return None;
         }
     }
     Some(namespaces)
 }
 
-struct CreateRequest {
-    version: Option<String>,
-    compute_id: String,
-    k8s_namespaces: Option<Vec<String>>,
-}
-
-impl CreateRequest {
-    fn validate(m: &mut Fields<'_>) -> Option<Self> {
-        let version = m.optional("version", validate::string);
-        let compute_type = m.required("compute_type", |v, l, e| {
-            validate::literal(v, l, e, &["k8s"])
-        });
-        let compute_id = m.required("compute_id", |v, l, e| {
-            validate::string_len(v, l, e, Some(1), None)
-        });
-        let config = m.required("compute_config", compute_config);
-        compute_type?;
-        Some(CreateRequest {
-            version: version?,
-            compute_id: compute_id?,
-            k8s_namespaces: config?,
-        })
-    }
+/// `ListenerCreateRequest`.
+fn create_request(m: &mut Fields<'_>) -> Option<listeners::Create> {
+    let version = m.optional("version", validate::string);
+    let compute_type = m.required("compute_type", |v, l, e| {
+        validate::literal(v, l, e, &["k8s"])
+    });
+    let compute_id = m.required("compute_id", |v, l, e| {
+        validate::string_len(v, l, e, Some(1), None)
+    });
+    let config = m.required("compute_config", compute_config);
+    compute_type?;
+    Some(listeners::Create {
+        version: version?,
+        compute_id: compute_id?,
+        k8s_namespaces: config?,
+    })
 }
 
 /// `ListenerPatchRequest`: `compute_type` and `compute_id` are not part of it, so a
@@ -139,9 +98,9 @@ pub async fn create(State(app): State<AppState>, call: BodyCall) -> ApiResult<Re
     let mut errs = Vec::new();
     let req = call
         .body_model(&mut errs)
-        .and_then(|mut m| CreateRequest::validate(&mut m));
+        .and_then(|mut m| create_request(&mut m));
     let req = ApiError::validated(errs, req)?;
-    let l = create_in(&app, &call.tenant, req).await?;
+    let l = listeners::create(&app, &call.tenant, req).await?;
     Ok(json_response(StatusCode::CREATED, &to_json(&l)))
 }
 
@@ -152,44 +111,20 @@ pub(crate) async fn create_from(
     body: &compat::Value,
 ) -> ApiResult<Listener> {
     let mut errs = Vec::new();
-    let req = validate::model(body, Loc::new("body"), &mut errs)
-        .and_then(|mut m| CreateRequest::validate(&mut m));
+    let req =
+        validate::model(body, Loc::new("body"), &mut errs).and_then(|mut m| create_request(&mut m));
     let req = ApiError::validated(errs, req)?;
-    create_in(app, tenant, req).await
-}
-
-async fn create_in(app: &AppState, tenant: &Tenant, req: CreateRequest) -> ApiResult<Listener> {
-    require_enterprise(tenant)?;
-    let workspace_id = tenant.workspace_id;
-    let new = NewListener {
-        workspace_id,
-        compute_type: "k8s".into(),
-        compute_id: req.compute_id.clone(),
-        version: req.version,
-        k8s_namespaces: req.k8s_namespaces,
-    };
-    match app.store.create_listener(new).await {
-        Ok(l) => Ok(l),
-        Err(StoreError::Conflict) => Err(ApiError::Conflict(format!(
-            "Listener for LangSmith workspace ID '{workspace_id}' and compute ID '{}' already \
-             exists.",
-            req.compute_id
-        ))),
-        Err(e) => Err(e.into()),
-    }
+    listeners::create(app, tenant, req).await
 }
 
 pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let paging = call.paging(&mut errs);
     let (limit, db_offset, offset) = ApiError::validated(errs, paging)?;
-    require_enterprise(&call.tenant)?;
-    let workspace = call.tenant.workspace_id;
+    let tenant = &call.tenant;
     // The versions of the page first; only listeners not rendered at that version are read
     // whole ([`crate::bodies`]).
-    let page: Vec<_> = app
-        .store
-        .listener_versions(workspace, limit, db_offset)
+    let page: Vec<_> = listeners::versions(&app, tenant, limit, db_offset)
         .await?
         .into_iter()
         .map(|(id, version)| (id, app.bodies.known(id, version)))
@@ -199,11 +134,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         .filter(|(_, known)| known.is_none())
         .map(|(id, _)| *id)
         .collect();
-    let read = if missing.is_empty() {
-        Vec::new()
-    } else {
-        app.store.listeners_by_ids(workspace, &missing).await?
-    };
+    let read = listeners::by_ids(&app, tenant, &missing).await?;
     let mut resources = Vec::with_capacity(page.len());
     for (id, known) in page {
         // Neither remembered nor read: deleted since the versions were read, so it is no
@@ -221,21 +152,11 @@ pub async fn get(State(app): State<AppState>, call: Call) -> ApiResult<Response>
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
     let id = ApiError::validated(errs, id)?;
-    require_enterprise(&call.tenant)?;
-    let workspace = call.tenant.workspace_id;
-    let version = app
-        .store
-        .version(Versioned::Listener, workspace, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let version = listeners::version(&app, &call.tenant, id).await?;
     if let Some(known) = app.bodies.known(id, version) {
         return Ok(json_response(StatusCode::OK, &known));
     }
-    let l = app
-        .store
-        .get_listener(workspace, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let l = listeners::get(&app, &call.tenant, id).await?;
     Ok(json_response(StatusCode::OK, &body(&app, &l)?))
 }
 
@@ -251,12 +172,7 @@ pub async fn patch(State(app): State<AppState>, call: BodyCall) -> ApiResult<Res
         .body_model(&mut errs)
         .and_then(|mut m| patch_request(&mut m));
     let (id, patch) = ApiError::validated(errs, id.zip(patch))?;
-    require_enterprise(&call.tenant)?;
-    let l = app
-        .store
-        .patch_listener(call.tenant.workspace_id, id, patch)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let l = listeners::patch(&app, &call.tenant, id, patch).await?;
     Ok(json_response(StatusCode::OK, &body(&app, &l)?))
 }
 
@@ -264,36 +180,6 @@ pub async fn delete(State(app): State<AppState>, call: Call) -> ApiResult<Respon
     let mut errs = Vec::new();
     let id = call.path_uuid("listener_id", &mut errs);
     let id = ApiError::validated(errs, id)?;
-    require_enterprise(&call.tenant)?;
-    match app
-        .store
-        .delete_listener(call.tenant.workspace_id, id)
-        .await
-    {
-        Ok(true) => {
-            // Its keys were revoked with it: no request may pass on a remembered one.
-            app.keys.forget_all();
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        Ok(false) => Err(not_found(id)),
-        Err(StoreError::InUse) => Err(ApiError::Conflict(format!(
-            "Listener ID {id} is used by deployments and cannot be deleted."
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_namespace_name;
-
-    #[test]
-    fn namespace_names() {
-        for ok in ["a", "agents", "a-1", "0", &"a".repeat(63)] {
-            assert!(is_namespace_name(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "é"] {
-            assert!(!is_namespace_name(bad), "{bad}");
-        }
-    }
+    listeners::delete(&app, &call.tenant, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -111,25 +111,6 @@ async fn read(
             "validation gave no value and no error".into(),
         ));
     };
-    let workspace = call.tenant.workspace_id;
-    if let Some(rev) = revision_id {
-        if app
-            .store
-            .get_deployment(workspace, deployment_id)
-            .await?
-            .is_none()
-        {
-            return Err(crate::deployments::not_found(deployment_id));
-        }
-        if app
-            .store
-            .get_revision(workspace, deployment_id, rev)
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::NotFound(format!("Revision ID {rev} not found.")));
-        }
-    }
     let cursor = match &req.offset {
         None => None,
         Some(text) => Some(parse_cursor(text).ok_or_else(|| {
@@ -154,11 +135,7 @@ async fn read(
         until: req.end_time,
         limit: req.limit,
     };
-    let lines = app
-        .store
-        .read_logs(workspace, &query)
-        .await?
-        .ok_or_else(|| crate::deployments::not_found(deployment_id))?;
+    let lines = crate::operations::deployments::logs(app, &call.tenant, &query).await?;
     let next_offset = lines
         .last()
         .map(|l| cursor_text((l.at.timestamp_micros(), l.seq)))

@@ -929,7 +929,7 @@ async fn upload_quota_and_cleanup(backend: Backend) {
         200
     );
     let zero = std::time::Duration::ZERO;
-    let removed = hostplane_api::deployments::uploads::collect_garbage(
+    let removed = hostplane_api::operations::uploads::collect_garbage(
         &*app.store,
         &app.storage_dir(),
         zero,
@@ -945,7 +945,7 @@ async fn upload_quota_and_cleanup(backend: Backend) {
     assert_eq!(res.status, 200);
     // A young unused upload survives a collection with a grace period.
     let hour = std::time::Duration::from_secs(3600);
-    let removed = hostplane_api::deployments::uploads::collect_garbage(
+    let removed = hostplane_api::operations::uploads::collect_garbage(
         &*app.store,
         &app.storage_dir(),
         hour,

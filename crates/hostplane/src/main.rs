@@ -401,12 +401,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    api::deployments::uploads::spawn_janitor(
+    api::background::spawn_janitor(
         store.clone(),
         args.storage_dir.clone(),
         config.upload_timeout,
     );
-    api::dataplane::spawn_lease_sweeper(store.clone(), config.dataplane.lease);
+    api::background::spawn_lease_sweeper(store.clone(), config.dataplane.lease);
     let closing = config.closing.clone();
     let wake = store.clone();
     let shutdown = async move {

@@ -541,6 +541,41 @@ fn console_over_http(db: &Db) {
         revoked.get(&list).status == 303
     });
 
+    // The console applies the API's plan rule: a standard-plan workspace has no
+    // listeners page (the API's 403 and text), and its deployments page works.
+    let org = admin(
+        db,
+        &["org", "create", "--name", "small", "--plan", "standard"],
+    );
+    let ws = admin(
+        db,
+        &[
+            "workspace",
+            "create",
+            "--org",
+            org["id"].as_str().unwrap(),
+            "--name",
+            "small",
+        ],
+    );
+    let ws = ws["id"].as_str().unwrap();
+    let key = admin(db, &["api-key", "create", "--workspace", ws]);
+    let mut small = Visitor {
+        server: &server,
+        session: None,
+    };
+    small.sign_in(key["key"].as_str().unwrap(), "");
+    let page = small.get(&format!("/o/{ws}/host/listeners"));
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(
+        page.alert(),
+        format!(
+            "Listeners cannot be created for LangSmith workspace ID '{ws}'. Creating listeners \
+             is only allowed for LangSmith organizations with self-hosted enterprise plans."
+        )
+    );
+    assert_eq!(small.get(&format!("/o/{ws}/host/deployments")).status, 200);
+
     // A session ends 12 hours after sign-in, on the server whatever the browser keeps:
     // twelve hours are made to pass by moving the session's expiry to now.
     let mut late = Visitor {

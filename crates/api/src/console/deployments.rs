@@ -4,9 +4,10 @@
 use super::layout::{self, badge, short_id, time, Nav, Tab};
 use super::session::{self, Csrf, Visit};
 use super::{encode, path_id, same_origin, see_other, ConsoleError, ConsoleResult};
-use crate::deployments::{delete_one, not_found, redeploy_revision};
+use crate::auth::Tenant;
 use crate::error::{json_response, ApiError};
 use crate::logs::{cursor_text, parse_cursor};
+use crate::operations::{deployments as ops, listeners};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -35,9 +36,13 @@ pub fn namespace(d: &Deployment) -> Option<&str> {
         .as_str()
 }
 
-/// Listener ids of the workspace with their compute ids.
-async fn compute_ids(app: &AppState, workspace: Uuid) -> ConsoleResult<HashMap<Uuid, String>> {
-    let listeners = app.store.list_listeners(workspace, 10_000, 0).await?;
+/// Listener ids of the workspace with their compute ids (none on a plan without
+/// listeners).
+async fn compute_ids(app: &AppState, tenant: &Tenant) -> ConsoleResult<HashMap<Uuid, String>> {
+    let listeners = match listeners::list(app, tenant, 10_000, 0).await {
+        Err(ApiError::Forbidden(_)) => Vec::new(),
+        listed => listed?,
+    };
     Ok(listeners
         .into_iter()
         .map(|l| (l.id, l.compute_id))
@@ -82,13 +87,10 @@ pub async fn list(
         status: status.map(str::to_owned),
         ..Default::default()
     };
-    let mut items = app
-        .store
-        .list_deployments(ws, &filter, PAGE + 1, offset)
-        .await?;
+    let mut items = ops::list(&app, &visit.tenant, &filter, PAGE + 1, offset).await?;
     let more = items.len() as i64 > PAGE;
     items.truncate(PAGE as usize);
-    let listeners = compute_ids(&app, ws).await?;
+    let listeners = compute_ids(&app, &visit.tenant).await?;
     let page_link = |to: i64| {
         let mut link = format!("/o/{ws}/host/deployments?offset={to}");
         if let Some(n) = name {
@@ -172,15 +174,6 @@ fn listener_cell(id: Option<Uuid>, listeners: &HashMap<Uuid, String>) -> Markup 
     }
 }
 
-/// The deployment of the page, or its 404 page.
-async fn load(app: &AppState, ws: Uuid, id: Uuid) -> ConsoleResult<Deployment> {
-    Ok(app
-        .store
-        .get_deployment(ws, id)
-        .await?
-        .ok_or_else(|| not_found(id))?)
-}
-
 #[derive(Deserialize, Default)]
 pub struct LogFilter {
     kind: Option<String>,
@@ -230,16 +223,12 @@ impl LogFilter {
 /// Log lines in the order they were written, and the cursor past the last one.
 async fn read_logs(
     app: &AppState,
-    ws: Uuid,
+    tenant: &Tenant,
     id: Uuid,
     filter: &LogFilter,
 ) -> ConsoleResult<(Vec<LogEntry>, Option<String>)> {
     let query = filter.query(id);
-    let mut lines = app
-        .store
-        .read_logs(ws, &query)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let mut lines = ops::logs(app, tenant, &query).await?;
     if query.descending {
         lines.reverse();
     }
@@ -259,21 +248,29 @@ pub async fn show(
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
     let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
-    let d = load(&app, ws, id).await?;
-    let revisions = app
-        .store
-        .list_revisions(ws, id, &RevisionFilter::default(), REVISIONS, 0)
-        .await?
-        .unwrap_or_default();
+    let d = ops::get(&app, &visit.tenant, id).await?;
+    let revisions = ops::revisions(
+        &app,
+        &visit.tenant,
+        id,
+        &RevisionFilter::default(),
+        REVISIONS,
+        0,
+    )
+    .await?;
     let listener = match d.listener_id {
-        Some(l) => app.store.get_listener(ws, l).await?,
+        Some(l) => match listeners::get(&app, &visit.tenant, l).await {
+            Ok(l) => Some(l),
+            Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
         None => None,
     };
     let filter = LogFilter {
         after: None,
         ..filter
     };
-    let (lines, cursor) = read_logs(&app, ws, id, &filter).await?;
+    let (lines, cursor) = read_logs(&app, &visit.tenant, id, &filter).await?;
     let base = format!("/o/{ws}/host/deployments/{id}");
     let csrf = &visit.session.csrf;
     let image = revisions
@@ -396,8 +393,8 @@ pub async fn logs(
     uri: Uri,
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    session::visit(&app, &headers, session::here(&uri), ws).await?;
-    let (lines, after) = read_logs(&app, ws, id, &filter).await?;
+    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
+    let (lines, after) = read_logs(&app, &visit.tenant, id, &filter).await?;
     let out: Vec<_> = lines
         .iter()
         .map(|l| LogLineOut {
@@ -428,7 +425,7 @@ pub async fn redeploy(
     )
     .await?;
     visit.session.check_csrf(&form.csrf)?;
-    redeploy_revision(&app, ws, id, rid).await?;
+    ops::redeploy(&app, &visit.tenant, id, rid).await?;
     Ok(see_other(&format!(
         "/o/{ws}/host/deployments/{id}?done=redeployed"
     )))
@@ -472,7 +469,7 @@ pub async fn confirm_delete(
 ) -> ConsoleResult {
     let (ws, id) = (path_id(&ws)?, path_id(&id)?);
     let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
-    let d = load(&app, ws, id).await?;
+    let d = ops::get(&app, &visit.tenant, id).await?;
     Ok(delete_page(&visit, &d, None))
 }
 
@@ -498,12 +495,12 @@ pub async fn delete(
     )
     .await?;
     visit.session.check_csrf(&form.csrf)?;
-    let d = load(&app, ws, id).await?;
+    let d = ops::get(&app, &visit.tenant, id).await?;
     if form.confirm != d.name {
         let problem = "The name does not match; nothing was deleted.";
         return Ok(delete_page(&visit, &d, Some(problem)));
     }
-    match delete_one(&app, ws, id, false).await {
+    match ops::delete(&app, &visit.tenant, id, false).await {
         Ok(()) | Err(ApiError::NotFound(_)) => {
             Ok(see_other(&format!("/o/{ws}/host/deployments?done=deleted")))
         }

@@ -7,6 +7,7 @@ use super::layout::{self, badge, time, Nav, Tab};
 use super::session::{self, Visit};
 use super::{path_id, same_origin, ConsoleResult};
 use crate::error::ApiError;
+use crate::operations::{deployments, listeners};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -15,7 +16,7 @@ use axum::Form;
 use maud::html;
 use serde::Deserialize;
 use std::collections::HashMap;
-use store::{DeploymentFilter, KeyScope, Listener};
+use store::Listener;
 use uuid::Uuid;
 
 /// What the form showed last: an error, or the listener just created with its key.
@@ -38,18 +39,13 @@ pub async fn list(
 
 async fn page(app: &AppState, visit: &Visit, outcome: Outcome) -> ConsoleResult {
     let ws = visit.tenant.workspace_id;
-    let listeners = app.store.list_listeners(ws, 10_000, 0).await?;
-    let agents: HashMap<Uuid, _> = app
-        .store
-        .agent_states(ws)
+    let listeners = listeners::list(app, &visit.tenant, 10_000, 0).await?;
+    let agents: HashMap<Uuid, _> = listeners::agent_states(app, &visit.tenant)
         .await?
         .into_iter()
         .map(|a| (a.listener_id, a))
         .collect();
-    let deployments = app
-        .store
-        .list_deployments(ws, &DeploymentFilter::default(), 10_000, 0)
-        .await?;
+    let deployments = deployments::list(app, &visit.tenant, &Default::default(), 10_000, 0).await?;
     let now = chrono::Utc::now();
     let lease = chrono::Duration::from_std(app.config.dataplane.lease).unwrap_or_default();
     let status = match &outcome {
@@ -151,22 +147,19 @@ pub async fn create(
     let ws = path_id(&ws)?;
     let visit = session::visit(&app, &headers, &format!("/o/{ws}/host/listeners"), ws).await?;
     visit.session.check_csrf(&form.csrf)?;
-    let namespaces: Vec<&str> = form
+    let namespaces: Vec<serde_json::Value> = form
         .namespaces
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|n| !n.is_empty())
+        .map(|n| n.into())
         .collect();
-    let body = serde_json::json!({
+    // The form as the API's body, validated the same way.
+    let body = compat::Value::from(&serde_json::json!({
         "compute_type": "k8s",
         "compute_id": form.compute_id.trim(),
         "compute_config": { "k8s_namespaces": namespaces },
-    });
-    let parsed = compat::body::decode(Some("application/json"), body.to_string().as_bytes())
-        .map_err(|_| ApiError::Internal("the console built an unreadable body".into()))?;
-    let compat::body::Body::Present(value) = parsed else {
-        return Err(ApiError::Internal("the console built an empty body".into()).into());
-    };
-    let created = match crate::listeners::create_from(&app, &visit.tenant, &value).await {
+    }));
+    let created = match crate::listeners::create_from(&app, &visit.tenant, &body).await {
         Ok(l) => l,
         Err(e @ ApiError::Internal(_)) => return Err(e.into()),
         Err(e) => {
@@ -174,22 +167,7 @@ pub async fn create(
             return page(&app, &visit, Outcome::Refused(status, text)).await;
         }
     };
-    let key = issue_key(&app, &visit, &created).await?;
+    let key = listeners::issue_key(&app, &visit.tenant, &created).await?;
     let res = page(&app, &visit, Outcome::Created(created, key)).await?;
     Ok((StatusCode::CREATED, res).into_response())
-}
-
-/// A new listener key for `listener` (what `hostplane admin api-key create --listener`
-/// makes); the value is returned once and only its hash is stored.
-async fn issue_key(app: &AppState, visit: &Visit, listener: &Listener) -> ConsoleResult<String> {
-    let scope = KeyScope::Listener {
-        org_id: visit.session.key.org_id,
-        workspace_id: visit.tenant.workspace_id,
-        listener_id: listener.id,
-    };
-    let value = store::generate_key();
-    app.store
-        .create_api_key(scope, &store::hash_key(&value))
-        .await?;
-    Ok(value)
 }

@@ -6,6 +6,7 @@
 use super::{encode, layout, same_origin, see_other, ConsoleError, ConsoleResult};
 use crate::auth::{self, Tenant};
 use crate::error::ApiError;
+use crate::operations::sessions;
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Uri};
@@ -103,12 +104,7 @@ async fn session(
     };
     let token = cookie_token(headers).ok_or_else(sign_in)?;
     let token_hash = store::hash_key(&token);
-    let key_hash = app
-        .store
-        .session_key(&token_hash)
-        .await?
-        .ok_or_else(sign_in)?;
-    let (key, access) = match auth::key_by_hash(&*app.store, &app.keys, key_hash, workspace).await {
+    let (key, access) = match sessions::key_of(app, &token_hash, workspace).await {
         Ok(found) => found,
         Err(ApiError::Unauthorized(_)) => return Err(sign_in()),
         Err(e) => return Err(e.into()),
@@ -198,20 +194,12 @@ pub async fn sign_in(
     if key.is_empty() {
         return refused("Enter an API key.");
     }
-    let hash = store::hash_key(key);
-    let record = match auth::key_by_hash(&*app.store, &app.keys, hash.clone(), None).await {
-        Ok((record, _)) => record,
+    let (token, record) = match sessions::sign_in(&app, key, LIFETIME).await {
+        Ok(signed_in) => signed_in,
         Err(ApiError::Unauthorized(_)) => return refused("That API key is not valid."),
+        Err(ApiError::Forbidden(text)) => return refused(&text),
         Err(e) => return Err(e.into()),
     };
-    if matches!(record.scope(), KeyScope::Listener { .. }) {
-        return refused("A listener key cannot sign in: use a workspace or organization key.");
-    }
-    let token = store::generate_key();
-    let expires = chrono::Utc::now() + LIFETIME;
-    app.store
-        .create_session(&store::hash_key(&token), &hash, expires)
-        .await?;
     let secure = if secure_transport(&app, &headers) {
         "; Secure"
     } else {
@@ -253,7 +241,7 @@ pub async fn sign_out(
     same_origin(&app, &headers)?;
     let (session, _) = session(&app, &headers, "/console", None).await?;
     session.check_csrf(&form.csrf)?;
-    app.store.delete_session(&session.token_hash).await?;
+    sessions::sign_out(&app, &session.token_hash).await?;
     let mut res = see_other("/console/sign-in");
     let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(v) = gone.parse() {
@@ -270,7 +258,7 @@ pub async fn workspaces(
 ) -> ConsoleResult {
     let (session, _) = session(&app, &headers, here(&uri), None).await?;
     let listed = match session.key.scope() {
-        KeyScope::Org { org_id } => app.store.list_workspaces(Some(org_id)).await?,
+        KeyScope::Org { org_id } => sessions::workspaces(&app, org_id).await?,
         _ => return Ok(Redirect::to(&landing(&session.key)).into_response()),
     };
     let body = html! {

@@ -1,8 +1,8 @@
 //! The data-plane protocol's server side (`/dataplane/v1/listeners/{listener_id}/...`):
 //! what listener agents call to learn what to run and to report what happened. The
 //! wire types live in the `protocol` crate; this module authenticates the agent (a
-//! listener key of that very listener), checks the protocol version, and maps each
-//! call onto the store, whose state machine decides. Not part of the compatible API:
+//! listener key of that very listener), checks the protocol version, and calls
+//! [`crate::operations::dataplane`]. Not part of the compatible API:
 //! its own document is served at `/dataplane/openapi.json`.
 
 pub mod openapi;
@@ -11,6 +11,7 @@ pub mod openapi;
 pub const PREFIX: &str = "/dataplane/v1/listeners/{listener_id}";
 
 use crate::error::{json_response, ApiError, ApiResult};
+use crate::operations::dataplane as ops;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
@@ -20,8 +21,6 @@ use compat::query::Query;
 use protocol::*;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use store::lifecycle::RevisionStatus;
-use store::{ClaimOutcome, DeletedOutcome, ReportOutcome, StoreError};
 use uuid::Uuid;
 
 /// Settings of the data plane.
@@ -162,64 +161,20 @@ impl Agent {
     }
 }
 
-fn agent_id(id: &str) -> ApiResult<&str> {
-    if id.is_empty() || id.len() > 253 || id.chars().any(char::is_control) {
-        return Err(ApiError::Unprocessable(
-            "agent_id must be 1 to 253 characters without control characters.".into(),
-        ));
-    }
-    Ok(id)
-}
-
-fn listener_gone(id: Uuid) -> ApiError {
-    ApiError::NotFound(format!("Listener ID {id} not found."))
-}
-
-fn revision_not_found(id: Uuid) -> ApiError {
-    ApiError::NotFound(format!("Revision ID {id} not found."))
-}
-
 fn ok<T: serde::Serialize>(body: &T) -> ApiResult<Response> {
     Ok(json_response(StatusCode::OK, body))
 }
 
 pub async fn heartbeat(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let beat: Heartbeat = agent.body()?;
-    agent_id(&beat.agent_id)?;
-    if beat.agent_version.is_empty() || beat.agent_version.len() > 128 {
-        return Err(ApiError::Unprocessable(
-            "agent_version must be 1 to 128 characters.".into(),
-        ));
-    }
+    let generation = ops::heartbeat(&app, agent.listener_id, &beat).await?;
     let config = &app.config.dataplane;
-    let facts = serde_json::json!({
-        "agent_id": beat.agent_id,
-        "mode": beat.mode,
-        "cluster": beat.cluster,
-        "deployments": beat.deployments,
-    });
-    let record = store::AgentBeat {
-        agent_id: beat.agent_id.clone(),
-        version: beat.agent_version.clone(),
-        facts: facts.to_string(),
-        lease_until: lease_until(config),
-    };
-    let generation = app
-        .store
-        .heartbeat(agent.listener_id, record)
-        .await?
-        .ok_or_else(|| listener_gone(agent.listener_id))?;
     ok(&HeartbeatAnswer {
         protocol_version: PROTOCOL_VERSION,
         generation,
         heartbeat_interval_seconds: config.heartbeat_interval().as_secs(),
         lease_seconds: config.lease.as_secs(),
     })
-}
-
-fn lease_until(config: &DataPlaneConfig) -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
-        + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::seconds(60))
 }
 
 /// The long-poll: answers at once when the generation is past `after`, otherwise when
@@ -232,19 +187,15 @@ pub async fn desired(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
         .min(MAX_WAIT_SECONDS as i64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait as u64);
     // Subscribed before reading, so a change between the read and the wait wakes it.
-    let mut changes = app.store.subscribe(agent.listener_id);
+    let mut changes = ops::subscribe(&app, agent.listener_id);
     loop {
-        let rows = app
-            .store
-            .desired(agent.listener_id)
-            .await?
-            .ok_or_else(|| listener_gone(agent.listener_id))?;
+        let state = ops::desired(&app, agent.listener_id).await?;
         let closing = app
             .config
             .closing
             .load(std::sync::atomic::Ordering::Relaxed);
-        if rows.generation > after || closing || tokio::time::Instant::now() >= deadline {
-            return ok(&desired_state(&app, rows)?);
+        if state.generation > after || closing || tokio::time::Instant::now() >= deadline {
+            return ok(&state);
         }
         // Counted in `dataplane_polls_waiting` while it waits for a change.
         let _waiting = crate::telemetry::Held::up(metrics::gauge!("dataplane_polls_waiting"));
@@ -259,209 +210,28 @@ pub async fn desired(State(app): State<AppState>, agent: Agent) -> ApiResult<Res
     }
 }
 
-fn desired_state(app: &AppState, rows: store::DesiredRows) -> ApiResult<DesiredState> {
-    let namespaces = rows.listener.k8s_namespaces.unwrap_or_default();
-    let deployments = rows
-        .deployments
-        .into_iter()
-        .map(|placed| desired_deployment(app, placed, namespaces.first()))
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(DesiredState {
-        protocol_version: PROTOCOL_VERSION,
-        listener_id: rows.listener.id,
-        generation: rows.generation,
-        namespaces,
-        deployments,
-    })
-}
-
-/// The revision a deployment should run: its newest, unless that one failed, was
-/// skipped or interrupted; then the one last deployed.
-fn target_revision(placed: &store::PlacedDeployment) -> Option<&store::Revision> {
-    use RevisionStatus::*;
-    match &placed.latest {
-        Some(latest)
-            if !matches!(
-                latest.status,
-                CreateFailed | BuildFailed | DeployFailed | Skipped | Interrupted | Unknown
-            ) =>
-        {
-            Some(latest)
-        }
-        _ => placed.active.as_ref(),
-    }
-}
-
-/// One deployment of the desired state; `first_namespace` is where deployments that
-/// name none run.
-fn desired_deployment(
-    app: &AppState,
-    placed: store::PlacedDeployment,
-    first_namespace: Option<&String>,
-) -> ApiResult<DesiredDeployment> {
-    let d = &placed.deployment;
-    let text = |v: &serde_json::Value, key: &str| {
-        v.get(key)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    let revision = target_revision(&placed).map(|r| {
-        let config = &r.source_revision_config;
-        let build = (d.source == "internal_source").then(|| BuildSpec {
-            langgraph_config_path: text(config, "langgraph_config_path"),
-            install_command: text(&d.source_config, "install_command"),
-            build_command: text(&d.source_config, "build_command"),
-        });
-        DesiredRevision {
-            id: r.id,
-            status: r.status.as_str().to_owned(),
-            image: r
-                .data_plane
-                .image
-                .clone()
-                .or_else(|| text(config, "image_uri")),
-            build,
-            lease_holder: r.data_plane.lease_holder.clone(),
-            created_at: r.created_at,
-        }
-    });
-    Ok(DesiredDeployment {
-        id: d.id,
-        name: d.name.clone(),
-        namespace: d
-            .source_config
-            .get("listener_config")
-            .and_then(|c| text(c, "k8s_namespace"))
-            .or_else(|| first_namespace.cloned()),
-        deployment_type: d.deployment_type.clone(),
-        status: d.status.as_str().to_owned(),
-        deleting: d.status == store::lifecycle::DeploymentStatus::AwaitingDelete,
-        active_revision_id: d.active_revision_id,
-        revision,
-        resource_spec: d.source_config.get("resource_spec").cloned(),
-        secret_references: d.secret_references.clone(),
-        env: env(app, d)?,
-    })
-}
-
-/// The deployment's secrets, unsealed, as environment variables.
-fn env(app: &AppState, d: &store::Deployment) -> ApiResult<Vec<EnvVar>> {
-    let plain = app
-        .secrets
-        .open(&d.secrets, d.id)
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .ok_or_else(|| {
-            ApiError::Internal(format!(
-                "the secrets of deployment {} cannot be opened",
-                d.id
-            ))
-        })?;
-    Ok(plain
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            Some(EnvVar {
-                name: s.get("name")?.as_str()?.to_owned(),
-                value: s.get("value")?.as_str()?.to_owned(),
-            })
-        })
-        .collect())
-}
-
 pub async fn claim(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let revision_id = agent.path_uuid("revision_id")?;
     let req: Claim = agent.body()?;
-    let who = agent_id(&req.agent_id)?;
-    let outcome = app
-        .store
-        .claim(
-            agent.listener_id,
-            revision_id,
-            who,
-            lease_until(&app.config.dataplane),
-        )
-        .await?;
-    match outcome {
-        ClaimOutcome::Claimed {
-            status,
-            lease_expires_at,
-        } => ok(&ClaimAnswer {
-            protocol_version: PROTOCOL_VERSION,
-            revision_id,
-            status: status.as_str().to_owned(),
-            lease_expires_at,
-        }),
-        ClaimOutcome::NotFound => Err(revision_not_found(revision_id)),
-        ClaimOutcome::Held { status, until } => Err(ApiError::Conflict(format!(
-            "Revision {revision_id} is {} under a claim another agent holds until {}.",
-            status.as_str(),
-            until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ))),
-        ClaimOutcome::NotClaimable(RevisionStatus::Skipped) => Err(ApiError::Conflict(format!(
-            "Revision {revision_id} is SKIPPED: a newer revision superseded it."
-        ))),
-        ClaimOutcome::NotClaimable(status) => Err(ApiError::Conflict(format!(
-            "Revision {revision_id} is {}; only a revision in AWAITING_DEPLOY or \
-             AWAITING_BUILD can be claimed.",
-            status.as_str()
-        ))),
-        ClaimOutcome::Deleting => Err(ApiError::Conflict(format!(
-            "The deployment of revision {revision_id} is being deleted."
-        ))),
-    }
+    let (status, lease_expires_at) =
+        ops::claim(&app, agent.listener_id, revision_id, &req.agent_id).await?;
+    ok(&ClaimAnswer {
+        protocol_version: PROTOCOL_VERSION,
+        revision_id,
+        status: status.as_str().to_owned(),
+        lease_expires_at,
+    })
 }
 
 pub async fn report(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let revision_id = agent.path_uuid("revision_id")?;
     let req: StatusReport = agent.body()?;
-    agent_id(&req.agent_id)?;
-    let status = match req.status {
-        ReportStatus::Built => RevisionStatus::AwaitingDeploy,
-        ReportStatus::BuildFailed => RevisionStatus::BuildFailed,
-        ReportStatus::Deployed => RevisionStatus::Deployed,
-        ReportStatus::DeployFailed => RevisionStatus::DeployFailed,
-    };
-    if req.status == ReportStatus::Built && req.image.as_deref().is_none_or(str::is_empty) {
-        return Err(ApiError::Unprocessable(
-            "A BUILT report needs the image it built.".into(),
-        ));
-    }
-    let bounded = |s: Option<String>, max: usize| s.map(|s| truncate(s, max));
-    let outcome = app
-        .store
-        .report(
-            agent.listener_id,
-            revision_id,
-            store::Report {
-                agent_id: req.agent_id,
-                status,
-                image: req.image,
-                reason: bounded(req.reason, 256),
-                message: bounded(req.message, MAX_LOG_MESSAGE_BYTES),
-            },
-        )
-        .await?;
-    let reported = match req.status {
-        ReportStatus::Built => "BUILT",
-        _ => status.as_str(),
-    };
-    match outcome {
-        ReportOutcome::Done(now) => ok(&StatusAnswer {
-            protocol_version: PROTOCOL_VERSION,
-            revision_id,
-            status: now.as_str().to_owned(),
-        }),
-        ReportOutcome::NotFound => Err(revision_not_found(revision_id)),
-        ReportOutcome::NotAllowed { from, .. } => Err(ApiError::Conflict(format!(
-            "Revision {revision_id} cannot go from {} to {reported}.",
-            from.as_str()
-        ))),
-        ReportOutcome::NotHolder(now) => Err(ApiError::Conflict(format!(
-            "Revision {revision_id} is {}, and this agent does not hold its claim.",
-            now.as_str()
-        ))),
-    }
+    let now = ops::report(&app, agent.listener_id, revision_id, req).await?;
+    ok(&StatusAnswer {
+        protocol_version: PROTOCOL_VERSION,
+        revision_id,
+        status: now.as_str().to_owned(),
+    })
 }
 
 /// Streams the tarball of a source revision to the agent that holds its build.
@@ -469,27 +239,7 @@ pub async fn source(State(app): State<AppState>, agent: Agent) -> ApiResult<Resp
     let revision_id = agent.path_uuid("revision_id")?;
     agent.query_version()?;
     let who = agent.query.get("agent_id").unwrap_or_default().to_owned();
-    agent_id(&who)?;
-    let found = app
-        .store
-        .build_source(agent.listener_id, revision_id)
-        .await?
-        .ok_or_else(|| revision_not_found(revision_id))?;
-    if found.status != RevisionStatus::Building || found.lease_holder.as_deref() != Some(&who) {
-        return Err(ApiError::Conflict(format!(
-            "Revision {revision_id} is {}; its source goes only to the agent holding its \
-             build.",
-            found.status.as_str()
-        )));
-    }
-    let path = found.tarball_path.ok_or_else(|| {
-        ApiError::NotFound(format!("Revision {revision_id} has no uploaded source."))
-    })?;
-    let file = crate::deployments::uploads::open_stored(&app, &path)
-        .await
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("The source of revision {revision_id} is gone."))
-        })?;
+    let file = ops::source(&app, agent.listener_id, revision_id, &who).await?;
     let len = file.metadata().await.map(|m| m.len()).ok();
     let stream = tokio_util::io::ReaderStream::new(file);
     let mut res = Body::from_stream(stream).into_response();
@@ -507,97 +257,19 @@ pub async fn source(State(app): State<AppState>, agent: Agent) -> ApiResult<Resp
 pub async fn deleted(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let deployment_id = agent.path_uuid("deployment_id")?;
     let req: Deleted = agent.body()?;
-    agent_id(&req.agent_id)?;
-    match app
-        .store
-        .confirm_deleted(agent.listener_id, deployment_id)
-        .await?
-    {
-        DeletedOutcome::Gone => {
-            crate::deployments::uploads::remove_files(&app, deployment_id).await;
-            ok(&DeletedAnswer {
-                protocol_version: PROTOCOL_VERSION,
-                deployment_id,
-                deleted: true,
-            })
-        }
-        DeletedOutcome::NotFound => Err(crate::deployments::not_found(deployment_id)),
-        DeletedOutcome::NotDeleting(status) => Err(ApiError::Conflict(format!(
-            "Deployment {deployment_id} is {}, not AWAITING_DELETE: only a deployment being \
-             deleted can be confirmed gone.",
-            status.as_str()
-        ))),
-    }
+    ops::deleted(&app, agent.listener_id, deployment_id, &req.agent_id).await?;
+    ok(&DeletedAnswer {
+        protocol_version: PROTOCOL_VERSION,
+        deployment_id,
+        deleted: true,
+    })
 }
 
 pub async fn logs(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let batch: LogBatch = agent.body()?;
-    if batch.lines.len() > MAX_LOG_BATCH {
-        return Err(ApiError::Unprocessable(format!(
-            "A batch holds at most {MAX_LOG_BATCH} lines; this one has {}.",
-            batch.lines.len()
-        )));
-    }
-    let accepted = batch.lines.len();
-    let lines = batch
-        .lines
-        .into_iter()
-        .map(|l| store::NewLogLine {
-            deployment_id: l.deployment_id,
-            revision_id: l.revision_id,
-            kind: l.kind.as_str(),
-            at: l.timestamp,
-            level: truncate(l.level.to_uppercase(), 16),
-            message: truncate(l.message, MAX_LOG_MESSAGE_BYTES),
-        })
-        .collect::<Vec<_>>();
-    if !lines.is_empty() {
-        match app
-            .store
-            .append_logs(agent.listener_id, lines, app.config.dataplane.log_retention)
-            .await
-        {
-            Err(StoreError::NotFound) => {
-                return Err(ApiError::NotFound(
-                    "A line names a deployment or revision this listener does not run.".into(),
-                ))
-            }
-            other => other?,
-        }
-    }
+    let accepted = ops::logs(&app, agent.listener_id, batch).await?;
     ok(&LogsAnswer {
         protocol_version: PROTOCOL_VERSION,
         accepted,
     })
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
-/// Every few seconds, puts revisions whose lease ran out back where they were, so
-/// another agent replica can claim them (a claim also takes over an expired lease on
-/// its own; this makes the public status honest in between).
-pub fn spawn_lease_sweeper(store: std::sync::Arc<dyn store::Store>, lease: Duration) {
-    let every = (lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match store.release_expired_leases().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(revisions = n, "released expired data-plane leases"),
-                Err(e) => tracing::warn!(error = %e, "releasing expired leases failed"),
-            }
-        }
-    });
 }

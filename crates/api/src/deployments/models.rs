@@ -227,28 +227,6 @@ pub static PATCH: Model = Model {
     ],
 };
 
-/// A create request as validation left it: every value already has its model's shape.
-#[derive(Debug, serde::Deserialize)]
-pub struct CreateRequest {
-    pub name: String,
-    pub source: String,
-    pub source_config: serde_json::Map<String, serde_json::Value>,
-    pub source_revision_config: serde_json::Map<String, serde_json::Value>,
-    /// Sealed as sent (a list of `SECRET`s).
-    pub secrets: serde_json::Value,
-    pub secret_references: Option<serde_json::Value>,
-}
-
-/// A patch request as validation left it; `None` is a field absent or null.
-#[derive(Debug, serde::Deserialize)]
-pub struct PatchRequest {
-    pub revision_source: Option<String>,
-    pub source_config: Option<serde_json::Map<String, serde_json::Value>>,
-    pub source_revision_config: Option<serde_json::Map<String, serde_json::Value>>,
-    pub secrets: Option<serde_json::Value>,
-    pub secret_references: Option<serde_json::Value>,
-}
-
 /// The typed form of a validated body (a mismatch is a bug in the models: 500).
 pub fn typed<T: serde::de::DeserializeOwned>(body: compat::Value) -> crate::error::ApiResult<T> {
     serde_json::from_value(body.to_json()).map_err(|e| {

@@ -1,0 +1,47 @@
+//! The work a server does on its own, for the life of the process: collecting unused
+//! upload files and releasing expired data-plane leases. Each holds only the store and
+//! its settings, nothing of the HTTP side.
+
+use crate::operations::uploads::collect_garbage;
+use std::time::Duration;
+
+/// Runs [`collect_garbage`] at start and then every ten minutes, for the life of the
+/// process: partial files are stale after the upload time limit, unused uploads after a
+/// day.
+pub fn spawn_janitor(
+    app_store: std::sync::Arc<dyn store::Store>,
+    storage_dir: std::path::PathBuf,
+    upload_timeout: std::time::Duration,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+    const UNUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    tokio::spawn(async move {
+        loop {
+            match collect_garbage(&*app_store, &storage_dir, upload_timeout, UNUSED_GRACE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed unused upload files"),
+                Err(e) => tracing::warn!(error = %e, "upload garbage collection failed"),
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+}
+
+/// Every few seconds, puts revisions whose lease ran out back where they were, so
+/// another agent replica can claim them (a claim also takes over an expired lease on
+/// its own; this makes the public status honest in between).
+pub fn spawn_lease_sweeper(store: std::sync::Arc<dyn store::Store>, lease: Duration) {
+    let every = (lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.release_expired_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(revisions = n, "released expired data-plane leases"),
+                Err(e) => tracing::warn!(error = %e, "releasing expired leases failed"),
+            }
+        }
+    });
+}
