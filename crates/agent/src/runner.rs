@@ -169,25 +169,7 @@ async fn reconcile(
     state: &DesiredState,
 ) {
     let keep: HashSet<Uuid> = state.deployments.iter().map(|d| d.id).collect();
-    for d in &state.deployments {
-        // Only the listener's own namespaces: a deployment left in one the listener no
-        // longer serves fails rather than runs.
-        let served = d
-            .namespace
-            .as_ref()
-            .is_some_and(|ns| state.namespaces.contains(ns));
-        let work = match (&d.revision, d.deleting) {
-            (_, true) => Work::Delete,
-            (Some(rev), false) => match rev.status.as_str() {
-                "AWAITING_DEPLOY" => Work::Claim(rev.clone(), served),
-                "DEPLOYING" if rev.lease_holder.as_deref() == Some(&control.agent_id) => {
-                    Work::Deploy(rev.clone(), served)
-                }
-                "DEPLOYED" if served => Work::Keep(rev.clone()),
-                _ => continue,
-            },
-            (None, false) => continue,
-        };
+    for (d, work) in plan(state, &control.agent_id) {
         let Ok(mut tasks) = busy.lock() else {
             continue;
         };
@@ -252,12 +234,48 @@ async fn reconcile(
     }
 }
 
-/// What a deployment needs; `bool`: its namespace is one the listener serves.
-enum Work {
+/// What a deployment needs from this agent; `bool`: its namespace is one the listener
+/// serves (a deployment left in one it no longer serves fails rather than runs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Tear it down, then confirm it is gone.
     Delete,
+    /// Claim the revision, then deploy it.
     Claim(DesiredRevision, bool),
+    /// Deploy the revision this agent already holds.
     Deploy(DesiredRevision, bool),
+    /// Check that the deployed revision still runs (and adopt it after a restart).
     Keep(DesiredRevision),
+}
+
+/// The work each deployment of `state` needs from agent `agent_id`, in the state's
+/// order; deployments that need nothing of it (waiting for a build, held by another
+/// agent, failed) are left out. A pure function of the state: every mode runs what it
+/// decides through its [`Sink`].
+pub fn plan<'s>(state: &'s DesiredState, agent_id: &str) -> Vec<(&'s DesiredDeployment, Work)> {
+    state
+        .deployments
+        .iter()
+        .filter_map(|d| {
+            let served = d
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| state.namespaces.contains(ns));
+            let work = match (&d.revision, d.deleting) {
+                (_, true) => Work::Delete,
+                (Some(rev), false) => match rev.status.as_str() {
+                    "AWAITING_DEPLOY" => Work::Claim(rev.clone(), served),
+                    "DEPLOYING" if rev.lease_holder.as_deref() == Some(agent_id) => {
+                        Work::Deploy(rev.clone(), served)
+                    }
+                    "DEPLOYED" if served => Work::Keep(rev.clone()),
+                    _ => return None,
+                },
+                (None, false) => return None,
+            };
+            Some((d, work))
+        })
+        .collect()
 }
 
 impl Work {
@@ -428,5 +446,69 @@ async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<Lo
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plan, Work};
+    use protocol::DesiredState;
+    use serde_json::json;
+
+    /// A deployment `n` in `namespace`, its revision in `status` held by `holder`.
+    fn deployment(
+        n: u8,
+        namespace: &str,
+        status: Option<&str>,
+        holder: Option<&str>,
+        deleting: bool,
+    ) -> serde_json::Value {
+        json!({
+            "id": format!("00000000-0000-0000-0000-0000000000{n:02}"), "name": format!("d{n}"),
+            "namespace": namespace, "deployment_type": null, "status": "READY",
+            "deleting": deleting, "active_revision_id": null, "resource_spec": null,
+            "secret_references": null, "env": [],
+            "revision": status.map(|s| json!({
+                "id": format!("10000000-0000-0000-0000-0000000000{n:02}"), "status": s,
+                "image": "i", "build": null, "lease_holder": holder,
+                "created_at": "2026-01-01T00:00:00Z",
+            })),
+        })
+    }
+
+    #[test]
+    fn each_deployment_gets_the_work_its_state_asks_for() {
+        let state: DesiredState = serde_json::from_value(json!({
+            "protocol_version": 1, "generation": 3, "namespaces": ["ns"],
+            "listener_id": "20000000-0000-0000-0000-000000000000",
+            "deployments": [
+                deployment(1, "ns", Some("AWAITING_DEPLOY"), None, false),
+                deployment(2, "other", Some("AWAITING_DEPLOY"), None, false),
+                deployment(3, "ns", Some("DEPLOYING"), Some("me"), false),
+                deployment(4, "ns", Some("DEPLOYING"), Some("someone else"), false),
+                deployment(5, "ns", Some("DEPLOYED"), Some("me"), false),
+                deployment(6, "other", Some("DEPLOYED"), None, false),
+                deployment(7, "ns", Some("AWAITING_BUILD"), None, false),
+                deployment(8, "ns", Some("DEPLOY_FAILED"), None, false),
+                deployment(9, "ns", None, None, false),
+                deployment(10, "ns", Some("DEPLOYING"), Some("someone else"), true),
+            ],
+        }))
+        .unwrap();
+        let planned: Vec<(String, Work)> = plan(&state, "me")
+            .into_iter()
+            .map(|(d, w)| (d.name.clone(), w))
+            .collect();
+        let rev = |i: usize| state.deployments[i].revision.clone().unwrap();
+        assert_eq!(
+            planned,
+            [
+                ("d1".to_owned(), Work::Claim(rev(0), true)),
+                ("d2".to_owned(), Work::Claim(rev(1), false)),
+                ("d3".to_owned(), Work::Deploy(rev(2), true)),
+                ("d5".to_owned(), Work::Keep(rev(4))),
+                ("d10".to_owned(), Work::Delete),
+            ]
+        );
     }
 }

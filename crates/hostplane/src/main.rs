@@ -1,5 +1,6 @@
-//! The `hostplane` binary: `serve` runs the API, `admin` manages organizations,
-//! workspaces and API keys directly in the database.
+//! The `hostplane` binary: `serve` runs the control plane (the API, the data-plane
+//! routes, the console), `listener` runs a listener's agent, and `admin` manages
+//! organizations, workspaces and API keys directly in the database.
 
 mod admin;
 mod listener;
