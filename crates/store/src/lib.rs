@@ -5,6 +5,7 @@
 //! functions in [`lifecycle`]. All SQL lives in this crate.
 
 pub mod changes;
+pub mod config;
 mod keys;
 pub mod lifecycle;
 pub mod postgres;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub use config::{ListenerConfig, RevisionConfig, SourceConfig};
 pub use keys::{generate_key, hash_key};
 pub use lifecycle::delete_outcome;
 pub use records::*;

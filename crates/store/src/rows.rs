@@ -296,11 +296,7 @@ pub(crate) fn build_source(rev: &Revision) -> Result<BuildSource> {
     Ok(BuildSource {
         status: rev.status,
         lease_holder: rev.data_plane.lease_holder.clone(),
-        tarball_path: rev
-            .source_revision_config
-            .get("source_tarball_path")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned),
+        tarball_path: crate::RevisionConfig::of(&rev.source_revision_config).source_tarball_path,
     })
 }
 

@@ -29,11 +29,10 @@ const LOG_LINES: i64 = 500;
 const LEVELS: [&str; 5] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 
 /// The namespace a deployment runs in, when its configuration names one.
-pub fn namespace(d: &Deployment) -> Option<&str> {
-    d.source_config
-        .get("listener_config")?
-        .get("k8s_namespace")?
-        .as_str()
+pub fn namespace(d: &Deployment) -> Option<String> {
+    store::SourceConfig::of(&d.source_config)
+        .namespace()
+        .map(str::to_owned)
 }
 
 /// Listener ids of the workspace with their compute ids (none on a plan without
@@ -136,7 +135,7 @@ pub async fn list(
                                 td { (badge(d.status.as_str())) }
                                 td { @if let Some(r) = d.active_revision_id { (short_id(&r)) } @else { span.muted { "none" } } }
                                 td { (listener_cell(d.listener_id, &listeners)) }
-                                td { (namespace(d).unwrap_or("")) }
+                                td { (namespace(d).unwrap_or_default()) }
                                 td { (time(&d.created_at)) }
                                 td { (time(&d.updated_at)) }
                             }
@@ -275,8 +274,7 @@ pub async fn show(
     let csrf = &visit.session.csrf;
     let image = revisions
         .first()
-        .and_then(|r| r.source_revision_config.get("image_uri"))
-        .and_then(|v| v.as_str());
+        .and_then(|r| store::RevisionConfig::of(&r.source_revision_config).image_uri);
     let notice = match filter.done.as_deref() {
         Some("redeployed") => Some("A new revision was created from the one you chose."),
         _ => None,
@@ -293,7 +291,7 @@ pub async fn show(
                     None => span.muted { "none" },
                 }
             }
-            dt { "Namespace" } dd { (namespace(&d).unwrap_or("")) }
+            dt { "Namespace" } dd { (namespace(&d).unwrap_or_default()) }
             @if let Some(image) = image { dt { "Image" } dd { code { (image) } } }
             dt { "Created" } dd { (time(&d.created_at)) }
             dt { "Updated" } dd { (time(&d.updated_at)) }

@@ -117,26 +117,18 @@ fn desired_deployment(
     first_namespace: Option<&String>,
 ) -> ApiResult<DesiredDeployment> {
     let d = &placed.deployment;
-    let text = |v: &serde_json::Value, key: &str| {
-        v.get(key)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
+    let source = store::SourceConfig::of(&d.source_config);
     let revision = target_revision(&placed).map(|r| {
-        let config = &r.source_revision_config;
+        let config = store::RevisionConfig::of(&r.source_revision_config);
         let build = (d.source == "internal_source").then(|| BuildSpec {
-            langgraph_config_path: text(config, "langgraph_config_path"),
-            install_command: text(&d.source_config, "install_command"),
-            build_command: text(&d.source_config, "build_command"),
+            langgraph_config_path: config.langgraph_config_path,
+            install_command: source.install_command.clone(),
+            build_command: source.build_command.clone(),
         });
         DesiredRevision {
             id: r.id,
             status: r.status.as_str().to_owned(),
-            image: r
-                .data_plane
-                .image
-                .clone()
-                .or_else(|| text(config, "image_uri")),
+            image: r.data_plane.image.clone().or(config.image_uri),
             build,
             lease_holder: r.data_plane.lease_holder.clone(),
             created_at: r.created_at,
@@ -145,17 +137,16 @@ fn desired_deployment(
     Ok(DesiredDeployment {
         id: d.id,
         name: d.name.clone(),
-        namespace: d
-            .source_config
-            .get("listener_config")
-            .and_then(|c| text(c, "k8s_namespace"))
+        namespace: source
+            .namespace()
+            .map(str::to_owned)
             .or_else(|| first_namespace.cloned()),
         deployment_type: d.deployment_type.clone(),
         status: d.status.as_str().to_owned(),
         deleting: d.status == store::lifecycle::DeploymentStatus::AwaitingDelete,
         active_revision_id: d.active_revision_id,
         revision,
-        resource_spec: d.source_config.get("resource_spec").cloned(),
+        resource_spec: source.resource_spec.clone(),
         secret_references: d.secret_references.clone(),
         env: env(app, d)?,
     })

@@ -16,7 +16,7 @@ pub(crate) fn revision_config(mut config: Map<String, Value>) -> Value {
 }
 
 pub(crate) fn new_revision(source: &str, config: &Value) -> NewRevision {
-    let has_image = config.get("image_uri").is_some_and(|v| !v.is_null());
+    let has_image = store::RevisionConfig::of(config).image_uri.is_some();
     NewRevision {
         source: source.to_owned(),
         source_revision_config: config.clone(),
