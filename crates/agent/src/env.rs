@@ -96,22 +96,21 @@ pub fn container_env<'a>(
         Role::Server => own.push(literal("N_JOBS_PER_WORKER", "0".into())),
         Role::Queue => own.push(literal("N_JOBS_PER_WORKER", "10".into())),
     }
-    own.push(Var {
-        name: "POSTGRES_URI",
-        value: if given("POSTGRES_URI_CUSTOM") {
-            Value::Given("POSTGRES_URI_CUSTOM")
+    // A store the deployment brings (`*_URI_CUSTOM`), else the one hostplane runs.
+    let store = |name, custom, ours| Var {
+        name,
+        value: if given(custom) {
+            Value::Given(custom)
         } else {
-            Value::OwnPostgres
+            ours
         },
-    });
-    own.push(Var {
-        name: "REDIS_URI",
-        value: if given("REDIS_URI_CUSTOM") {
-            Value::Given("REDIS_URI_CUSTOM")
-        } else {
-            Value::OwnRedis
-        },
-    });
+    };
+    own.push(store(
+        "POSTGRES_URI",
+        "POSTGRES_URI_CUSTOM",
+        Value::OwnPostgres,
+    ));
+    own.push(store("REDIS_URI", "REDIS_URI_CUSTOM", Value::OwnRedis));
     let mut names: Vec<&str> = d.env.iter().map(|e| e.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();

@@ -330,6 +330,14 @@ fn announce(announced: &Announced, d: &DesiredDeployment, revision: Uuid, addres
     }
 }
 
+/// The image a revision runs: a revision without one (a source revision not built yet)
+/// cannot be deployed by any mode.
+pub fn image_of(rev: &DesiredRevision) -> Result<&str, Failure> {
+    rev.image
+        .as_deref()
+        .ok_or_else(|| Failure::new("NoImage", "the revision has no image to run"))
+}
+
 async fn deploy_and_report(
     control: &ControlPlane,
     sink: &dyn Sink,
@@ -347,7 +355,10 @@ async fn deploy_and_report(
                 d.namespace.as_deref().unwrap_or_default()
             ),
         ))
-    } else if let Err(refused) = crate::spec::check(d).and_then(|()| sink.check(d)) {
+    } else if let Err(refused) = crate::spec::check(d)
+        .and_then(|()| image_of(rev).map(drop))
+        .and_then(|()| sink.check(d))
+    {
         // Nothing is written for a deployment that no mode, or not this one, can run.
         Err(refused)
     } else {

@@ -104,12 +104,13 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
-/// Everything hostplane stores, in five parts: identities, listeners, deployments, the
-/// data plane's side of them, and the web console's sessions.
+/// Everything hostplane stores, in six parts: identities, listeners, deployments, their
+/// uploads, the data plane's side of them, and the web console's sessions.
 pub trait Store:
     IdentityStore
     + ListenerStore
     + DeploymentStore
+    + UploadStore
     + DataPlaneStore
     + ConsoleStore
     + Send
@@ -122,6 +123,7 @@ impl<T> Store for T where
     T: IdentityStore
         + ListenerStore
         + DeploymentStore
+        + UploadStore
         + DataPlaneStore
         + ConsoleStore
         + Send
@@ -219,7 +221,7 @@ pub trait ListenerStore: Send + Sync {
     async fn delete_listener(&self, workspace: Uuid, id: Uuid) -> Result<bool>;
 }
 
-/// Deployments, their revisions and their uploads.
+/// Deployments and their revisions.
 #[async_trait]
 pub trait DeploymentStore: Send + Sync {
     /// Creates a deployment and its first revision; `Conflict` when the name is taken.
@@ -270,7 +272,12 @@ pub trait DeploymentStore: Send + Sync {
         deployment: Uuid,
         id: Uuid,
     ) -> Result<Option<Revision>>;
+}
 
+/// Uploaded source tarballs: issued URLs, quota holds while a `PUT` runs, completion and
+/// garbage collection.
+#[async_trait]
+pub trait UploadStore: Send + Sync {
     /// Records an issued upload (by the hash of its token), unless the deployment
     /// already has `max_outstanding` unexpired uploads not yet completed: then `false`.
     async fn create_upload(

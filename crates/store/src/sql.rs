@@ -316,6 +316,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
         f(&mut conn).await
     }
 
+    /// One statement on its own; the number of rows it changed.
+    async fn execute(&self, q: Query) -> Result<u64> {
+        self.run(work(move |c: &mut Self::Conn| Box::pin(c.execute(q))))
+            .await
+    }
+
     /// `f` in a write transaction ([`Dialect::begin_write`]).
     async fn transaction<T: Send + 'static>(&self, f: Work<Self::Conn, T>) -> Result<T> {
         in_transaction(self.pool(), Self::Conn::DIALECT.begin_write, f).await

@@ -522,10 +522,7 @@ impl Sink for ContainerSink {
         rev: &DesiredRevision,
         logs: LogSink,
     ) -> Result<String, Failure> {
-        let image = rev
-            .image
-            .clone()
-            .ok_or_else(|| Failure::new("NoImage", "the revision has no image to run"))?;
+        let image = crate::runner::image_of(rev)?.to_owned();
         let address = |port: u16| format!("http://{}:{port}", self.settings.bind);
         // Already live here: check that it still runs.
         let current = self

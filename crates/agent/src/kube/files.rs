@@ -228,9 +228,6 @@ impl Sink for FileSink {
         rev: &DesiredRevision,
         logs: LogSink,
     ) -> Result<String, Failure> {
-        if rev.image.is_none() {
-            return Err(Failure::new("NoImage", "the revision has no image to run"));
-        }
         let folder = self.folder(d)?;
         let files = self.files(d, rev);
         let unchanged = files.iter().all(|(name, content)| {

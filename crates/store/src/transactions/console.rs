@@ -50,8 +50,7 @@ impl<B: Backend> ConsoleStore for B {
 
     async fn delete_session(&self, token_hash: &str) -> Result<()> {
         let q = query("DELETE FROM console_sessions WHERE token_hash = $1").bind(token_hash);
-        self.run(work(move |c: &mut B::Conn| Box::pin(c.execute(q))))
-            .await?;
+        Backend::execute(self, q).await?;
         Ok(())
     }
 

@@ -296,47 +296,4 @@ impl<B: Backend> DeploymentStore for B {
         self.read_one(q.bind(id).bind(dep).bind(workspace), revision)
             .await
     }
-
-    async fn create_upload(
-        &self,
-        dep: Uuid,
-        token_hash: &str,
-        object_path: &str,
-        expires_at: chrono::DateTime<chrono::Utc>,
-        max_outstanding: i64,
-    ) -> Result<bool> {
-        crate::transactions::uploads::create(
-            self,
-            dep,
-            token_hash,
-            object_path,
-            expires_at,
-            max_outstanding,
-        )
-        .await
-    }
-
-    async fn reserve_upload(&self, token_hash: &str, room: UploadRoom) -> Result<Reservation> {
-        crate::transactions::uploads::reserve(self, token_hash, room).await
-    }
-
-    async fn release_upload(&self, token_hash: &str) -> Result<()> {
-        crate::transactions::uploads::release(self, token_hash).await
-    }
-
-    async fn complete_upload(&self, token_hash: &str, size: i64) -> Result<()> {
-        crate::transactions::uploads::complete(self, token_hash, size).await
-    }
-
-    async fn upload_completed(&self, dep: Uuid, object_path: &str) -> Result<bool> {
-        crate::transactions::uploads::completed(self, dep, object_path).await
-    }
-
-    async fn collect_upload(
-        &self,
-        object_path: &str,
-        unused_since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool> {
-        crate::transactions::uploads::collect(self, object_path, unused_since).await
-    }
 }

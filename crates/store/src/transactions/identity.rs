@@ -148,9 +148,7 @@ impl<B: Backend> IdentityStore for B {
         let q = query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now_micros())
             .bind(id);
-        let done = self
-            .run(work(move |c: &mut B::Conn| Box::pin(c.execute(q))))
-            .await?;
+        let done = Backend::execute(self, q).await?;
         if done == 0 {
             return Err(StoreError::NotFound);
         }
