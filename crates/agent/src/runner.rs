@@ -462,7 +462,7 @@ async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<Lo
 
 #[cfg(test)]
 mod tests {
-    use super::{plan, Work};
+    use super::{image_of, plan, Work};
     use protocol::DesiredState;
     use serde_json::json;
 
@@ -520,6 +520,24 @@ mod tests {
                 ("d5".to_owned(), Work::Keep(rev(4))),
                 ("d10".to_owned(), Work::Delete),
             ]
+        );
+    }
+
+    #[test]
+    fn a_revision_without_an_image_is_refused_for_every_mode() {
+        let state: DesiredState = serde_json::from_value(json!({
+            "protocol_version": 1, "generation": 1, "namespaces": ["ns"],
+            "listener_id": "20000000-0000-0000-0000-000000000000",
+            "deployments": [deployment(1, "ns", Some("AWAITING_DEPLOY"), None, false)],
+        }))
+        .unwrap();
+        let mut rev = state.deployments[0].revision.clone().unwrap();
+        assert_eq!(image_of(&rev).ok(), Some("i"));
+        rev.image = None;
+        let refused = image_of(&rev).unwrap_err();
+        assert_eq!(
+            (refused.reason.as_str(), refused.message.as_str()),
+            ("NoImage", "the revision has no image to run")
         );
     }
 }
