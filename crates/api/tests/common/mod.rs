@@ -8,6 +8,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use store::{KeyScope, Plan, Store, StoreOptions};
 use tower::ServiceExt;
@@ -266,4 +267,24 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A valid `external_docker` create body named `name`, with one secret.
+pub fn image_body(name: &str) -> Value {
+    json!({
+        "name": name,
+        "source": "external_docker",
+        "source_config": {},
+        "source_revision_config": {"image_uri": "docker.io/acme/agent:1"},
+        "secrets": [{"name": "TOKEN", "value": "s3cret-value"}],
+    })
+}
+
+/// Creates a deployment with `key`; its answer (which must be a 201).
+pub async fn create(app: &TestApp, key: &str, body: Value) -> Value {
+    let res = app
+        .call_as(key, "POST", "/v2/deployments", Some(body))
+        .await;
+    assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
+    res.json()
 }
