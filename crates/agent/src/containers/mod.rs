@@ -21,6 +21,7 @@
 //! published port, which `docker ps` shows).
 
 mod engine;
+pub mod plan;
 mod proxy;
 
 use crate::runner::{level_of, Failure, LogSink, Sink};
@@ -181,28 +182,24 @@ impl ContainerSink {
         )
     }
 
-    /// Removes the store containers of a deployment that now brings its own stores
-    /// (`POSTGRES_URI_CUSTOM`, `REDIS_URI_CUSTOM`), once no older server of it runs; the
-    /// PostgreSQL volume stays until the deployment is deleted, as in Kubernetes.
-    async fn retire_own_stores(&self, d: &DesiredDeployment) {
-        for (role, custom) in [
-            ("postgres", "POSTGRES_URI_CUSTOM"),
-            ("redis", "REDIS_URI_CUSTOM"),
-        ] {
-            if !d.env.iter().any(|e| e.name == custom) {
-                continue;
-            }
-            let unneeded = self
-                .ours(&[
-                    (LABEL_DEPLOYMENT, d.id.to_string()),
-                    (LABEL_ROLE, role.to_owned()),
-                ])
-                .await
-                .unwrap_or_default();
-            for id in unneeded.into_iter().filter_map(|c| c.id) {
-                tracing::info!(deployment = %d.id, role, "removing a store the deployment now brings itself");
-                self.remove(&id).await;
-            }
+    /// Removes what [`plan::retire`] says goes of the deployment's containers, the
+    /// older servers after the drain.
+    async fn retire(&self, d: &DesiredDeployment, serving: Option<&str>) {
+        let seen: Vec<plan::Seen> = self
+            .ours(&[(LABEL_DEPLOYMENT, d.id.to_string())])
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(plan::Seen::of)
+            .collect();
+        let retire = plan::retire(d, &seen, serving);
+        if !retire.drained.is_empty() {
+            tokio::time::sleep(self.settings.drain).await;
+            futures_util::future::join_all(retire.drained.iter().map(|old| self.remove(old))).await;
+        }
+        for id in &retire.stores {
+            tracing::info!(deployment = %d.id, "removing a store the deployment now brings itself");
+            self.remove(id).await;
         }
     }
 
@@ -534,7 +531,7 @@ impl Sink for ContainerSink {
             .map(|l| (l.container.clone(), l.port));
         if let Some((container, port)) = current {
             if self.exit_code(&container).await?.is_none() {
-                self.retire_own_stores(d).await;
+                self.retire(d, None).await;
                 return Ok(address(port));
             }
         }
@@ -592,22 +589,7 @@ impl Sink for ContainerSink {
                 }
             }
         }
-        let stale: Vec<String> = self
-            .ours(&[
-                (LABEL_DEPLOYMENT, d.id.to_string()),
-                (LABEL_ROLE, "api".to_owned()),
-            ])
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|c| c.id)
-            .filter(|c| *c != id)
-            .collect();
-        if !stale.is_empty() {
-            tokio::time::sleep(self.settings.drain).await;
-            futures_util::future::join_all(stale.iter().map(|old| self.remove(old))).await;
-        }
-        self.retire_own_stores(d).await;
+        self.retire(d, Some(&id)).await;
         Ok(address(port))
     }
 
@@ -616,14 +598,13 @@ impl Sink for ContainerSink {
     }
 
     async fn prune(&self, keep: &HashSet<Uuid>, _namespaces: &[String]) -> anyhow::Result<()> {
-        let gone: HashSet<Uuid> = self
+        let seen: Vec<plan::Seen> = self
             .ours(&[])
             .await?
             .iter()
-            .filter_map(|c| c.labels.as_ref()?.get(LABEL_DEPLOYMENT)?.parse().ok())
-            .filter(|id| !keep.contains(id))
+            .filter_map(plan::Seen::of)
             .collect();
-        for id in gone {
+        for id in plan::gone(&seen, keep) {
             tracing::info!(deployment = %id, "removing a deployment that no longer exists");
             self.teardown(id).await?;
         }
