@@ -256,6 +256,20 @@ where
     Box::new(f)
 }
 
+/// The outcome of bringing a database's schema up to date.
+pub(crate) fn migrated(
+    outcome: std::result::Result<(), sqlx::migrate::MigrateError>,
+) -> Result<()> {
+    outcome.map_err(|e| crate::StoreError::Other(format!("migration failed: {e}")))
+}
+
+/// What every backend holds: its pool, and this process's wake-ups for desired-state
+/// long-polls.
+pub(crate) struct Shared<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    pub(crate) changes: std::sync::Arc<Changes>,
+}
+
 /// Runs `f` in a transaction begun with `begin`, on a task of its own (see
 /// [`crate::detached`]): committed when `f` succeeds, rolled back otherwise, whatever
 /// happens to the caller.
@@ -293,10 +307,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     type Db: sqlx::Database<Connection = Self::Conn>;
     type Conn: Conn + sqlx::Connection<Database = Self::Db> + 'static;
 
-    fn pool(&self) -> &sqlx::Pool<Self::Db>;
+    fn shared(&self) -> &Shared<Self::Db>;
+
+    fn pool(&self) -> &sqlx::Pool<Self::Db> {
+        &self.shared().pool
+    }
 
     /// This process's wake-ups for desired-state long-polls.
-    fn changes(&self) -> &Changes;
+    fn changes(&self) -> &Changes {
+        &self.shared().changes
+    }
 
     /// Transactions committed by group commit, and the writes they acknowledged.
     fn group_commits(&self) -> (u64, u64) {

@@ -2,18 +2,17 @@
 //! database behave as one service because every rule is enforced by the database.
 
 use crate::changes::Changes;
-use crate::sql::{query, Backend, Conn, Dialect, Lock};
-use crate::{Result, StoreError, StoreOptions};
+use crate::sql::{query, Backend, Conn, Dialect, Lock, Shared};
+use crate::{Result, StoreOptions};
 use async_trait::async_trait;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use std::sync::Arc;
 use uuid::Uuid;
 
 pub struct PgStore {
-    pool: PgPool,
-    /// Wake-ups for this replica's desired-state long-polls, fed by `NOTIFY`.
-    changes: Arc<Changes>,
+    /// The pool, and this replica's wake-ups, fed by `NOTIFY`.
+    shared: Shared<sqlx::Postgres>,
 }
 
 /// The advisory lock that lets one replica at a time run the first-start setup (creates
@@ -32,13 +31,12 @@ impl PgStore {
             .connect(url)
             .await?;
         // sqlx holds an advisory lock while migrating, so replicas may start together.
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
+        crate::sql::migrated(sqlx::migrate!("migrations/postgres").run(&pool).await)?;
         let changes = Arc::<Changes>::default();
         follow_notifications(pool.clone(), changes.clone());
-        Ok(PgStore { pool, changes })
+        Ok(PgStore {
+            shared: Shared { pool, changes },
+        })
     }
 }
 
@@ -84,13 +82,8 @@ impl Conn for PgConnection {
 impl Backend for PgStore {
     type Db = sqlx::Postgres;
     type Conn = PgConnection;
-
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn changes(&self) -> &Changes {
-        &self.changes
+    fn shared(&self) -> &Shared<sqlx::Postgres> {
+        &self.shared
     }
 }
 

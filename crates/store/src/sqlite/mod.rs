@@ -1,9 +1,8 @@
 //! The SQLite backend: one file, WAL mode, `synchronous=FULL` so that an acknowledged
 //! write survives a crash of the process or the machine.
 
-use crate::changes::Changes;
 use crate::records::*;
-use crate::sql::{in_transaction, work, Backend, Conn, Decode, Dialect, Query};
+use crate::sql::{in_transaction, work, Backend, Conn, Decode, Dialect, Query, Shared};
 use crate::{Result, StoreError, StoreOptions};
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -18,11 +17,11 @@ mod reads;
 use reads::Readers;
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// The pool (writes), and the wake-ups of desired-state long-polls (one process
+    /// serves an SQLite file).
+    shared: Shared<sqlx::Sqlite>,
     /// The hot reads, on the calling thread (see `reads.rs`).
     readers: Readers,
-    /// Wake-ups for desired-state long-polls (one process serves an SQLite file).
-    changes: Changes,
     /// Listener creates go through one writer that commits them in batches.
     creates: tokio::sync::mpsc::Sender<CreateJob>,
     /// What that writer has committed.
@@ -132,20 +131,19 @@ impl SqliteStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect)
             .await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Other(format!("migration failed: {e}")))?;
+        crate::sql::migrated(sqlx::migrate!("migrations/sqlite").run(&pool).await)?;
         let readers = Readers::open(file)?;
         let (creates, jobs) = tokio::sync::mpsc::channel(1024);
         let grouped = std::sync::Arc::<Grouped>::default();
         tokio::spawn(create_writer(pool.clone(), jobs, grouped.clone()));
         Ok(SqliteStore {
-            pool,
+            shared: Shared {
+                pool,
+                changes: Default::default(),
+            },
             readers,
             creates,
             grouped,
-            changes: Default::default(),
         })
     }
 
@@ -153,10 +151,11 @@ impl SqliteStore {
     /// than from our options: `(journal_mode, synchronous, foreign_keys)` for each, all
     /// of them held at once so that each is a different connection.
     pub async fn connection_settings(&self) -> Result<Vec<(String, i64, i64)>> {
-        let max = self.pool.options().get_max_connections();
+        let pool = self.pool();
+        let max = pool.options().get_max_connections();
         let mut held = Vec::new();
         for _ in 0..max {
-            held.push(self.pool.acquire().await?);
+            held.push(pool.acquire().await?);
         }
         let mut out = Vec::new();
         for conn in &mut held {
@@ -212,13 +211,8 @@ impl Conn for SqliteConnection {
 impl Backend for SqliteStore {
     type Db = sqlx::Sqlite;
     type Conn = SqliteConnection;
-
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    fn changes(&self) -> &Changes {
-        &self.changes
+    fn shared(&self) -> &Shared<sqlx::Sqlite> {
+        &self.shared
     }
 
     fn group_commits(&self) -> (u64, u64) {
