@@ -3,9 +3,7 @@
 
 use super::load_deployment;
 use crate::error::{json_response, ApiError, ApiResult};
-use crate::operations::uploads::{
-    owner_only_dir, MAX_OUTSTANDING_UPLOADS, OBJECT_PREFIX, PARTIAL_SUFFIX, UPLOAD_TTL,
-};
+use crate::operations::uploads::{self, owner_only_dir, PARTIAL_SUFFIX};
 use crate::request::Call;
 use crate::AppState;
 use axum::body::Body;
@@ -14,43 +12,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
-use store::StoreError;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
-
-fn token_hash(token: &str) -> String {
-    store::hash_key(token)
-}
 
 /// `POST /v2/deployments/{id}/upload-url`: a signed, expiring, single-use URL on this
 /// server that accepts one gzip tarball.
 pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let d = load_deployment(&app, &call).await?;
-    let id = d.id;
-    if d.source != "internal_source" {
-        return Err(ApiError::BadRequest(
-            "upload URL is only available for 'internal_source' source deployments".into(),
-        ));
-    }
-    let token = store::generate_key();
-    let object_path = format!("{OBJECT_PREFIX}{id}/{}.tar.gz", Uuid::new_v4());
-    let issued = app
-        .store
-        .create_upload(
-            id,
-            &token_hash(&token),
-            &object_path,
-            chrono::Utc::now() + UPLOAD_TTL,
-            MAX_OUTSTANDING_UPLOADS,
-        )
-        .await?;
-    if !issued {
-        return Err(ApiError::TooManyRequests(format!(
-            "This deployment already has {MAX_OUTSTANDING_UPLOADS} upload URLs that are neither \
-             used nor expired; use one, or wait until they expire ({} minutes after issue).",
-            UPLOAD_TTL.num_minutes()
-        )));
-    }
+    let (token, object_path) = uploads::issue(&app, &d).await?;
     let base = app.config.public_url.trim_end_matches('/');
     Ok(json_response(
         StatusCode::OK,
@@ -64,61 +33,22 @@ pub async fn upload_url(State(app): State<AppState>, call: Call) -> ApiResult<Re
 
 /// `PUT /uploads/{token}`: streams the tarball to the storage folder (never whole in
 /// memory), refusing anything that is not gzip, over the size limit or over the
-/// workspace's quota. Room in the quota is held atomically before the first byte is
-/// written (the announced length, else what is left up to the size limit), so parallel
-/// uploads cannot pass it together; it is given back whatever ends the request short of
-/// completion, as is the partial file.
+/// workspace's quota. Room in the quota is held before the first byte is written
+/// ([`uploads::hold`]) and given back whatever ends the request short of completion, as
+/// is the partial file.
 pub async fn put_upload(
     State(app): State<AppState>,
     Path(token): Path<String>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let hash = token_hash(&token);
-    let quota = app.config.upload_quota_bytes;
-    let max = app.config.max_upload_bytes;
     let announced = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let room = store::UploadRoom {
-        quota: as_i64(quota),
-        want: as_i64(announced.unwrap_or(max).min(max)),
-        need: as_i64(announced.unwrap_or(1).min(max)),
-        until: chrono::Utc::now()
-            + chrono::Duration::from_std(app.config.upload_timeout)
-                .unwrap_or(chrono::Duration::MAX)
-            + chrono::Duration::minutes(1),
-    };
-    let over_quota = |used: i64| {
-        ApiError::PayloadTooLarge(format!(
-            "This workspace's uploads are limited to {quota} bytes in all; {used} are in use."
-        ))
-    };
-    let unavailable =
-        || ApiError::Forbidden("This upload URL is unknown, expired or already used.".into());
-    let (object_path, held, used) = match app.store.reserve_upload(&hash, room).await? {
-        store::Reservation::Unavailable => return Err(unavailable()),
-        store::Reservation::NoRoom { used } => return Err(over_quota(used)),
-        store::Reservation::Held {
-            object_path,
-            bytes,
-            used,
-            ..
-        } => (object_path, u64::try_from(bytes).unwrap_or(0), used),
-    };
-    let reservation = Held(Some((app.store.clone(), hash.clone())));
-    let too_large = || {
-        if held < max {
-            over_quota(used)
-        } else {
-            ApiError::PayloadTooLarge(format!("Uploads are limited to {max} bytes."))
-        }
-    };
+    let hold = uploads::hold(&app, &token, announced).await?;
+    let (object_path, held) = (hold.object_path.clone(), hold.bytes);
+    let too_large = || hold.too_large();
     let written = async {
-        if announced.is_some_and(|n| n > held) {
-            return Err(too_large());
-        }
         let final_path = app.config.storage_dir.join(&object_path);
         let dir = final_path
             .parent()
@@ -134,47 +64,15 @@ pub async fn put_upload(
         Ok(done) => done,
         Err(e) => {
             // Given back before the answer, so that the URL works again at once.
-            reservation.release().await;
+            hold.release().await;
             return Err(e);
         }
     };
-    match app.store.complete_upload(&hash, size as i64).await {
-        Ok(()) => reservation.completed(),
-        Err(StoreError::Conflict) => return Err(unavailable()),
-        Err(e) => return Err(e.into()),
-    }
+    hold.complete(size).await?;
     tokio::fs::rename(&partial.0, &final_path)
         .await
         .map_err(io_error)?;
     Ok(StatusCode::OK.into_response())
-}
-
-/// Quota held for an upload being written: given back by [`Held::release`] when the
-/// upload fails, or when dropped before it completed (a client that goes away, the time
-/// limit: then just after the request ends).
-struct Held(Option<(std::sync::Arc<dyn store::Store>, String)>);
-
-impl Held {
-    fn completed(mut self) {
-        self.0 = None;
-    }
-
-    async fn release(mut self) {
-        if let Some((store, hash)) = self.0.take() {
-            if let Err(e) = store.release_upload(&hash).await {
-                // The hold ends by itself at its deadline.
-                tracing::warn!(error = %e, "could not release an upload's quota");
-            }
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(hold) = self.0.take() {
-            tokio::spawn(Held(Some(hold)).release());
-        }
-    }
 }
 
 /// An upload being written: removed when dropped, which is on every path (an error, a

@@ -136,3 +136,155 @@ pub async fn check_tarball_path(app: &AppState, deployment: Uuid, path: &str) ->
         "Source configuration error: {field} '{path}' was not uploaded for this deployment."
     )))
 }
+
+/// Issues an upload URL for an `internal_source` deployment: the URL's token (its last
+/// segment; only its hash is stored) and the object path the tarball will have. At most
+/// [`MAX_OUTSTANDING_UPLOADS`] may be outstanding per deployment.
+pub async fn issue(app: &AppState, d: &store::Deployment) -> ApiResult<(String, String)> {
+    if d.source != "internal_source" {
+        return Err(ApiError::BadRequest(
+            "upload URL is only available for 'internal_source' source deployments".into(),
+        ));
+    }
+    let token = store::generate_key();
+    let object_path = format!("{OBJECT_PREFIX}{}/{}.tar.gz", d.id, Uuid::new_v4());
+    let issued = app
+        .store
+        .create_upload(
+            d.id,
+            &store::hash_key(&token),
+            &object_path,
+            chrono::Utc::now() + UPLOAD_TTL,
+            MAX_OUTSTANDING_UPLOADS,
+        )
+        .await?;
+    if !issued {
+        return Err(ApiError::TooManyRequests(format!(
+            "This deployment already has {MAX_OUTSTANDING_UPLOADS} upload URLs that are neither \
+             used nor expired; use one, or wait until they expire ({} minutes after issue).",
+            UPLOAD_TTL.num_minutes()
+        )));
+    }
+    Ok((token, object_path))
+}
+
+/// Room held in the workspace's quota for an upload being written: given back by
+/// [`Hold::release`] when the upload fails, or when dropped before it completed (a client
+/// that goes away, the time limit: then just after the request ends).
+pub struct Hold {
+    held: Option<(std::sync::Arc<dyn store::Store>, String)>,
+    /// Where the tarball goes.
+    pub object_path: String,
+    /// The most bytes the upload may write.
+    pub bytes: u64,
+    /// Bytes the workspace's other uploads use or hold.
+    used: i64,
+    quota: u64,
+    max: u64,
+}
+
+/// Starts the upload of URL `token`: holds room for `announced` bytes (its
+/// Content-Length), else for what is left up to the size limit, atomically per workspace,
+/// so that parallel uploads cannot pass the quota together.
+pub async fn hold(app: &AppState, token: &str, announced: Option<u64>) -> ApiResult<Hold> {
+    let hash = store::hash_key(token);
+    let quota = app.config.upload_quota_bytes;
+    let max = app.config.max_upload_bytes;
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let room = store::UploadRoom {
+        quota: as_i64(quota),
+        want: as_i64(announced.unwrap_or(max).min(max)),
+        need: as_i64(announced.unwrap_or(1).min(max)),
+        until: chrono::Utc::now()
+            + chrono::Duration::from_std(app.config.upload_timeout)
+                .unwrap_or(chrono::Duration::MAX)
+            + chrono::Duration::minutes(1),
+    };
+    match app.store.reserve_upload(&hash, room).await? {
+        store::Reservation::Unavailable => Err(unavailable()),
+        store::Reservation::NoRoom { used } => Err(over_quota(quota, used)),
+        store::Reservation::Held {
+            object_path,
+            bytes,
+            used,
+            ..
+        } => {
+            let hold = Hold {
+                held: Some((app.store.clone(), hash)),
+                object_path,
+                bytes: u64::try_from(bytes).unwrap_or(0),
+                used,
+                quota,
+                max,
+            };
+            match announced {
+                Some(n) if n > hold.bytes => {
+                    let refused = hold.too_large();
+                    hold.release().await;
+                    Err(refused)
+                }
+                _ => Ok(hold),
+            }
+        }
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::Forbidden("This upload URL is unknown, expired or already used.".into())
+}
+
+fn over_quota(quota: u64, used: i64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "This workspace's uploads are limited to {quota} bytes in all; {used} are in use."
+    ))
+}
+
+impl Hold {
+    /// The answer to an upload longer than the room held: the quota's, or the size
+    /// limit's when that is what bounds it.
+    pub fn too_large(&self) -> ApiError {
+        if self.bytes < self.max {
+            over_quota(self.quota, self.used)
+        } else {
+            ApiError::PayloadTooLarge(format!("Uploads are limited to {} bytes.", self.max))
+        }
+    }
+
+    /// Marks the upload complete with `size` bytes: they count against the quota from
+    /// now on, and the URL is used.
+    pub async fn complete(mut self, size: u64) -> ApiResult<()> {
+        let Some((store, hash)) = self.held.take() else {
+            return Ok(());
+        };
+        match store.complete_upload(&hash, size as i64).await {
+            Ok(()) => Ok(()),
+            Err(store::StoreError::Conflict) => Err(unavailable()),
+            Err(e) => {
+                self.held = Some((store, hash));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Gives the room back (the upload failed), before the answer goes out.
+    pub async fn release(mut self) {
+        if let Some(held) = self.held.take() {
+            give_back(held).await;
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            tokio::spawn(give_back(held));
+        }
+    }
+}
+
+async fn give_back((store, hash): (std::sync::Arc<dyn store::Store>, String)) {
+    if let Err(e) = store.release_upload(&hash).await {
+        // The hold ends by itself at its deadline.
+        tracing::warn!(error = %e, "could not release an upload's quota");
+    }
+}
