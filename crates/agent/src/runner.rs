@@ -7,7 +7,7 @@
 use crate::control::{CallError, ControlPlane};
 use async_trait::async_trait;
 use protocol::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -328,6 +328,12 @@ fn announce(announced: &Announced, d: &DesiredDeployment, revision: Uuid, addres
             d.name, d.id
         );
     }
+}
+
+/// The deployments among `found` (those something is left of here) that are not in
+/// `keep`: deleted while the agent was away, so what is left of them goes.
+pub fn left_behind(found: impl IntoIterator<Item = Uuid>, keep: &HashSet<Uuid>) -> BTreeSet<Uuid> {
+    found.into_iter().filter(|id| !keep.contains(id)).collect()
 }
 
 /// The image a revision runs: a revision without one (a source revision not built yet)

@@ -67,10 +67,7 @@ pub fn retire(d: &DesiredDeployment, seen: &[Seen], serving: Option<&str>) -> Re
 /// The deployments with containers here that are not in `keep` (deleted while the agent
 /// was away).
 pub fn gone(seen: &[Seen], keep: &HashSet<Uuid>) -> BTreeSet<Uuid> {
-    seen.iter()
-        .filter_map(|c| c.deployment)
-        .filter(|id| !keep.contains(id))
-        .collect()
+    crate::runner::left_behind(seen.iter().filter_map(|c| c.deployment), keep)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod native;
+pub mod plan;
 pub mod render;
 pub mod yaml;
 

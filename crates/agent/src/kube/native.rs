@@ -19,7 +19,7 @@ use super::render::{
     base_name, Object, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_LISTENER, LABEL_REVISION,
     MANAGED_BY,
 };
-use super::RenderInputs;
+use super::{plan, RenderInputs};
 use crate::runner::{level_of, Failure, LogSink, Sink};
 use async_trait::async_trait;
 use futures_util::{AsyncBufReadExt, StreamExt};
@@ -217,24 +217,19 @@ impl KubeSink {
         objects: &[Object],
     ) -> Result<(), kube::Error> {
         let lp = ListParams::default().labels(&self.selector(Some(id)));
+        let mut live = Vec::new();
         for kind in self
             .kinds()
             .iter()
-            .filter(|k| **k != "PersistentVolumeClaim")
+            .filter(|k| plan::replaced_with_revisions(k))
         {
-            let api = self.api(kind, namespace);
-            for live in api.list(&lp).await? {
-                // Only what this agent applied: another controller may copy our labels.
-                let applied = live.metadata.managed_fields.iter().flatten().any(|m| {
-                    m.manager.as_deref() == Some(FIELD_MANAGER)
-                        && m.operation.as_deref() == Some("Apply")
-                });
-                let name = live.metadata.name.unwrap_or_default();
-                if applied && !objects.iter().any(|o| o.kind == *kind && o.name == name) {
-                    tracing::info!(kind, name, "deleting an object the revision no longer has");
-                    api.delete(&name, &DeleteParams::background()).await?;
-                }
-            }
+            let listed = self.api(kind, namespace).list(&lp).await?;
+            live.extend(listed.iter().map(|o| plan::Live::of(kind, o)));
+        }
+        for l in plan::stale(objects, &live) {
+            tracing::info!(kind = l.kind, name = %l.name, "deleting an object the revision no longer has");
+            let api = self.api(l.kind, namespace);
+            api.delete(&l.name, &DeleteParams::background()).await?;
         }
         Ok(())
     }
@@ -722,21 +717,12 @@ impl Sink for KubeSink {
         }
         let lp = ListParams::default().labels(&self.selector(None));
         for ns in namespaces {
-            let mut gone = BTreeSet::new();
+            let mut live = Vec::new();
             for kind in self.kinds() {
-                for live in self.api(kind, ns).list(&lp).await? {
-                    let id = live
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_DEPLOYMENT))
-                        .and_then(|v| v.parse::<Uuid>().ok());
-                    if let Some(id) = id.filter(|id| !keep.contains(id)) {
-                        gone.insert(id);
-                    }
-                }
+                let listed = self.api(kind, ns).list(&lp).await?;
+                live.extend(listed.iter().map(|o| plan::Live::of(kind, o)));
             }
-            for id in gone {
+            for id in plan::gone(&live, keep) {
                 tracing::info!(deployment = %id, namespace = %ns, "removing the objects of a deployment that no longer exists");
                 self.teardown(id, ns).await?;
             }
