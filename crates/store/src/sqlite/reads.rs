@@ -86,22 +86,8 @@ impl Readers {
     pub(super) fn all<T>(&self, q: &Query, decode: Decode<T>) -> Result<Vec<T>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&q.sql).map_err(error)?;
-            for (i, arg) in q.args.iter().enumerate() {
-                let Some(index) = stmt
-                    .parameter_index(&format!("${}", i + 1))
-                    .map_err(error)?
-                else {
-                    continue;
-                };
-                let value: rusqlite::types::Value = match arg {
-                    Arg::Id(v) => v.map(|id| id.to_string()).into(),
-                    Arg::Ids(v) => v.as_deref().map(super::json_list).into(),
-                    Arg::Text(v) => v.clone().into(),
-                    Arg::Texts(v) => v.as_deref().map(super::json_list).into(),
-                    Arg::Int(v) => (*v).into(),
-                    Arg::Flag(v) => v.map(i64::from).into(),
-                };
-                stmt.raw_bind_parameter(index, value).map_err(error)?;
+            for index in 1..=stmt.parameter_count() {
+                bind(&mut stmt, index, q)?;
             }
             // Columns by name once per query: rusqlite looks a name up by scanning
             // SQLite's column names, which showed in the profile of a page of 100.
@@ -114,6 +100,29 @@ impl Readers {
             Ok(out)
         })
     }
+}
+
+/// Binds statement parameter `index`, which is `$n`, to the query's `n`th argument.
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, index: usize, q: &Query) -> Result<()> {
+    let arg = stmt
+        .parameter_name(index)
+        .and_then(|name| name.strip_prefix('$')?.parse::<usize>().ok())
+        .and_then(|n| q.args.get(n.checked_sub(1)?))
+        .ok_or_else(|| StoreError::Other(format!("parameter {index} of {} is unbound", q.sql)))?;
+    let mut uuid = uuid::Uuid::encode_buffer();
+    let bound = match arg {
+        Arg::Id(v) => stmt.raw_bind_parameter(
+            index,
+            v.as_ref()
+                .map(|id| &*id.hyphenated().encode_lower(&mut uuid)),
+        ),
+        Arg::Text(v) => stmt.raw_bind_parameter(index, v.as_deref()),
+        Arg::Int(v) => stmt.raw_bind_parameter(index, *v),
+        Arg::Flag(v) => stmt.raw_bind_parameter(index, *v),
+        Arg::Ids(v) => stmt.raw_bind_parameter(index, v.as_deref().map(super::json_list)),
+        Arg::Texts(v) => stmt.raw_bind_parameter(index, v.as_deref().map(super::json_list)),
+    };
+    bound.map_err(error)
 }
 
 /// A row whose columns are found by name.
