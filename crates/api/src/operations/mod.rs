@@ -2,7 +2,9 @@
 //! JSON API's handlers, the console's pages and the data plane's routes parse their
 //! input, call an operation here, and render what it returns; the rules an operation
 //! applies (who may act, the plan, checks across rows, what a change implies for keys
-//! and caches) are written here once, and only here do requests reach the store.
+//! and caches) are written here once. Outside this module only authentication
+//! (`auth.rs`), the registry's token check (`registry.rs`) and the metrics page
+//! (`telemetry.rs`) read the store.
 
 pub mod dataplane;
 pub mod deployments;
