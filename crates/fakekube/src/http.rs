@@ -207,7 +207,7 @@ pub(crate) fn authorize(c: &Cluster, method: &Method, t: &Target<'_>) -> Vec<Att
         .into_iter()
         .map(|v| Attributes {
             verb: v.to_owned(),
-            group: r.group.to_owned(),
+            group: r.group_version().0.to_owned(),
             resource: resource.clone(),
             namespace: t.namespace.clone(),
         })

@@ -29,8 +29,8 @@ pub const TOKEN: &str = "fake-kube-token";
 
 /// A resource the fake serves.
 struct Resource {
-    group: &'static str,
-    version: &'static str,
+    /// `v1` for the core group, else `group/version`.
+    api_version: &'static str,
     plural: &'static str,
     kind: &'static str,
     /// Whether `metadata.generation` moves when the spec changes.
@@ -38,38 +38,34 @@ struct Resource {
 }
 
 const RESOURCES: &[Resource] = &[
-    res("", "v1", "secrets", "Secret", false),
-    res("", "v1", "services", "Service", false),
-    res("", "v1", "pods", "Pod", false),
+    res("v1", "secrets", "Secret", false),
+    res("v1", "services", "Service", false),
+    res("v1", "pods", "Pod", false),
     res(
-        "",
         "v1",
         "persistentvolumeclaims",
         "PersistentVolumeClaim",
         false,
     ),
-    res("apps", "v1", "deployments", "Deployment", true),
-    res("apps", "v1", "statefulsets", "StatefulSet", true),
+    res("apps/v1", "deployments", "Deployment", true),
+    res("apps/v1", "statefulsets", "StatefulSet", true),
     res(
-        "autoscaling",
-        "v2",
+        "autoscaling/v2",
         "horizontalpodautoscalers",
         "HorizontalPodAutoscaler",
         true,
     ),
-    res("apps.langchain.ai", "v1alpha1", "lgps", "LGP", true),
+    res("apps.langchain.ai/v1alpha1", "lgps", "LGP", true),
 ];
 
 const fn res(
-    group: &'static str,
-    version: &'static str,
+    api_version: &'static str,
     plural: &'static str,
     kind: &'static str,
     generation: bool,
 ) -> Resource {
     Resource {
-        group,
-        version,
+        api_version,
         plural,
         kind,
         generation,
@@ -78,19 +74,21 @@ const fn res(
 
 impl Resource {
     fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_owned()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        self.api_version.to_owned()
+    }
+
+    /// The API group and version (the core group is `""`).
+    fn group_version(&self) -> (&'static str, &'static str) {
+        self.api_version
+            .split_once('/')
+            .unwrap_or(("", self.api_version))
     }
 
     /// `deployments.apps`, as Kubernetes names a resource in messages.
     fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_owned()
-        } else {
-            format!("{}.{}", self.plural, self.group)
+        match self.group_version() {
+            ("", _) => self.plural.to_owned(),
+            (group, _) => format!("{}.{group}", self.plural),
         }
     }
 }
@@ -98,7 +96,7 @@ impl Resource {
 fn resource(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .find(|r| r.group_version() == (group, version) && r.plural == plural)
 }
 
 fn resource_of_kind(kind: &str) -> &'static Resource {

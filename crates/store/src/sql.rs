@@ -77,45 +77,123 @@ args! {
     &Option<Vec<String>> => Texts(Clone::clone),
 }
 
-/// The SQL spellings that differ between the backends.
-pub(crate) struct Dialect {
-    /// The larger of two values: `GREATEST` or SQLite's two-argument `MAX`.
-    pub(crate) greatest: &'static str,
-    /// Appended to a `SELECT` whose rows the transaction goes on to change: PostgreSQL
-    /// locks them; SQLite's writer already holds the database's write lock.
-    pub(crate) for_update: &'static str,
-    /// `position of needle in haystack`: `strpos` or `instr`.
-    pub(crate) position: &'static str,
-    /// Membership in a bound list ([`Arg::Ids`], [`Arg::Texts`]), e.g. `= ANY($2)`.
-    pub(crate) any: fn(&str) -> String,
-    /// A text field of a JSON text column.
-    pub(crate) json_field: fn(&str, &str) -> String,
-    /// The statement that takes a [`Lock`], if the backend needs one.
-    pub(crate) lock: fn(Lock) -> Option<Query>,
-    /// Begins a write transaction.
-    pub(crate) begin_write: &'static str,
-    /// Begins a read-only transaction that sees one snapshot.
-    pub(crate) begin_snapshot: &'static str,
-    /// Wraps an `UPDATE listeners ... RETURNING id, generation` so that the change is
-    /// announced to every process at commit (PostgreSQL `NOTIFY`); SQLite's one process
-    /// announces it itself after the commit.
-    pub(crate) announce: fn(String) -> String,
+/// The SQL spellings that differ between the backends, side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Postgres,
+    Sqlite,
 }
 
+/// The `NOTIFY` channel of generation changes; payload `<listener id>:<generation>`.
+pub(crate) const CHANNEL: &str = "hostplane_generations";
+
+/// The advisory lock that lets one PostgreSQL replica at a time run the first-start
+/// setup (creates in a workspace lock on a hash of the workspace id instead).
+const BOOTSTRAP_LOCK: i64 = 0x686f_7374_0001;
+
 impl Dialect {
-    /// `updated_at` (or another time column) moved to now, or just past its value when
-    /// the clock is behind it: every change moves a row's version forward.
-    pub(crate) fn advance(&self, column: &str, now: &str) -> String {
-        format!("{column} = {}({now}, {column} + 1)", self.greatest)
+    /// The larger of two values: `GREATEST` or SQLite's two-argument `MAX`.
+    pub(crate) fn greatest(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "GREATEST",
+            Dialect::Sqlite => "MAX",
+        }
+    }
+
+    /// Appended to a `SELECT` whose rows the transaction goes on to change: PostgreSQL
+    /// locks them; SQLite's writer already holds the database's write lock.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
     }
 
     /// `FOR UPDATE OF alias` where the backend locks rows.
-    pub(crate) fn for_update_of(&self, alias: &str) -> String {
-        if self.for_update.is_empty() {
-            String::new()
-        } else {
-            format!("{} OF {alias}", self.for_update)
+    pub(crate) fn for_update_of(self, alias: &str) -> String {
+        match self {
+            Dialect::Postgres => format!(" FOR UPDATE OF {alias}"),
+            Dialect::Sqlite => String::new(),
         }
+    }
+
+    /// `position of needle in haystack`: `strpos` or `instr`.
+    pub(crate) fn position(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "strpos",
+            Dialect::Sqlite => "instr",
+        }
+    }
+
+    /// Membership in a bound list ([`Arg::Ids`], [`Arg::Texts`]), e.g. `= ANY($2)`.
+    pub(crate) fn any(self, list: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("= ANY({list})"),
+            Dialect::Sqlite => format!("IN (SELECT value FROM json_each({list}))"),
+        }
+    }
+
+    /// A text field of a JSON text column.
+    pub(crate) fn json_field(self, column: &str, field: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("({column}::jsonb ->> '{field}')"),
+            Dialect::Sqlite => format!("json_extract({column}, '$.{field}')"),
+        }
+    }
+
+    /// The statement that takes a [`Lock`]: a transaction-scoped advisory lock in
+    /// PostgreSQL; none in SQLite, where every write already holds the database's write
+    /// lock (`BEGIN IMMEDIATE`).
+    pub(crate) fn lock(self, lock: Lock) -> Option<Query> {
+        if self == Dialect::Sqlite {
+            return None;
+        }
+        Some(match lock {
+            Lock::Bootstrap => query("SELECT pg_advisory_xact_lock($1)").bind(BOOTSTRAP_LOCK),
+            Lock::ListenerCreates(ws) => {
+                query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))").bind(ws)
+            }
+            Lock::DeploymentCreates(ws) => {
+                query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))").bind(ws)
+            }
+        })
+    }
+
+    /// Begins a write transaction. SQLite takes the write lock first, so a write cannot
+    /// fail half-way on a lock upgrade.
+    pub(crate) fn begin_write(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "BEGIN",
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+        }
+    }
+
+    /// Begins a read-only transaction that sees one snapshot (SQLite reads one snapshot
+    /// from a transaction's first read on).
+    pub(crate) fn begin_snapshot(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            Dialect::Sqlite => "BEGIN",
+        }
+    }
+
+    /// Wraps an `UPDATE listeners ... RETURNING id, generation` so that the change is
+    /// announced to every process at commit (PostgreSQL `NOTIFY` on [`CHANNEL`]);
+    /// SQLite's one process announces it itself after the commit.
+    pub(crate) fn announce(self, update: String) -> String {
+        match self {
+            Dialect::Postgres => format!(
+                "WITH b AS ({update}) SELECT b.id, b.generation FROM b, \
+                 LATERAL (SELECT pg_notify('{CHANNEL}', b.id::text || ':' || b.generation::text)) n"
+            ),
+            Dialect::Sqlite => update,
+        }
+    }
+
+    /// `updated_at` (or another time column) moved to now, or just past its value when
+    /// the clock is behind it: every change moves a row's version forward.
+    pub(crate) fn advance(self, column: &str, now: &str) -> String {
+        format!("{column} = {}({now}, {column} + 1)", self.greatest())
     }
 }
 
@@ -143,13 +221,13 @@ pub(crate) trait Conn: Send {
     fn fetch_all(&mut self, q: Query) -> BoxFut<'_, Result<Vec<Self::Row>>>;
     /// The first row a statement returns, if any.
     fn fetch_optional(&mut self, q: Query) -> BoxFut<'_, Result<Option<Self::Row>>>;
-    fn dialect(&self) -> &'static Dialect {
-        &Self::DIALECT
+    fn dialect(&self) -> Dialect {
+        Self::DIALECT
     }
 
     /// Takes `lock` until the transaction ends.
     async fn lock(&mut self, lock: Lock) -> Result<()> {
-        if let Some(q) = (Self::DIALECT.lock)(lock) {
+        if let Some(q) = Self::DIALECT.lock(lock) {
             self.fetch_all(q).await?;
         }
         Ok(())
@@ -169,7 +247,7 @@ pub(crate) trait Conn: Send {
              RETURNING id, generation"
         );
         let row = self
-            .fetch_optional(query((Self::DIALECT.announce)(update)).bind(id))
+            .fetch_optional(query(Self::DIALECT.announce(update)).bind(id))
             .await?;
         row.map(|r| Ok((r.uuid("id")?, r.int("generation")?)))
             .into_iter()
@@ -344,13 +422,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// `f` in a write transaction ([`Dialect::begin_write`]).
     async fn transaction<T: Send + 'static>(&self, f: Work<Self::Conn, T>) -> Result<T> {
-        in_transaction(self.pool(), Self::Conn::DIALECT.begin_write, f).await
+        in_transaction(self.pool(), Self::Conn::DIALECT.begin_write(), f).await
     }
 
     /// `f` in a read-only transaction that sees one snapshot of the database
     /// ([`Dialect::begin_snapshot`]).
     async fn snapshot<T: Send + 'static>(&self, f: Work<Self::Conn, T>) -> Result<T> {
-        in_transaction(self.pool(), Self::Conn::DIALECT.begin_snapshot, f).await
+        in_transaction(self.pool(), Self::Conn::DIALECT.begin_snapshot(), f).await
     }
 
     fn pool_stats(&self) -> PoolStats {

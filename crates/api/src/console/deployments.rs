@@ -1,7 +1,7 @@
 //! Deployment pages: the list with filters and paging, one deployment with its revisions
 //! and logs (followed live by the script), redeploy and delete.
 
-use super::layout::{self, badge, short_id, time, Nav, Tab};
+use super::layout::{self, badge, short_id, table, time, Nav, Tab};
 use super::session::{self, Csrf, Visit};
 use super::{encode, path_id, same_origin, see_other, ConsoleError, ConsoleResult};
 use crate::auth::Tenant;
@@ -9,8 +9,9 @@ use crate::error::{json_response, ApiError};
 use crate::logs::{cursor_text, parse_cursor};
 use crate::operations::{deployments as ops, listeners};
 use crate::AppState;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::{html, Markup};
@@ -46,6 +47,38 @@ async fn compute_ids(app: &AppState, tenant: &Tenant) -> ConsoleResult<HashMap<U
         .into_iter()
         .map(|l| (l.id, l.compute_id))
         .collect())
+}
+
+/// A visit to one deployment's pages: the workspace and deployment from the path (a
+/// malformed id is a page that does not exist) and the visitor's session. A form posted
+/// there must come from this site, and signing in again returns to the deployment's page.
+pub struct DeploymentVisit {
+    visit: Visit,
+    id: Uuid,
+}
+
+impl FromRequestParts<AppState> for DeploymentVisit {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> ConsoleResult<Self> {
+        let form = parts.method != Method::GET;
+        if form {
+            same_origin(app, &parts.headers)?;
+        }
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, app)
+            .await
+            .map_err(|_| ConsoleError::Api(ApiError::NotFound("Not Found".into())))?;
+        let segment = |name: &str| path_id(params.get(name).map_or("", String::as_str));
+        let (ws, id) = (segment("workspace_id")?, segment("deployment_id")?);
+        let page = format!("/o/{ws}/host/deployments/{id}");
+        let back = if form {
+            &page
+        } else {
+            session::here(&parts.uri)
+        };
+        let visit = session::visit(app, &parts.headers, back, ws).await?;
+        Ok(DeploymentVisit { visit, id })
+    }
 }
 
 pub async fn to_list(Path(ws): Path<String>) -> ConsoleResult {
@@ -120,29 +153,23 @@ pub async fn list(
         @if items.is_empty() {
             p.empty { "No deployment matches." }
         } @else {
-            div.scroll {
-                table {
-                    thead { tr {
-                        th scope="col" { "Name" } th scope="col" { "Status" }
-                        th scope="col" { "Active revision" } th scope="col" { "Listener" }
-                        th scope="col" { "Namespace" } th scope="col" { "Created" }
-                        th scope="col" { "Updated" }
-                    } }
-                    tbody {
-                        @for d in &items {
-                            tr {
-                                td { a href={ "/o/" (ws) "/host/deployments/" (d.id) } { (d.name) } }
-                                td { (badge(d.status.as_str())) }
-                                td { @if let Some(r) = d.active_revision_id { (short_id(&r)) } @else { span.muted { "none" } } }
-                                td { (listener_cell(d.listener_id, &listeners)) }
-                                td { (namespace(d).unwrap_or_default()) }
-                                td { (time(&d.created_at)) }
-                                td { (time(&d.updated_at)) }
-                            }
+            (table(
+                &["Name", "Status", "Active revision", "Listener", "Namespace", "Created", "Updated"],
+                false,
+                html! {
+                    @for d in &items {
+                        tr {
+                            td { a href={ "/o/" (ws) "/host/deployments/" (d.id) } { (d.name) } }
+                            td { (badge(d.status.as_str())) }
+                            td { @if let Some(r) = d.active_revision_id { (short_id(&r)) } @else { span.muted { "none" } } }
+                            td { (listener_cell(d.listener_id, &listeners)) }
+                            td { (namespace(d).unwrap_or_default()) }
+                            td { (time(&d.created_at)) }
+                            td { (time(&d.updated_at)) }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         nav.pager aria-label="Pages" {
             @if offset > 0 {
@@ -240,13 +267,10 @@ async fn read_logs(
 
 pub async fn show(
     State(app): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
+    DeploymentVisit { visit, id }: DeploymentVisit,
     Query(filter): Query<LogFilter>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> ConsoleResult {
-    let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
+    let ws = visit.tenant.workspace_id;
     let d = ops::get(&app, &visit.tenant, id).await?;
     let revisions = ops::revisions(
         &app,
@@ -298,38 +322,33 @@ pub async fn show(
         }
         p { a.button.danger href={ (base) "/delete" } { "Delete…" } }
         h2 { "Revisions" }
-        div.scroll {
-            table {
-                thead { tr {
-                    th scope="col" { "Revision" } th scope="col" { "Status" }
-                    th scope="col" { "Reason" } th scope="col" { "Created" }
-                    th scope="col" { "Updated" } th scope="col" { span.visually-hidden { "Actions" } }
-                } }
-                tbody {
-                    @for r in &revisions {
-                        tr.live[d.active_revision_id == Some(r.id)] {
-                            td {
-                                (short_id(&r.id))
-                                @if d.active_revision_id == Some(r.id) { " " strong.live-mark { "live" } }
-                            }
-                            td { (badge(r.status.as_str())) }
-                            td.reason {
-                                @if let Some(reason) = &r.data_plane.reason { strong { (reason) } " " }
-                                @if let Some(message) = &r.data_plane.message { (message) }
-                            }
-                            td { (time(&r.created_at)) }
-                            td { (time(&r.updated_at)) }
-                            td {
-                                form method="post" action={ (base) "/revisions/" (r.id) "/redeploy" } {
-                                    input type="hidden" name="csrf" value=(csrf);
-                                    button type="submit" aria-label={ "Redeploy revision " (r.id) } { "Redeploy" }
-                                }
+        (table(
+            &["Revision", "Status", "Reason", "Created", "Updated"],
+            true,
+            html! {
+                @for r in &revisions {
+                    tr.live[d.active_revision_id == Some(r.id)] {
+                        td {
+                            (short_id(&r.id))
+                            @if d.active_revision_id == Some(r.id) { " " strong.live-mark { "live" } }
+                        }
+                        td { (badge(r.status.as_str())) }
+                        td.reason {
+                            @if let Some(reason) = &r.data_plane.reason { strong { (reason) } " " }
+                            @if let Some(message) = &r.data_plane.message { (message) }
+                        }
+                        td { (time(&r.created_at)) }
+                        td { (time(&r.updated_at)) }
+                        td {
+                            form method="post" action={ (base) "/revisions/" (r.id) "/redeploy" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" aria-label={ "Redeploy revision " (r.id) } { "Redeploy" }
                             }
                         }
                     }
                 }
-            }
-        }
+            },
+        ))
         h2 #logs { "Logs" }
         form.filters method="get" action={ (base) "#logs" } {
             label for="kind" { "Kind" }
@@ -385,13 +404,9 @@ struct LogLineOut<'a> {
 /// The lines after `after`, as JSON, for the script that follows logs.
 pub async fn logs(
     State(app): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
+    DeploymentVisit { visit, id }: DeploymentVisit,
     Query(filter): Query<LogFilter>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> ConsoleResult {
-    let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     let (lines, after) = read_logs(&app, &visit.tenant, id, &filter).await?;
     let out: Vec<_> = lines
         .iter()
@@ -409,19 +424,12 @@ pub async fn logs(
 
 pub async fn redeploy(
     State(app): State<AppState>,
-    Path((ws, id, rid)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    DeploymentVisit { visit, id }: DeploymentVisit,
+    Path(params): Path<HashMap<String, String>>,
     Form(form): Form<Csrf>,
 ) -> ConsoleResult {
-    same_origin(&app, &headers)?;
-    let (ws, id, rid) = (path_id(&ws)?, path_id(&id)?, path_id(&rid)?);
-    let visit = session::visit(
-        &app,
-        &headers,
-        &format!("/o/{ws}/host/deployments/{id}"),
-        ws,
-    )
-    .await?;
+    let rid = path_id(params.get("revision_id").map_or("", String::as_str))?;
+    let ws = visit.tenant.workspace_id;
     visit.session.check_csrf(&form.csrf)?;
     ops::redeploy(&app, &visit.tenant, id, rid).await?;
     Ok(see_other(&format!(
@@ -461,12 +469,8 @@ fn delete_page(visit: &Visit, d: &Deployment, problem: Option<&str>) -> Response
 
 pub async fn confirm_delete(
     State(app): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    uri: Uri,
+    DeploymentVisit { visit, id }: DeploymentVisit,
 ) -> ConsoleResult {
-    let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
     let d = ops::get(&app, &visit.tenant, id).await?;
     Ok(delete_page(&visit, &d, None))
 }
@@ -479,19 +483,10 @@ pub struct DeleteForm {
 
 pub async fn delete(
     State(app): State<AppState>,
-    Path((ws, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    DeploymentVisit { visit, id }: DeploymentVisit,
     Form(form): Form<DeleteForm>,
 ) -> ConsoleResult {
-    same_origin(&app, &headers)?;
-    let (ws, id) = (path_id(&ws)?, path_id(&id)?);
-    let visit = session::visit(
-        &app,
-        &headers,
-        &format!("/o/{ws}/host/deployments/{id}"),
-        ws,
-    )
-    .await?;
+    let ws = visit.tenant.workspace_id;
     visit.session.check_csrf(&form.csrf)?;
     let d = ops::get(&app, &visit.tenant, id).await?;
     if form.confirm != d.name {

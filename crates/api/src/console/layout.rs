@@ -110,3 +110,19 @@ pub fn short_id(id: &Uuid) -> Markup {
     let text = id.to_string();
     html! { code title=(text) { (text[..8]) } }
 }
+
+/// A table that scrolls sideways on narrow screens: a header row of `columns` (and a last
+/// one named only for screen readers when the rows end with `actions`) over `rows`.
+pub fn table(columns: &[&str], actions: bool, rows: Markup) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead { tr {
+                    @for column in columns { th scope="col" { (column) } }
+                    @if actions { th scope="col" { span.visually-hidden { "Actions" } } }
+                } }
+                tbody { (rows) }
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! that starts its agent).
 
 use super::deployments::namespace;
-use super::layout::{self, badge, time, Nav, Tab};
+use super::layout::{self, badge, table, time, Nav, Tab};
 use super::session::{self, Visit};
 use super::{path_id, same_origin, ConsoleResult};
 use crate::error::ApiError;
@@ -74,42 +74,36 @@ async fn page(app: &AppState, visit: &Visit, outcome: Outcome) -> ConsoleResult 
         @if listeners.is_empty() {
             p.empty { "No listener yet: create one below." }
         } @else {
-            div.scroll {
-                table {
-                    thead { tr {
-                        th scope="col" { "Compute ID" } th scope="col" { "Namespaces" }
-                        th scope="col" { "Agent version" } th scope="col" { "Mode" }
-                        th scope="col" { "Last heartbeat" } th scope="col" { "State" }
-                        th scope="col" { "Deployments" }
-                    } }
-                    tbody {
-                        @for l in &listeners {
-                            @let agent = agents.get(&l.id);
-                            @let seen = agent.and_then(|a| a.last_seen_at);
-                            @let online = seen.is_some_and(|at| now - at <= lease);
-                            @let mode = agent.and_then(|a| a.facts.as_ref()).and_then(|f| f.get("mode")).and_then(|m| m.as_str());
-                            tr {
-                                td { (l.compute_id) br; span.muted { (l.id) } }
-                                td { (l.k8s_namespaces.as_deref().unwrap_or_default().join(", ")) }
-                                td { (l.version.as_deref().unwrap_or("")) }
-                                td { (mode.unwrap_or("")) }
-                                td { @if let Some(at) = seen { (time(&at)) } @else { span.muted { "never" } } }
-                                td { (badge(if online { "online" } else { "offline" })) }
-                                td {
-                                    ul.plain {
-                                        @for d in deployments.iter().filter(|d| d.listener_id == Some(l.id)) {
-                                            li {
-                                                a href={ "/o/" (ws) "/host/deployments/" (d.id) } { (d.name) }
-                                                @if let Some(ns) = namespace(d) { span.muted { " in " (ns) } }
-                                            }
+            (table(
+                &["Compute ID", "Namespaces", "Agent version", "Mode", "Last heartbeat", "State", "Deployments"],
+                false,
+                html! {
+                    @for l in &listeners {
+                        @let agent = agents.get(&l.id);
+                        @let seen = agent.and_then(|a| a.last_seen_at);
+                        @let online = seen.is_some_and(|at| now - at <= lease);
+                        @let mode = agent.and_then(|a| a.facts.as_ref()).and_then(|f| f.get("mode")).and_then(|m| m.as_str());
+                        tr {
+                            td { (l.compute_id) br; span.muted { (l.id) } }
+                            td { (l.k8s_namespaces.as_deref().unwrap_or_default().join(", ")) }
+                            td { (l.version.as_deref().unwrap_or("")) }
+                            td { (mode.unwrap_or("")) }
+                            td { @if let Some(at) = seen { (time(&at)) } @else { span.muted { "never" } } }
+                            td { (badge(if online { "online" } else { "offline" })) }
+                            td {
+                                ul.plain {
+                                    @for d in deployments.iter().filter(|d| d.listener_id == Some(l.id)) {
+                                        li {
+                                            a href={ "/o/" (ws) "/host/deployments/" (d.id) } { (d.name) }
+                                            @if let Some(ns) = namespace(d) { span.muted { " in " (ns) } }
                                         }
                                     }
                                 }
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { "Create a listener" }
         form.stacked method="post" {

@@ -121,18 +121,16 @@ pub async fn version(
     id: Uuid,
 ) -> ApiResult<chrono::DateTime<chrono::Utc>> {
     authorize(tenant)?;
-    app.store
-        .version(Versioned::Listener, tenant.workspace_id, id)
-        .await?
-        .ok_or_else(|| not_found(id))
+    let version = app
+        .store
+        .version(Versioned::Listener, tenant.workspace_id, id);
+    version.await?.ok_or_else(|| not_found(id))
 }
 
 pub async fn get(app: &AppState, tenant: &Tenant, id: Uuid) -> ApiResult<Listener> {
     authorize(tenant)?;
-    app.store
-        .get_listener(tenant.workspace_id, id)
-        .await?
-        .ok_or_else(|| not_found(id))
+    let found = app.store.get_listener(tenant.workspace_id, id).await?;
+    found.ok_or_else(|| not_found(id))
 }
 
 pub async fn patch(

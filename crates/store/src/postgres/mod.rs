@@ -2,7 +2,7 @@
 //! database behave as one service because every rule is enforced by the database.
 
 use crate::changes::Changes;
-use crate::sql::{query, Backend, Conn, Dialect, Lock, Shared};
+use crate::sql::{Backend, Conn, Dialect, Shared, CHANNEL};
 use crate::{Result, StoreOptions};
 use async_trait::async_trait;
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -14,10 +14,6 @@ pub struct PgStore {
     /// The pool, and this replica's wake-ups, fed by `NOTIFY`.
     shared: Shared<sqlx::Postgres>,
 }
-
-/// The advisory lock that lets one replica at a time run the first-start setup (creates
-/// in a workspace lock on a hash of the workspace id instead).
-const BOOTSTRAP_LOCK: i64 = 0x686f_7374_0001;
 
 impl PgStore {
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Self> {
@@ -40,41 +36,10 @@ impl PgStore {
     }
 }
 
-/// The `NOTIFY` channel of generation changes; payload `<listener id>:<generation>`.
-const CHANNEL: &str = "hostplane_generations";
-
-const POSTGRES: Dialect = Dialect {
-    greatest: "GREATEST",
-    for_update: " FOR UPDATE",
-    position: "strpos",
-    any: |list| format!("= ANY({list})"),
-    json_field: |column, field| format!("({column}::jsonb ->> '{field}')"),
-    // Transaction-scoped advisory locks.
-    lock: |lock| {
-        Some(match lock {
-            Lock::Bootstrap => query("SELECT pg_advisory_xact_lock($1)").bind(BOOTSTRAP_LOCK),
-            Lock::ListenerCreates(ws) => {
-                query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))").bind(ws)
-            }
-            Lock::DeploymentCreates(ws) => {
-                query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 1))").bind(ws)
-            }
-        })
-    },
-    begin_write: "BEGIN",
-    begin_snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    announce: |update| {
-        format!(
-            "WITH b AS ({update}) SELECT b.id, b.generation FROM b, \
-             LATERAL (SELECT pg_notify('{CHANNEL}', b.id::text || ':' || b.generation::text)) n"
-        )
-    },
-};
-
 #[async_trait]
 impl Conn for PgConnection {
     type Row = PgRow;
-    const DIALECT: Dialect = POSTGRES;
+    const DIALECT: Dialect = Dialect::Postgres;
 
     crate::sql::sqlx_statements!(PgRow, id: Uuid::clone, list: std::convert::identity);
 }

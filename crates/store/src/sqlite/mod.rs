@@ -60,7 +60,7 @@ async fn create_writer(
         let (news, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let outcome = in_transaction(
             &pool,
-            SQLITE.begin_write,
+            Dialect::Sqlite.begin_write(),
             work(move |conn: &mut SqliteConnection| {
                 Box::pin(async move {
                     let mut results = Vec::with_capacity(news.len());
@@ -184,25 +184,10 @@ fn json_list<T: serde::Serialize>(list: &[T]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
-const SQLITE: Dialect = Dialect {
-    greatest: "MAX",
-    for_update: "",
-    position: "instr",
-    any: |list| format!("IN (SELECT value FROM json_each({list}))"),
-    json_field: |column, field| format!("json_extract({column}, '$.{field}')"),
-    // Every write already holds the database's write lock (`BEGIN IMMEDIATE`).
-    lock: |_| None,
-    // The write lock is taken first, so a write cannot fail half-way on a lock upgrade.
-    begin_write: "BEGIN IMMEDIATE",
-    // SQLite reads one snapshot from a transaction's first read on.
-    begin_snapshot: "BEGIN",
-    announce: |update| update,
-};
-
 #[async_trait]
 impl Conn for SqliteConnection {
     type Row = SqliteRow;
-    const DIALECT: Dialect = SQLITE;
+    const DIALECT: Dialect = Dialect::Sqlite;
 
     crate::sql::sqlx_statements!(SqliteRow, id: text_id, list: json_list);
 }

@@ -50,7 +50,7 @@ async fn lock_revision<C: Conn>(c: &mut C, revision_id: Uuid) -> Result<Revision
     let sql = format!(
         "SELECT {} FROM revisions r WHERE r.id = $1{}",
         revision_columns_as("r", ""),
-        c.dialect().for_update
+        c.dialect().for_update()
     );
     revision(&c.fetch_one(query(sql).bind(revision_id)).await?)
 }
@@ -123,7 +123,7 @@ impl<B: Backend> DataPlaneStore for B {
                          ELSE {}($3, updated_at + 1) END, \
                        version = $2, last_seen_at = $3, agent = $4 \
                      WHERE id = $1 RETURNING generation",
-                    c.dialect().greatest
+                    c.dialect().greatest()
                 );
                 let q = query(sql)
                     .bind(listener)
@@ -217,7 +217,7 @@ impl<B: Backend> DataPlaneStore for B {
                        updated_at = CASE WHEN status = $2 THEN updated_at \
                          ELSE {}($5, updated_at + 1) END \
                      WHERE id = $1",
-                    c.dialect().greatest
+                    c.dialect().greatest()
                 );
                 let q = query(sql)
                     .bind(revision_id)
@@ -330,7 +330,7 @@ impl<B: Backend> DataPlaneStore for B {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT status FROM deployments WHERE id = $1 AND listener_id = $2{}",
-                    c.dialect().for_update
+                    c.dialect().for_update()
                 );
                 let q = query(sql).bind(deployment_id).bind(listener);
                 let Some(row) = c.fetch_optional(q).await? else {
@@ -359,7 +359,7 @@ impl<B: Backend> DataPlaneStore for B {
                     "SELECT r.id, r.deployment_id FROM revisions r \
                      JOIN deployments d ON d.id = r.deployment_id \
                      WHERE d.listener_id = $1 AND r.id {}",
-                    (c.dialect().any)("$2")
+                    c.dialect().any("$2")
                 );
                 let owned = c
                     .fetch_all(query(sql).bind(listener).bind(named.as_slice()))
@@ -411,7 +411,7 @@ impl<B: Backend> DataPlaneStore for B {
                AND ($6 IS NULL OR at >= $6) AND ($7 IS NULL OR at <= $7) \
                AND ($8 IS NULL OR (at, seq) {cmp} ($8, $9)) \
              ORDER BY at {order}, seq {order} LIMIT $10",
-            position = B::Conn::DIALECT.position
+            position = B::Conn::DIALECT.position()
         );
         let lines = query(sql)
             .bind(q.deployment_id)

@@ -27,7 +27,7 @@ async fn insert_revision<C: Conn>(
          WHERE id = $2), t, t FROM \
            (SELECT {}($6, COALESCE((SELECT MAX(created_at) FROM revisions \
             WHERE deployment_id = $2), 0) + 1) AS t) s",
-        c.dialect().greatest
+        c.dialect().greatest()
     );
     let q = query(sql)
         .bind(id)
@@ -88,7 +88,7 @@ impl<B: Backend> DeploymentStore for B {
                      $11 IS NOT NULL, t, t FROM \
                        (SELECT {}($13, COALESCE((SELECT MAX(created_at) FROM deployments \
                         WHERE workspace_id = $2), 0) + 1) AS t) s",
-                    c.dialect().greatest
+                    c.dialect().greatest()
                 );
                 let q = query(sql)
                     .bind(new.id)
@@ -120,7 +120,7 @@ impl<B: Backend> DeploymentStore for B {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Deployment>> {
-        let d = &B::Conn::DIALECT;
+        let d = B::Conn::DIALECT;
         let sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE workspace_id = $1 \
                AND ($2 IS NULL OR name = $2) \
@@ -131,8 +131,8 @@ impl<B: Backend> DeploymentStore for B {
                AND ($7 IS NULL OR deployment_type = $7) \
                AND ($8 IS NULL OR id {any}) \
              ORDER BY created_at, id LIMIT $9 OFFSET $10",
-            position = d.position,
-            any = (d.any)("$8"),
+            position = d.position(),
+            any = d.any("$8"),
         );
         let q = query(sql)
             .bind(workspace)
@@ -218,7 +218,7 @@ impl<B: Backend> DeploymentStore for B {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT status FROM deployments WHERE id = $1 AND workspace_id = $2{}",
-                    c.dialect().for_update
+                    c.dialect().for_update()
                 );
                 let Some(row) = c
                     .fetch_optional(query(sql).bind(id).bind(workspace))
@@ -276,7 +276,7 @@ impl<B: Backend> DeploymentStore for B {
                AND ($2 IS NULL OR status {}) \
                AND ($3 IS NULL OR remote_reconciled = $3) \
              ORDER BY created_at DESC, id DESC LIMIT $4 OFFSET $5",
-            (B::Conn::DIALECT.any)("$2")
+            B::Conn::DIALECT.any("$2")
         );
         let q = query(sql)
             .bind(dep)

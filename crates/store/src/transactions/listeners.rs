@@ -17,7 +17,7 @@ pub(crate) async fn insert<C: Conn>(c: &mut C, new: &NewListener) -> Result<List
            (SELECT {greatest}($7, COALESCE((SELECT MAX(created_at) FROM listeners \
             WHERE workspace_id = $2), 0) + 1) AS t) s \
          RETURNING {LISTENER_COLUMNS}",
-        greatest = c.dialect().greatest
+        greatest = c.dialect().greatest()
     );
     let q = query(sql)
         .bind(Uuid::new_v4())
@@ -80,7 +80,7 @@ impl<B: Backend> ListenerStore for B {
     async fn listeners_by_ids(&self, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Listener>> {
         let q = query(format!(
             "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = $1 AND id {}",
-            (B::Conn::DIALECT.any)("$2")
+            B::Conn::DIALECT.any("$2")
         ));
         self.read(q.bind(workspace).bind(ids), listener).await
     }

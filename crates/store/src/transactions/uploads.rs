@@ -52,7 +52,7 @@ impl<B: Backend> UploadStore for B {
         self.transaction(work(move |c: &mut B::Conn| {
             Box::pin(async move {
                 let now = now_micros();
-                let lock = c.dialect().for_update;
+                let lock = c.dialect().for_update();
                 let sql = format!(
                     "SELECT deployment_id, object_path FROM uploads WHERE token_hash = $1 \
                  AND completed_at IS NULL AND expires_at > $2 \
@@ -149,8 +149,9 @@ impl<B: Backend> UploadStore for B {
         let (path, cutoff) = (object_path.to_owned(), unused_since.timestamp_micros());
         self.transaction(work(move |c: &mut B::Conn| {
             Box::pin(async move {
-                let named =
-                    (c.dialect().json_field)("r.source_revision_config", "source_tarball_path");
+                let named = c
+                    .dialect()
+                    .json_field("r.source_revision_config", "source_tarball_path");
                 let sql = format!(
                     "DELETE FROM uploads WHERE object_path = $1 AND ( \
                    (completed_at IS NULL AND expires_at < $2) OR \
