@@ -1,8 +1,10 @@
 //! The `hostplane` binary: `serve` runs the control plane (the API, the data-plane
-//! routes, the console), `listener` runs a listener's agent, and `admin` manages
-//! organizations, workspaces and API keys directly in the database.
+//! routes, the console), `listener` runs a listener's agent, `admin` manages
+//! organizations, workspaces and API keys directly in the database, and `dockerfile`
+//! writes the Dockerfile a project builds from.
 
 mod admin;
+mod dockerfile;
 mod listener;
 mod server;
 
@@ -37,6 +39,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Run a listener agent: the data plane that runs a listener's deployments.
     Listener(Box<listener::ListenerArgs>),
+    /// Write the Dockerfile a project builds from (the official `langgraph dockerfile`'s).
+    Dockerfile(dockerfile::DockerfileArgs),
 }
 
 #[derive(Args, Clone)]
@@ -449,6 +453,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(*args).await.map(|_| std::process::ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(args).await,
             Command::Listener(args) => listener::run(*args).await,
+            Command::Dockerfile(args) => Ok(dockerfile::run(args)),
         }
     });
     match result {
