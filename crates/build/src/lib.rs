@@ -7,7 +7,10 @@
 //! problems reports the same one first. Not ported: `source.kind = "uv"` projects and
 //! compatible `api_version` ranges (`~=`, `>~=`), which the CLI resolves against PyPI;
 //! both are refused with an error that says so.
+//!
+//! [`archive`] unpacks an uploaded source tarball, which is untrusted, into a folder.
 
+pub mod archive;
 pub mod config;
 pub mod files;
 mod local;
