@@ -263,12 +263,12 @@ pub fn plan<'s>(state: &'s DesiredState, agent_id: &str) -> Vec<(&'s DesiredDepl
                 .is_some_and(|ns| state.namespaces.contains(ns));
             let work = match (&d.revision, d.deleting) {
                 (_, true) => Work::Delete,
-                (Some(rev), false) => match rev.status.as_str() {
-                    "AWAITING_DEPLOY" => Work::Claim(rev.clone(), served),
-                    "DEPLOYING" if rev.lease_holder.as_deref() == Some(agent_id) => {
+                (Some(rev), false) => match rev.status {
+                    RevisionStatus::AwaitingDeploy => Work::Claim(rev.clone(), served),
+                    RevisionStatus::Deploying if rev.lease_holder.as_deref() == Some(agent_id) => {
                         Work::Deploy(rev.clone(), served)
                     }
-                    "DEPLOYED" if served => Work::Keep(rev.clone()),
+                    RevisionStatus::Deployed if served => Work::Keep(rev.clone()),
                     _ => return None,
                 },
                 (None, false) => return None,

@@ -115,11 +115,42 @@ pub struct DesiredDeployment {
     pub env: Vec<EnvVar>,
 }
 
+/// A revision's public status, as the server sends it and agents match it. A name this
+/// version does not know reads as [`RevisionStatus::Unknown`], so a newer server's
+/// status does not break an older agent's desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RevisionStatus {
+    Creating,
+    Queued,
+    AwaitingBuild,
+    Building,
+    AwaitingDeploy,
+    Deploying,
+    CreateFailed,
+    BuildFailed,
+    DeployFailed,
+    Deployed,
+    Skipped,
+    Interrupted,
+    #[serde(other)]
+    Unknown,
+}
+
+impl RevisionStatus {
+    /// The status named `name` (`Unknown` for a name this version does not know).
+    pub fn from_name(name: &str) -> Self {
+        use serde::de::IntoDeserializer;
+        let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            name.into_deserializer();
+        Self::deserialize(de).unwrap_or(RevisionStatus::Unknown)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredRevision {
     pub id: Uuid,
-    /// The public revision status (`AWAITING_DEPLOY`, `DEPLOYING`, `DEPLOYED`...).
-    pub status: String,
+    pub status: RevisionStatus,
     /// The image to run: the revision's `image_uri`, or what its build produced. None
     /// while a source revision still needs building.
     pub image: Option<String>,
@@ -157,7 +188,7 @@ pub struct ClaimAnswer {
     pub protocol_version: u32,
     pub revision_id: Uuid,
     /// `DEPLOYING` or `BUILDING`.
-    pub status: String,
+    pub status: RevisionStatus,
     pub lease_expires_at: DateTime<Utc>,
 }
 
@@ -193,7 +224,7 @@ pub struct StatusAnswer {
     pub protocol_version: u32,
     pub revision_id: Uuid,
     /// The revision's status after the report.
-    pub status: String,
+    pub status: RevisionStatus,
 }
 
 /// Teardown of a deployment in `AWAITING_DELETE` is done.
@@ -288,6 +319,26 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_string(&s).unwrap_or_default(), text);
         }
+    }
+
+    #[test]
+    fn revision_statuses_travel_as_their_names() {
+        assert_eq!(
+            RevisionStatus::from_name("AWAITING_BUILD"),
+            RevisionStatus::AwaitingBuild
+        );
+        assert_eq!(
+            serde_json::to_string(&RevisionStatus::DeployFailed).unwrap_or_default(),
+            "\"DEPLOY_FAILED\""
+        );
+        // A status a newer server adds does not break this agent's desired state.
+        assert_eq!(RevisionStatus::from_name("PAUSED"), RevisionStatus::Unknown);
+        let read: Result<Vec<RevisionStatus>, _> =
+            serde_json::from_str(r#"["PAUSED", "DEPLOYED"]"#);
+        assert_eq!(
+            read.ok(),
+            Some(vec![RevisionStatus::Unknown, RevisionStatus::Deployed])
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use protocol::{BuildSpec, DesiredDeployment, DesiredRevision, EnvVar};
+use protocol::{BuildSpec, DesiredDeployment, DesiredRevision, EnvVar, RevisionStatus};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ pub fn deployment(name: &str, n: u128) -> DesiredDeployment {
 pub fn revision(n: u128, image: &str) -> DesiredRevision {
     DesiredRevision {
         id: id(100 + n),
-        status: "DEPLOYING".into(),
+        status: RevisionStatus::Deploying,
         image: Some(image.to_owned()),
         build: None,
         lease_holder: Some("agent-1".into()),

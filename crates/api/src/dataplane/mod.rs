@@ -218,7 +218,7 @@ pub async fn claim(State(app): State<AppState>, agent: Agent) -> ApiResult<Respo
     ok(&ClaimAnswer {
         protocol_version: PROTOCOL_VERSION,
         revision_id,
-        status: status.as_str().to_owned(),
+        status: RevisionStatus::from_name(status.as_str()),
         lease_expires_at,
     })
 }
@@ -230,7 +230,7 @@ pub async fn report(State(app): State<AppState>, agent: Agent) -> ApiResult<Resp
     ok(&StatusAnswer {
         protocol_version: PROTOCOL_VERSION,
         revision_id,
-        status: now.as_str().to_owned(),
+        status: RevisionStatus::from_name(now.as_str()),
     })
 }
 
