@@ -97,6 +97,19 @@ pub trait Sink: Send + Sync + 'static {
         revision: &DesiredRevision,
         logs: LogSink,
     ) -> Result<String, Failure>;
+    /// Why this mode does not build source revisions (`langgraph deploy --remote`);
+    /// `None` for a mode that builds them. An agent fails such a revision at once with
+    /// this reason instead of leaving it waiting.
+    fn build_refusal(&self) -> Option<Failure> {
+        Some(Failure::new(
+            "BuildNotSupported",
+            format!(
+                "the listener's {} mode does not build images from source yet: build the \
+                 image yourself and deploy it with `langgraph deploy --image-uri IMAGE`",
+                self.mode()
+            ),
+        ))
+    }
     /// Removes everything of the deployment.
     async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()>;
     /// Removes what belongs to deployments that are not in `keep` (deleted while the
@@ -169,7 +182,8 @@ async fn reconcile(
     state: &DesiredState,
 ) {
     let keep: HashSet<Uuid> = state.deployments.iter().map(|d| d.id).collect();
-    for (d, work) in plan(state, &control.agent_id) {
+    let refuses_builds = sink.build_refusal().is_some();
+    for (d, work) in plan(state, &control.agent_id, refuses_builds) {
         let Ok(mut tasks) = busy.lock() else {
             continue;
         };
@@ -246,13 +260,19 @@ pub enum Work {
     Deploy(DesiredRevision, bool),
     /// Check that the deployed revision still runs (and adopt it after a restart).
     Keep(DesiredRevision),
+    /// Claim the source revision, then fail its build: this mode does not build.
+    RefuseBuild(DesiredRevision),
 }
 
 /// The work each deployment of `state` needs from agent `agent_id`, in the state's
-/// order; deployments that need nothing of it (waiting for a build, held by another
-/// agent, failed) are left out. A pure function of the state: every mode runs what it
-/// decides through its [`Sink`].
-pub fn plan<'s>(state: &'s DesiredState, agent_id: &str) -> Vec<(&'s DesiredDeployment, Work)> {
+/// order; deployments that need nothing of it (held by another agent, failed) are left
+/// out, and so are revisions waiting for a build unless the agent `refuses_builds`. A
+/// pure function of the state: every mode runs what it decides through its [`Sink`].
+pub fn plan<'s>(
+    state: &'s DesiredState,
+    agent_id: &str,
+    refuses_builds: bool,
+) -> Vec<(&'s DesiredDeployment, Work)> {
     state
         .deployments
         .iter()
@@ -269,6 +289,9 @@ pub fn plan<'s>(state: &'s DesiredState, agent_id: &str) -> Vec<(&'s DesiredDepl
                         Work::Deploy(rev.clone(), served)
                     }
                     RevisionStatus::Deployed if served => Work::Keep(rev.clone()),
+                    RevisionStatus::AwaitingBuild if refuses_builds => {
+                        Work::RefuseBuild(rev.clone())
+                    }
                     _ => return None,
                 },
                 (None, false) => return None,
@@ -304,6 +327,30 @@ impl Work {
             },
             Work::Deploy(rev, served) => {
                 deploy_and_report(control, sink, logs, announced, d, &rev, served).await
+            }
+            Work::RefuseBuild(rev) => {
+                let Some(f) = sink.build_refusal() else {
+                    return;
+                };
+                if let Err(e) = control.claim(rev.id).await {
+                    tracing::debug!(error = %e, revision = %rev.id, "claim not taken");
+                    return;
+                }
+                let report = control.report(
+                    rev.id,
+                    ReportStatus::BuildFailed,
+                    Some(f.reason.clone()),
+                    Some(f.message.clone()),
+                );
+                match report.await {
+                    Ok(_) => println!(
+                        "hostplane listener: deployment {} ({}) revision {} failed: {}: {}",
+                        d.name, d.id, rev.id, f.reason, f.message
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, revision = %rev.id, "the report was refused")
+                    }
+                }
             }
             Work::Keep(rev) => match sink.deploy(d, &rev, logs).await {
                 Ok(address) => announce(announced, d, rev.id, &address),
@@ -512,21 +559,24 @@ mod tests {
             ],
         }))
         .unwrap();
-        let planned: Vec<(String, Work)> = plan(&state, "me")
-            .into_iter()
-            .map(|(d, w)| (d.name.clone(), w))
-            .collect();
+        let planned = |refuses_builds| -> Vec<(String, Work)> {
+            plan(&state, "me", refuses_builds)
+                .into_iter()
+                .map(|(d, w)| (d.name.clone(), w))
+                .collect()
+        };
         let rev = |i: usize| state.deployments[i].revision.clone().unwrap();
-        assert_eq!(
-            planned,
-            [
-                ("d1".to_owned(), Work::Claim(rev(0), true)),
-                ("d2".to_owned(), Work::Claim(rev(1), false)),
-                ("d3".to_owned(), Work::Deploy(rev(2), true)),
-                ("d5".to_owned(), Work::Keep(rev(4))),
-                ("d10".to_owned(), Work::Delete),
-            ]
-        );
+        let mut want = vec![
+            ("d1".to_owned(), Work::Claim(rev(0), true)),
+            ("d2".to_owned(), Work::Claim(rev(1), false)),
+            ("d3".to_owned(), Work::Deploy(rev(2), true)),
+            ("d5".to_owned(), Work::Keep(rev(4))),
+            ("d10".to_owned(), Work::Delete),
+        ];
+        assert_eq!(planned(false), want);
+        // An agent that cannot build fails the waiting build instead of ignoring it.
+        want.insert(4, ("d7".to_owned(), Work::RefuseBuild(rev(6))));
+        assert_eq!(planned(true), want);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `hostplane listener --mode render`. Files appear for a new deployment (and the
 //! revision counts as deployed once written), stay byte for byte the same across an agent
 //! restart, follow an update, are removed with the deployment; a deployment in a
-//! namespace the listener no longer serves fails instead of being written.
+//! namespace the listener no longer serves fails instead of being written, and a source
+//! revision's build fails at once (render mode does not build).
 
 #![allow(clippy::unwrap_used)]
 
@@ -188,6 +189,37 @@ fn render_mode_end_to_end() {
         Some(json!({"compute_config": {"k8s_namespaces": ["ns"]}})),
     );
     assert_eq!(status, 200);
+
+    println!("a source revision: render mode does not build, so its build fails at once");
+    let (status, s) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(json!({
+            "name": "from-source", "source": "internal_source", "source_config": {},
+            "source_revision_config": {}, "secrets": [],
+        })),
+    );
+    assert_eq!(status, 201, "{s}");
+    let sdep = s["id"].as_str().unwrap().to_owned();
+    let srev = s["latest_revision_id"].as_str().unwrap().to_owned();
+    wait_until("the build to be refused", 30, || {
+        server.revision_status(&sdep, &srev) == "BUILD_FAILED"
+    });
+    let (_, logs) = server.call(
+        "POST",
+        &format!("/v1/projects/{sdep}/revisions/{srev}/build_logs"),
+        Some(json!({"limit": 1})),
+    );
+    assert_eq!(
+        logs["logs"][0]["message"],
+        format!(
+            "Build of revision {srev} failed: BuildNotSupported: render mode does not build \
+             images: build the image in CI and deploy it with `langgraph deploy --image-uri \
+             IMAGE`"
+        ),
+        "{logs}"
+    );
+    assert!(!out.join("ns").join("from-source").exists());
 
     println!("delete: the folder goes, then the deployment");
     let (status, _) = server.call("DELETE", &format!("/v2/deployments/{dep}"), None);

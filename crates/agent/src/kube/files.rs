@@ -194,6 +194,15 @@ impl Sink for FileSink {
         "render"
     }
 
+    /// Render mode writes manifests for someone else to apply; it never builds.
+    fn build_refusal(&self) -> Option<Failure> {
+        Some(Failure::new(
+            "BuildNotSupported",
+            "render mode does not build images: build the image in CI and deploy it with \
+             `langgraph deploy --image-uri IMAGE`",
+        ))
+    }
+
     async fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut facts = serde_json::Map::new();
         facts.insert(
