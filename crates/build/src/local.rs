@@ -337,7 +337,10 @@ pub(crate) fn rewrite_section_path(
         Some(Kind::File) => {}
     }
     let Some(place) = deps.in_image_faux_first(&joined) else {
-        let listed: Vec<String> = dependencies.iter().map(|d| python_repr(d)).collect();
+        let listed: Vec<String> = dependencies
+            .iter()
+            .map(|d| compat::format::py_repr(d))
+            .collect();
         return fail(
             ErrorKind::Value,
             format!(
@@ -351,32 +354,4 @@ pub(crate) fn rewrite_section_path(
         o.insert("path".into(), Value::String(format!("{place}:{attr}")));
     }
     Ok(())
-}
-
-/// Python's `repr` of a string: single quotes unless it holds one and no double quote.
-pub(crate) fn python_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::from(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
 }
