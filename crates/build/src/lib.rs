@@ -1,7 +1,7 @@
 //! The Dockerfile the official `langgraph` CLI (0.4.40) generates for a project, as a
 //! pure function of its `langgraph.json` and what its files are ([`files::Files`]): the
 //! same validation and error texts, the same local-dependency rules, the same lines, byte
-//! for byte. `hostplane dockerfile` prints it; the agents build from it.
+//! for byte. `hostplane dockerfile` prints it (agents do not build from source yet).
 //!
 //! The port follows the CLI's own order of checks, so that a config with several
 //! problems reports the same one first. Not ported: `source.kind = "uv"` projects and
