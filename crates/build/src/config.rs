@@ -529,6 +529,22 @@ pub(crate) fn check_git_credentials<'a>(
     Ok(())
 }
 
+/// Refuses credentials in those of the files `names` of folder `dir` that exist.
+pub(crate) fn check_files_for_credentials(
+    files: &dyn Files,
+    dir: &str,
+    names: &[&str],
+) -> Result<()> {
+    for name in names {
+        let path = files::join(dir, name);
+        if files.kind(&path) == Some(files::Kind::File) {
+            let text = files.read(&path).unwrap_or_default();
+            check_git_credentials([text.as_str()], &path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `text` holds `git+http(s)://authority` or `git = "http(s)://authority"` with
 /// an `@` in the authority (both case-insensitive).
 fn has_url_userinfo(text: &str) -> bool {

@@ -1,7 +1,7 @@
 //! A JavaScript project's Dockerfile (`node_config_to_docker`) and how the CLI picks its
 //! package manager's install command.
 
-use crate::config::{check_git_credentials, Config};
+use crate::config::{check_files_for_credentials, Config};
 use crate::files::{self, Files, Kind};
 use crate::{python, tag, Dockerfile, Options, Result};
 use serde_json::Value;
@@ -18,18 +18,16 @@ pub(crate) fn dockerfile(
     options: &Options,
 ) -> Result<Dockerfile> {
     let root = files::parent(config_path);
-    for name in [
-        "package.json",
-        "package-lock.json",
-        "yarn.lock",
-        "pnpm-lock.yaml",
-    ] {
-        let path = files::join(root, name);
-        if files.kind(&path) == Some(Kind::File) {
-            let text = files.read(&path).unwrap_or_default();
-            check_git_credentials([text.as_str()], &path)?;
-        }
-    }
+    check_files_for_credentials(
+        files,
+        root,
+        &[
+            "package.json",
+            "package-lock.json",
+            "yarn.lock",
+            "pnpm-lock.yaml",
+        ],
+    )?;
     let install = match options.install_command.as_deref().filter(|c| !c.is_empty()) {
         Some(command) => command.to_owned(),
         None => install_command(files, root),

@@ -1,9 +1,10 @@
 //! A Python project's Dockerfile (`python_config_to_docker`).
 
 use crate::config::{
-    check_git_credentials, is_truthy, truthy, Config, BUILD_TOOLS, DEFAULT_NODE_VERSION, SECTIONS,
+    check_files_for_credentials, is_truthy, truthy, Config, BUILD_TOOLS, DEFAULT_NODE_VERSION,
+    SECTIONS,
 };
-use crate::files::{self, Files, Kind};
+use crate::files::{self, Files};
 use crate::local::{self, LocalDeps};
 use crate::{node, pyjson, tag, Dockerfile, Result};
 use indexmap::IndexMap;
@@ -53,9 +54,9 @@ pub(crate) fn dockerfile(
         ("priority", "Priority"),
         ("checkpointer", "Checkpointer"),
     ] {
-        let dependencies = config.dependencies.clone();
         if let Some(section) = config.sections.get_mut(name).filter(is_section) {
-            local::rewrite_section_path(files, &config_dir, &deps, section, label, &dependencies)?;
+            let dependencies = &config.dependencies;
+            local::rewrite_section_path(files, &config_dir, &deps, section, label, dependencies)?;
         }
     }
     if let Some(http) = config.sections.get_mut("http").filter(is_section) {
@@ -209,19 +210,16 @@ fn check_dependency_files(
 ) -> Result<()> {
     for dep in dependencies.iter().filter(|d| d.starts_with('.')) {
         let root = files::resolve(&files::join(config_dir, dep));
-        for name in [
-            "requirements.txt",
-            "pyproject.toml",
-            "setup.py",
-            "setup.cfg",
-        ] {
-            let path = files::join(&root, name);
-            if files.kind(&path) != Some(Kind::File) {
-                continue;
-            }
-            let text = files.read(&path).unwrap_or_default();
-            check_git_credentials([text.as_str()], &path)?;
-        }
+        check_files_for_credentials(
+            files,
+            &root,
+            &[
+                "requirements.txt",
+                "pyproject.toml",
+                "setup.py",
+                "setup.cfg",
+            ],
+        )?;
     }
     Ok(())
 }
