@@ -121,16 +121,18 @@ pub async fn version(
     id: Uuid,
 ) -> ApiResult<chrono::DateTime<chrono::Utc>> {
     authorize(tenant)?;
-    let version = app
-        .store
-        .version(Versioned::Listener, tenant.workspace_id, id);
-    version.await?.ok_or_else(|| not_found(id))
+    app.store
+        .version(Versioned::Listener, tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
 pub async fn get(app: &AppState, tenant: &Tenant, id: Uuid) -> ApiResult<Listener> {
     authorize(tenant)?;
-    let found = app.store.get_listener(tenant.workspace_id, id).await?;
-    found.ok_or_else(|| not_found(id))
+    app.store
+        .get_listener(tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
 pub async fn patch(

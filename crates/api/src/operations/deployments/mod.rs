@@ -140,15 +140,17 @@ pub async fn version(
     tenant: &Tenant,
     id: Uuid,
 ) -> ApiResult<chrono::DateTime<chrono::Utc>> {
-    let version = app
-        .store
-        .version(Versioned::Deployment, tenant.workspace_id, id);
-    version.await?.ok_or_else(|| not_found(id))
+    app.store
+        .version(Versioned::Deployment, tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
 pub async fn get(app: &AppState, tenant: &Tenant, id: Uuid) -> ApiResult<Deployment> {
-    let found = app.store.get_deployment(tenant.workspace_id, id).await?;
-    found.ok_or_else(|| not_found(id))
+    app.store
+        .get_deployment(tenant.workspace_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
 /// Applies a patch: fields merged one by one, secrets sealed, and a new revision when
