@@ -20,6 +20,14 @@ pub enum CallError {
 
 pub type CallResult<T> = Result<T, CallError>;
 
+/// An error answer: its `detail`, or its text when it has none.
+fn refused(status: u16, body: &[u8]) -> CallError {
+    let detail = serde_json::from_slice::<ErrorAnswer>(body)
+        .map(|e| e.detail)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    CallError::Refused { status, detail }
+}
+
 /// A client of one listener's data-plane routes.
 #[derive(Clone)]
 pub struct ControlPlane {
@@ -66,10 +74,7 @@ impl ControlPlane {
             .await
             .map_err(|e| CallError::Transport(e.to_string()))?;
         if status != 200 {
-            let detail = serde_json::from_slice::<ErrorAnswer>(&bytes)
-                .map(|e| e.detail)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(CallError::Refused { status, detail });
+            return Err(refused(status, &bytes));
         }
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))?;
@@ -115,23 +120,69 @@ impl ControlPlane {
             .await
     }
 
+    /// Reports a revision's outcome: `failure` gives a failed one its reason and message;
+    /// `image` is what a build produced (`BUILT`).
     pub async fn report(
         &self,
         revision: Uuid,
         status: ReportStatus,
-        reason: Option<String>,
-        message: Option<String>,
+        failure: Option<&crate::runner::Failure>,
+        image: Option<String>,
     ) -> CallResult<StatusAnswer> {
         let body = StatusReport {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.agent_id.clone(),
             status,
-            reason,
-            message,
-            image: None,
+            reason: failure.map(|f| f.reason.clone()),
+            message: failure.map(|f| f.message.clone()),
+            image,
         };
         self.post(&format!("/revisions/{revision}/status"), &body)
             .await
+    }
+
+    /// Writes the source tarball of a revision whose build this agent holds to `dest`;
+    /// more than `max_bytes` is refused.
+    pub async fn source(
+        &self,
+        revision: Uuid,
+        dest: &std::path::Path,
+        max_bytes: u64,
+    ) -> CallResult<u64> {
+        use tokio::io::AsyncWriteExt;
+        let url = format!(
+            "{}/revisions/{revision}/source?protocol_version={PROTOCOL_VERSION}&agent_id={}",
+            self.base, self.agent_id
+        );
+        let transport = |e: &dyn std::fmt::Display| CallError::Transport(e.to_string());
+        let mut res = self
+            .http
+            .get(url)
+            .header("x-api-key", &self.key)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| transport(&e))?;
+        let status = res.status().as_u16();
+        if status != 200 {
+            let bytes = res.bytes().await.map_err(|e| transport(&e))?;
+            return Err(refused(status, &bytes));
+        }
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| transport(&e))?;
+        let mut written = 0u64;
+        while let Some(chunk) = res.chunk().await.map_err(|e| transport(&e))? {
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(CallError::Transport(format!(
+                    "the source archive is larger than {max_bytes} bytes"
+                )));
+            }
+            file.write_all(&chunk).await.map_err(|e| transport(&e))?;
+        }
+        file.flush().await.map_err(|e| transport(&e))?;
+        Ok(written)
     }
 
     pub async fn deleted(&self, deployment: Uuid) -> CallResult<DeletedAnswer> {

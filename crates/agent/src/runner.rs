@@ -4,6 +4,7 @@
 //! connection or a missed change costs nothing but time. The control plane being down
 //! only makes the loop retry with backoff; nothing is ever removed because of it.
 
+use crate::builds::{BuildLog, BuildSettings, Prepared};
 use crate::control::{CallError, ControlPlane};
 use async_trait::async_trait;
 use protocol::*;
@@ -97,6 +98,20 @@ pub trait Sink: Send + Sync + 'static {
         revision: &DesiredRevision,
         logs: LogSink,
     ) -> Result<String, Failure>;
+    /// Builds the prepared source of `revision` into an image the mode can run, sending
+    /// the builder's output to `log`; the image. Only called when [`Sink::build_refusal`]
+    /// is `None`.
+    async fn build(
+        &self,
+        _deployment: &DesiredDeployment,
+        _revision: &DesiredRevision,
+        _source: &Prepared,
+        _log: &BuildLog,
+    ) -> Result<String, Failure> {
+        Err(self
+            .build_refusal()
+            .unwrap_or_else(|| Failure::new("BuildNotSupported", "this mode does not build")))
+    }
     /// Why this mode does not build source revisions (`langgraph deploy --remote`);
     /// `None` for a mode that builds them. An agent fails such a revision at once with
     /// this reason instead of leaving it waiting.
@@ -120,12 +135,26 @@ pub trait Sink: Send + Sync + 'static {
 /// How long one desired-state long-poll may wait.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Builds: their settings and the free slots.
+pub struct Builds {
+    pub settings: BuildSettings,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Builds {
+    pub fn new(settings: BuildSettings) -> Self {
+        let slots = tokio::sync::Semaphore::new(settings.slots.max(1));
+        Builds { settings, slots }
+    }
+}
+
 /// Runs the agent until the process ends.
-pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>) {
+pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, builds: BuildSettings) {
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
     let logs = LogSink(tx);
     tokio::spawn(ship_logs(control.clone(), rx));
     tokio::spawn(heartbeats(control.clone(), sink.clone()));
+    let builds = Arc::new(Builds::new(builds));
     let busy: Busy = Arc::default();
     let announced: Announced = Arc::default();
     // Work skipped because its deployment was busy starts as soon as the busy task ends,
@@ -151,7 +180,14 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>) {
             }
         };
         after = state.generation;
-        reconcile(&control, &sink, &logs, &busy, &announced, &finished, &state).await;
+        let context = Context {
+            control: control.clone(),
+            sink: sink.clone(),
+            logs: logs.clone(),
+            builds: builds.clone(),
+            announced: announced.clone(),
+        };
+        reconcile(&context, &busy, &finished, &state).await;
     }
 }
 
@@ -165,31 +201,62 @@ struct Skipped {
 
 type Wake = Arc<Skipped>;
 
-/// The task working on each deployment, and whether it is a teardown.
-type Busy = Arc<Mutex<HashMap<Uuid, (tokio::task::AbortHandle, bool)>>>;
+/// What a deployment's task does: a teardown, a build (of that revision), or other work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Doing {
+    Teardown,
+    Build(Uuid),
+    Other,
+}
+
+/// The task working on each deployment.
+type Busy = Arc<Mutex<HashMap<Uuid, (tokio::task::AbortHandle, Doing)>>>;
 /// The (deployment, revision) pairs whose address was printed.
 type Announced = Arc<Mutex<HashSet<(Uuid, Uuid)>>>;
 
+/// What every task of the loop uses.
+#[derive(Clone)]
+struct Context {
+    control: ControlPlane,
+    sink: Arc<dyn Sink>,
+    logs: LogSink,
+    builds: Arc<Builds>,
+    announced: Announced,
+}
+
+impl Context {
+    /// Why this agent does not build: builds are off, or its mode does not build.
+    fn build_refusal(&self) -> Option<Failure> {
+        if !self.builds.settings.enabled {
+            return Some(Failure::new(
+                "BuildsDisabled",
+                "this listener's agent does not build images (builds are off): build the \
+                 image yourself and deploy it with `langgraph deploy --image-uri IMAGE`",
+            ));
+        }
+        self.sink.build_refusal()
+    }
+}
+
 /// Starts the work the state asks for; each deployment has at most one task at a time,
-/// except that a deletion stops whatever else was under way for its deployment.
-async fn reconcile(
-    control: &ControlPlane,
-    sink: &Arc<dyn Sink>,
-    logs: &LogSink,
-    busy: &Busy,
-    announced: &Announced,
-    finished: &Wake,
-    state: &DesiredState,
-) {
+/// except that a deletion stops whatever else was under way for its deployment, and
+/// work on another revision stops a build (a newer revision superseded it).
+async fn reconcile(context: &Context, busy: &Busy, finished: &Wake, state: &DesiredState) {
     let keep: HashSet<Uuid> = state.deployments.iter().map(|d| d.id).collect();
-    let refuses_builds = sink.build_refusal().is_some();
-    for (d, work) in plan(state, &control.agent_id, refuses_builds) {
+    let refuses_builds = context.build_refusal().is_some();
+    for (d, work) in plan(state, &context.control.agent_id, refuses_builds) {
         let Ok(mut tasks) = busy.lock() else {
             continue;
         };
-        let teardown = matches!(work, Work::Delete);
-        match tasks.get(&d.id) {
-            Some((running, false)) if teardown => running.abort(),
+        let doing = work.doing();
+        match tasks.get(&d.id).map(|(h, t)| (h, *t)) {
+            Some((running, Doing::Build(old))) if work.revision() != Some(old) => {
+                running.abort();
+                if doing != Doing::Teardown {
+                    tokio::spawn(cancelled(context.control.clone(), old));
+                }
+            }
+            Some((running, Doing::Other)) if doing == Doing::Teardown => running.abort(),
             Some(_) => {
                 // A skipped check of what runs can wait for the next round; skipped
                 // changes should not.
@@ -203,22 +270,14 @@ async fn reconcile(
             None => {}
         }
         let id = d.id;
-        let (control, sink, logs, busy2, announced, finished, d) = (
-            control.clone(),
-            sink.clone(),
-            logs.clone(),
-            busy.clone(),
-            announced.clone(),
-            finished.clone(),
-            d.clone(),
-        );
+        let (context, busy2, finished, d) =
+            (context.clone(), busy.clone(), finished.clone(), d.clone());
         let task = tokio::spawn(async move {
-            work.run(&control, sink.as_ref(), logs, &announced, &d)
-                .await;
+            work.run(&context, &d).await;
             if let Ok(mut b) = busy2.lock() {
-                // Only its own entry: a teardown may have replaced it.
+                // Only its own entry: a teardown or a newer build may have replaced it.
                 if b.get(&d.id)
-                    .is_some_and(|(h, t)| *t == teardown && !h.is_finished())
+                    .is_some_and(|(h, t)| *t == doing && !h.is_finished())
                 {
                     b.remove(&d.id);
                 }
@@ -232,7 +291,7 @@ async fn reconcile(
                 finished.notify.notify_one();
             }
         });
-        tasks.insert(id, (task.abort_handle(), teardown));
+        tasks.insert(id, (task.abort_handle(), doing));
     }
     // Only when no task works on a deployment outside `keep`: such a task (a deploy of a
     // deployment deleted meanwhile) may be creating what pruning would remove. Tasks of
@@ -242,7 +301,7 @@ async fn reconcile(
         .map(|b| b.keys().all(|id| keep.contains(id)))
         .unwrap_or(false);
     if clear {
-        if let Err(e) = sink.prune(&keep, &state.namespaces).await {
+        if let Err(e) = context.sink.prune(&keep, &state.namespaces).await {
             tracing::warn!(error = %e, "pruning what no deployment needs failed");
         }
     }
@@ -260,14 +319,17 @@ pub enum Work {
     Deploy(DesiredRevision, bool),
     /// Check that the deployed revision still runs (and adopt it after a restart).
     Keep(DesiredRevision),
+    /// Claim the source revision (again, as its holder after a restart), then build it.
+    Build(DesiredRevision),
     /// Claim the source revision, then fail its build: this mode does not build.
     RefuseBuild(DesiredRevision),
 }
 
 /// The work each deployment of `state` needs from agent `agent_id`, in the state's
 /// order; deployments that need nothing of it (held by another agent, failed) are left
-/// out, and so are revisions waiting for a build unless the agent `refuses_builds`. A
-/// pure function of the state: every mode runs what it decides through its [`Sink`].
+/// out. A revision waiting for a build is built, or failed at once when the agent
+/// `refuses_builds`. A pure function of the state: every mode runs what it decides
+/// through its [`Sink`].
 pub fn plan<'s>(
     state: &'s DesiredState,
     agent_id: &str,
@@ -289,8 +351,16 @@ pub fn plan<'s>(
                         Work::Deploy(rev.clone(), served)
                     }
                     RevisionStatus::Deployed if served => Work::Keep(rev.clone()),
+                    // Its source is not uploaded yet.
+                    RevisionStatus::AwaitingBuild if rev.build.is_none() => return None,
                     RevisionStatus::AwaitingBuild if refuses_builds => {
                         Work::RefuseBuild(rev.clone())
+                    }
+                    RevisionStatus::AwaitingBuild => Work::Build(rev.clone()),
+                    RevisionStatus::Building
+                        if rev.lease_holder.as_deref() == Some(agent_id) && !refuses_builds =>
+                    {
+                        Work::Build(rev.clone())
                     }
                     _ => return None,
                 },
@@ -302,16 +372,30 @@ pub fn plan<'s>(
 }
 
 impl Work {
-    async fn run(
-        self,
-        control: &ControlPlane,
-        sink: &dyn Sink,
-        logs: LogSink,
-        announced: &Announced,
-        d: &DesiredDeployment,
-    ) {
+    fn doing(&self) -> Doing {
         match self {
-            Work::Delete => match sink.delete(d).await {
+            Work::Delete => Doing::Teardown,
+            Work::Build(rev) => Doing::Build(rev.id),
+            _ => Doing::Other,
+        }
+    }
+
+    /// The revision the work is about (none for a teardown).
+    fn revision(&self) -> Option<Uuid> {
+        match self {
+            Work::Delete => None,
+            Work::Claim(rev, _)
+            | Work::Deploy(rev, _)
+            | Work::Keep(rev)
+            | Work::Build(rev)
+            | Work::RefuseBuild(rev) => Some(rev.id),
+        }
+    }
+
+    async fn run(self, context: &Context, d: &DesiredDeployment) {
+        let control = &context.control;
+        match self {
+            Work::Delete => match context.sink.delete(d).await {
                 Ok(()) => match control.deleted(d.id).await {
                     Ok(_) | Err(CallError::Refused { status: 404, .. }) => {
                         tracing::info!(deployment = %d.id, name = %d.name, "deleted");
@@ -321,39 +405,60 @@ impl Work {
                 Err(e) => tracing::warn!(error = %e, deployment = %d.id, "teardown failed"),
             },
             Work::Claim(rev, served) => match control.claim(rev.id).await {
-                Ok(_) => deploy_and_report(control, sink, logs, announced, d, &rev, served).await,
+                Ok(_) => deploy_and_report(context, d, &rev, served).await,
                 // Another replica won, or the revision moved on: the next state says.
                 Err(e) => tracing::debug!(error = %e, revision = %rev.id, "claim not taken"),
             },
-            Work::Deploy(rev, served) => {
-                deploy_and_report(control, sink, logs, announced, d, &rev, served).await
+            Work::Deploy(rev, served) => deploy_and_report(context, d, &rev, served).await,
+            Work::Build(rev) => {
+                if let Err(e) = control.claim(rev.id).await {
+                    tracing::debug!(error = %e, revision = %rev.id, "claim not taken");
+                    return;
+                }
+                let outcome = build(context, d, &rev).await;
+                let report = match &outcome {
+                    Ok(image) => {
+                        control
+                            .report(rev.id, ReportStatus::Built, None, Some(image.clone()))
+                            .await
+                    }
+                    Err(f) => {
+                        control
+                            .report(rev.id, ReportStatus::BuildFailed, Some(f), None)
+                            .await
+                    }
+                };
+                match (report, outcome) {
+                    (Ok(_), Ok(image)) => println!(
+                        "hostplane listener: deployment {} ({}) revision {} built: {image}",
+                        d.name, d.id, rev.id
+                    ),
+                    (Ok(_), Err(f)) => failed(d, rev.id, &f),
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, revision = %rev.id, "the report was refused")
+                    }
+                }
             }
             Work::RefuseBuild(rev) => {
-                let Some(f) = sink.build_refusal() else {
+                let Some(f) = context.build_refusal() else {
                     return;
                 };
                 if let Err(e) = control.claim(rev.id).await {
                     tracing::debug!(error = %e, revision = %rev.id, "claim not taken");
                     return;
                 }
-                let report = control.report(
-                    rev.id,
-                    ReportStatus::BuildFailed,
-                    Some(f.reason.clone()),
-                    Some(f.message.clone()),
-                );
-                match report.await {
-                    Ok(_) => println!(
-                        "hostplane listener: deployment {} ({}) revision {} failed: {}: {}",
-                        d.name, d.id, rev.id, f.reason, f.message
-                    ),
+                match control
+                    .report(rev.id, ReportStatus::BuildFailed, Some(&f), None)
+                    .await
+                {
+                    Ok(_) => failed(d, rev.id, &f),
                     Err(e) => {
                         tracing::warn!(error = %e, revision = %rev.id, "the report was refused")
                     }
                 }
             }
-            Work::Keep(rev) => match sink.deploy(d, &rev, logs).await {
-                Ok(address) => announce(announced, d, rev.id, &address),
+            Work::Keep(rev) => match context.sink.deploy(d, &rev, context.logs.clone()).await {
+                Ok(address) => announce(&context.announced, d, rev.id, &address),
                 Err(f) => {
                     tracing::warn!(deployment = %d.id, reason = %f.reason, message = %f.message,
                                    "the deployed revision is not running")
@@ -361,6 +466,76 @@ impl Work {
             },
         }
     }
+}
+
+/// Builds a source revision this agent holds: waits for a free build slot, then
+/// prepares the source and has the mode build it, all within the build timeout. The
+/// image, or why there is none (also sent as the build log's last line).
+async fn build(
+    context: &Context,
+    d: &DesiredDeployment,
+    rev: &DesiredRevision,
+) -> Result<String, Failure> {
+    let builds = &context.builds;
+    let log = BuildLog {
+        logs: context.logs.clone(),
+        deployment: d.id,
+        revision: rev.id,
+    };
+    let work = async {
+        let _slot = match builds.slots.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                log.line("INFO", "Waiting for a free build slot").await;
+                builds
+                    .slots
+                    .acquire()
+                    .await
+                    .map_err(|e| Failure::new("BuildFailed", e.to_string()))?
+            }
+        };
+        log.line("INFO", format!("Building revision {}", rev.id))
+            .await;
+        let source =
+            crate::builds::prepare(&context.control, d, rev, &builds.settings, &log).await?;
+        context.sink.build(d, rev, &source, &log).await
+    };
+    let timeout = builds.settings.timeout;
+    let outcome = tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::new(
+                "BuildTimeout",
+                format!("the build did not finish within {timeout:?}"),
+            ))
+        });
+    match &outcome {
+        Ok(image) => log.line("INFO", format!("Built {image}")).await,
+        Err(f) => {
+            log.line("ERROR", format!("{}: {}", f.reason, f.message))
+                .await
+        }
+    }
+    outcome
+}
+
+/// Fails the build of `revision`, stopped because a newer revision superseded it.
+async fn cancelled(control: ControlPlane, revision: Uuid) {
+    let f = Failure::new("BuildCancelled", "a newer revision superseded this build");
+    if let Err(e) = control
+        .report(revision, ReportStatus::BuildFailed, Some(&f), None)
+        .await
+    {
+        tracing::debug!(error = %e, %revision, "reporting a cancelled build");
+    }
+}
+
+/// Prints that a revision failed.
+fn failed(d: &DesiredDeployment, revision: Uuid, f: &Failure) {
+    println!(
+        "hostplane listener: deployment {} ({}) revision {revision} failed: {}: {}",
+        d.name, d.id, f.reason, f.message
+    );
 }
 
 /// Prints where a deployment answers, once per revision.
@@ -392,14 +567,12 @@ pub fn image_of(rev: &DesiredRevision) -> Result<&str, Failure> {
 }
 
 async fn deploy_and_report(
-    control: &ControlPlane,
-    sink: &dyn Sink,
-    logs: LogSink,
-    announced: &Announced,
+    context: &Context,
     d: &DesiredDeployment,
     rev: &DesiredRevision,
     served: bool,
 ) {
+    let sink = context.sink.as_ref();
     let outcome = if !served {
         Err(Failure::new(
             "NamespaceNotServed",
@@ -415,33 +588,25 @@ async fn deploy_and_report(
         // Nothing is written for a deployment that no mode, or not this one, can run.
         Err(refused)
     } else {
-        sink.deploy(d, rev, logs).await
+        sink.deploy(d, rev, context.logs.clone()).await
     };
     let report = match &outcome {
         Ok(_) => {
-            control
+            context
+                .control
                 .report(rev.id, ReportStatus::Deployed, None, None)
                 .await
         }
         Err(f) => {
-            control
-                .report(
-                    rev.id,
-                    ReportStatus::DeployFailed,
-                    Some(f.reason.clone()),
-                    Some(f.message.clone()),
-                )
+            context
+                .control
+                .report(rev.id, ReportStatus::DeployFailed, Some(f), None)
                 .await
         }
     };
     match (outcome, report) {
-        (Ok(address), Ok(_)) => announce(announced, d, rev.id, &address),
-        (Err(f), Ok(_)) => {
-            println!(
-                "hostplane listener: deployment {} ({}) revision {} failed: {}: {}",
-                d.name, d.id, rev.id, f.reason, f.message
-            );
-        }
+        (Ok(address), Ok(_)) => announce(&context.announced, d, rev.id, &address),
+        (Err(f), Ok(_)) => failed(d, rev.id, &f),
         (_, Err(e)) => tracing::warn!(error = %e, revision = %rev.id, "the report was refused"),
     }
 }
@@ -534,7 +699,11 @@ mod tests {
             "secret_references": null, "env": [],
             "revision": status.map(|s| json!({
                 "id": format!("10000000-0000-0000-0000-0000000000{n:02}"), "status": s,
-                "image": "i", "build": null, "lease_holder": holder,
+                "image": "i", "lease_holder": holder,
+                // Source revisions with an uploaded source; `d11` waits for its upload.
+                "build": (s.contains("BUILD") && n != 11).then(|| json!({
+                    "langgraph_config_path": null, "install_command": null, "build_command": null,
+                })),
                 "created_at": "2026-01-01T00:00:00Z",
             })),
         })
@@ -556,6 +725,9 @@ mod tests {
                 deployment(8, "ns", Some("DEPLOY_FAILED"), None, false),
                 deployment(9, "ns", None, None, false),
                 deployment(10, "ns", Some("DEPLOYING"), Some("someone else"), true),
+                deployment(11, "ns", Some("AWAITING_BUILD"), None, false),
+                deployment(12, "ns", Some("BUILDING"), Some("me"), false),
+                deployment(13, "ns", Some("BUILDING"), Some("someone else"), false),
             ],
         }))
         .unwrap();
@@ -566,17 +738,25 @@ mod tests {
                 .collect()
         };
         let rev = |i: usize| state.deployments[i].revision.clone().unwrap();
-        let mut want = vec![
-            ("d1".to_owned(), Work::Claim(rev(0), true)),
-            ("d2".to_owned(), Work::Claim(rev(1), false)),
-            ("d3".to_owned(), Work::Deploy(rev(2), true)),
-            ("d5".to_owned(), Work::Keep(rev(4))),
-            ("d10".to_owned(), Work::Delete),
-        ];
-        assert_eq!(planned(false), want);
-        // An agent that cannot build fails the waiting build instead of ignoring it.
-        want.insert(4, ("d7".to_owned(), Work::RefuseBuild(rev(6))));
-        assert_eq!(planned(true), want);
+        let want = |d7: Work, d12: Option<Work>| {
+            let mut want = vec![
+                ("d1".to_owned(), Work::Claim(rev(0), true)),
+                ("d2".to_owned(), Work::Claim(rev(1), false)),
+                ("d3".to_owned(), Work::Deploy(rev(2), true)),
+                ("d5".to_owned(), Work::Keep(rev(4))),
+                ("d7".to_owned(), d7),
+                ("d10".to_owned(), Work::Delete),
+            ];
+            want.extend(d12.map(|w| ("d12".to_owned(), w)));
+            want
+        };
+        // An agent that builds builds what waits and resumes what it holds; one that
+        // cannot fails the waiting build instead of ignoring it.
+        assert_eq!(
+            planned(false),
+            want(Work::Build(rev(6)), Some(Work::Build(rev(11))))
+        );
+        assert_eq!(planned(true), want(Work::RefuseBuild(rev(6)), None));
     }
 
     #[test]

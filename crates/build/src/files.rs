@@ -45,6 +45,40 @@ impl Files for Disk {
     }
 }
 
+/// The real file system under one folder only: paths outside it (after `..` is applied)
+/// are answered as missing. For an uploaded project, which holds no links (the unpacker
+/// refuses them), so the lexical check is the real one.
+pub struct Confined {
+    root: String,
+}
+
+impl Confined {
+    pub fn new(root: &str) -> Self {
+        Confined {
+            root: resolve(root),
+        }
+    }
+
+    fn inside(&self, path: &str) -> Option<String> {
+        let path = resolve(path);
+        relative_to(&path, &self.root).is_some().then_some(path)
+    }
+}
+
+impl Files for Confined {
+    fn kind(&self, path: &str) -> Option<Kind> {
+        Disk.kind(&self.inside(path)?)
+    }
+
+    fn list(&self, path: &str) -> Option<Vec<String>> {
+        Disk.list(&self.inside(path)?)
+    }
+
+    fn read(&self, path: &str) -> Option<String> {
+        Disk.read(&self.inside(path)?)
+    }
+}
+
 /// Files held in memory, by absolute path; folders are those that hold a file.
 #[derive(Debug, Default, Clone)]
 pub struct Memory {
@@ -170,6 +204,26 @@ mod tests {
         assert_eq!(relative_to("/a/bc", "/a/b"), None);
         assert_eq!(relative_to("/a/b/../x", "/a/b"), Some("../x"));
         assert_eq!(relative_to("/a", "/a"), Some("."));
+    }
+
+    #[test]
+    fn confined_answers_nothing_outside_its_folder() {
+        let dir = std::env::temp_dir().join(format!("hp-confined-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("p/a")).unwrap();
+        std::fs::write(dir.join("p/a/x.txt"), "in").unwrap();
+        std::fs::write(dir.join("secret.txt"), "out").unwrap();
+        let root = dir.join("p").to_string_lossy().into_owned();
+        let c = Confined::new(&root);
+        assert_eq!(c.read(&format!("{root}/a/x.txt")).as_deref(), Some("in"));
+        assert_eq!(c.kind(&format!("{root}/a")), Some(Kind::Dir));
+        assert_eq!(
+            Disk.read(&format!("{root}/../secret.txt")).as_deref(),
+            Some("out")
+        );
+        assert_eq!(c.read(&format!("{root}/../secret.txt")), None);
+        assert_eq!(c.kind(&format!("{root}/..")), None);
+        assert_eq!(c.list("/"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

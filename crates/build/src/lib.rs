@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod config;
 pub mod files;
+mod flatten;
 mod local;
 mod node;
 pub mod pyjson;
@@ -20,7 +21,8 @@ mod python;
 mod tag;
 
 pub use config::{load, Config};
-pub use files::{Disk, Files, Memory};
+pub use files::{Confined, Disk, Files, Memory};
+pub use flatten::flatten;
 
 use indexmap::IndexMap;
 

@@ -5,6 +5,7 @@
 //! Podman engine; `render` writes their Kubernetes objects as files for a GitOps tool.
 
 use crate::LogFormat;
+use agent::builds::BuildSettings;
 use agent::containers::{ContainerSettings, ContainerSink};
 use agent::control::ControlPlane;
 use agent::kube::files::{FileSink, RenderSettings};
@@ -100,6 +101,26 @@ pub struct ListenerArgs {
     /// Seconds a stopping container gets between SIGTERM and SIGKILL.
     #[arg(long, env = "HOSTPLANE_STOP_TIMEOUT_SECS", default_value_t = 10)]
     stop_timeout_secs: u64,
+    /// Whether source revisions (`langgraph deploy --remote`) are built here; off, they
+    /// fail at once with `BuildsDisabled` (render mode never builds).
+    #[arg(long, env = "HOSTPLANE_BUILDS", default_value_t = true, action = clap::ArgAction::Set)]
+    builds: bool,
+    /// Where builds unpack their source, one folder per build, removed afterwards
+    /// (default: `hostplane-builds` in the system's temporary folder).
+    #[arg(long, env = "HOSTPLANE_BUILD_DIR")]
+    build_dir: Option<std::path::PathBuf>,
+    /// Seconds one build may take, from its claim to its image.
+    #[arg(long, env = "HOSTPLANE_BUILD_TIMEOUT_SECS", default_value_t = 1800)]
+    build_timeout_secs: u64,
+    /// Builds at once; more wait for a free slot.
+    #[arg(long, env = "HOSTPLANE_MAX_BUILDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    max_builds: u64,
+    /// Bytes an uploaded source may hold once decompressed (512 MiB).
+    #[arg(long, env = "HOSTPLANE_SOURCE_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
+    source_max_bytes: u64,
+    /// Files and folders an uploaded source may hold.
+    #[arg(long, env = "HOSTPLANE_SOURCE_MAX_ENTRIES", default_value_t = 100_000)]
+    source_max_entries: u64,
     /// Log filter.
     #[arg(long, env = "HOSTPLANE_LOG", default_value = "info")]
     log: String,
@@ -196,6 +217,19 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(listener = %args.listener_id, agent = %agent_id, "listener agent starting");
-    runner::run(control, sink).await;
+    let builds = BuildSettings {
+        enabled: args.builds,
+        dir: args
+            .build_dir
+            .clone()
+            .unwrap_or_else(|| BuildSettings::default().dir),
+        limits: build::archive::Limits {
+            max_bytes: args.source_max_bytes,
+            max_entries: args.source_max_entries,
+        },
+        timeout: Duration::from_secs(args.build_timeout_secs),
+        slots: usize::try_from(args.max_builds).unwrap_or(usize::MAX),
+    };
+    runner::run(control, sink, builds).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,262 +1,26 @@
-//! Container mode for real: Podman's Docker-compatible service, images built `FROM
-//! scratch` from Debian's `busybox-static`, the real `hostplane serve`, the real
-//! `hostplane listener --mode containers` and the official CLI. From `langgraph deploy`
-//! to a container answering HTTP: update without a failed request, a failing image,
-//! logs, `kill -9` of the agent mid-rollout, delete.
+//! Container mode for real, on the machine's Docker daemon and on Podman's
+//! Docker-compatible service: images built `FROM scratch` from Debian's `busybox-static`,
+//! the real `hostplane serve`, the real `hostplane listener --mode containers` and the
+//! official CLI. From `langgraph deploy` to a container answering HTTP: update without a
+//! failed request, a failing image, logs, `kill -9` of the agent mid-rollout, delete.
 //!
-//! Needs `podman`, `runc` and `busybox-static` (`scripts/test` installs them when run as
-//! root). Set `HOSTPLANE_SKIP_CONTAINER_TESTS=1` to skip this test on a machine that
-//! cannot run containers; otherwise a missing runtime fails it with the reason.
+//! Needs Docker, `podman`, `runc` and `busybox-static` (`scripts/test` installs them when
+//! run as root, and starts `dockerd` when it does not run). Set
+//! `HOSTPLANE_SKIP_CONTAINER_TESTS=1` to skip these tests on a machine that cannot run
+//! containers; otherwise a missing runtime fails them with the reason.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use support::agent::listener_with_key;
 use support::cli::Cli;
-use support::{bin, sqlite_db, try_http, wait_until, Db, Server, TempDir};
-
-/// `podman ARGS`: its stdout, or a panic with its stderr.
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("podman cannot run ({e}): run scripts/test as root to install it, or set HOSTPLANE_SKIP_CONTAINER_TESTS=1"));
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Podman's Docker-compatible API on a socket of its own, stopped on drop.
-struct Engine {
-    service: Child,
-    socket: PathBuf,
-    _dir: TempDir,
-}
-
-impl Engine {
-    fn start() -> Engine {
-        let dir = TempDir::new("hostplane-podman");
-        let socket = dir.0.join("podman.sock");
-        let service = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podman system service");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "podman's API socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Engine {
-            service,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn docker_host(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.service.kill();
-        let _ = self.service.wait();
-    }
-}
-
-/// Test images, built once: a server answering `/ok` with `text` after `delay` seconds
-/// (printing a line first), one that exits at once with code 3, and one that idles (the
-/// stand-in for PostgreSQL and Redis, which cannot be pulled here). Their references by
-/// digest.
-struct Images {
-    v1: String,
-    v2: String,
-    slow: String,
-    failing: String,
-    idle: String,
-}
-
-fn busybox() -> PathBuf {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("busybox is needed (Debian's busybox-static): run scripts/test as root")
-}
-
-fn build(dir: &Path, name: &str, entrypoint: &str, ok_text: Option<&str>) -> String {
-    let context = dir.join(name);
-    std::fs::create_dir_all(context.join("www")).unwrap();
-    std::fs::copy(busybox(), context.join("busybox")).unwrap();
-    std::fs::write(context.join("www/ok"), ok_text.unwrap_or("")).unwrap();
-    std::fs::write(
-        context.join("Containerfile"),
-        format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
-             ENTRYPOINT [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
-            serde_json::to_string(entrypoint).unwrap()
-        ),
-    )
-    .unwrap();
-    let tag = format!("localhost/hostplane-e2e-{name}:1");
-    podman(&["build", "-q", "-t", &tag, &context.display().to_string()]);
-    let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &tag]);
-    format!("localhost/hostplane-e2e-{name}@{digest}")
-}
-
-fn images() -> &'static Images {
-    static IMAGES: OnceLock<Images> = OnceLock::new();
-    IMAGES.get_or_init(|| {
-        let dir = TempDir::new("hostplane-images");
-        let serve = |text: &str, delay: u32| {
-            format!(
-                "sleep {delay}; echo \"serving {text}\"; \
-                 exec /bin/busybox httpd -f -p 8000 -h /www"
-            )
-        };
-        let idle = build(&dir.0, "idle", "exec /bin/busybox sleep 100000", None);
-        // Can this machine run a container at all? If not, say why here.
-        let out = Command::new("podman")
-            .args(["run", "--rm", "--entrypoint", "/bin/busybox", &idle, "true"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podman cannot run a container here (is CONTAINERS_CONF={} in effect? \
-             scripts/test sets it):\n{}",
-            std::env::var("CONTAINERS_CONF").unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Images {
-            v1: build(&dir.0, "v1", &serve("v1", 0), Some("v1")),
-            v2: build(&dir.0, "v2", &serve("v2", 0), Some("v2")),
-            slow: build(&dir.0, "slow", &serve("v3", 3), Some("v3")),
-            failing: build(
-                &dir.0,
-                "failing",
-                "echo 'fatal: OPENAI_API_KEY is not set' >&2; exit 3",
-                None,
-            ),
-            idle,
-        }
-    })
-}
-
-/// A running `hostplane listener --mode containers`, its stdout lines collected.
-struct ListenerAgent {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    _log: PathBuf,
-}
-
-impl ListenerAgent {
-    fn start(
-        server: &Server,
-        db: &Db,
-        engine: &Engine,
-        listener: &str,
-        key: &str,
-        ports: &str,
-    ) -> Self {
-        let log = db
-            .dir
-            .0
-            .join(format!("agent-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut child = bin()
-            .args([
-                "listener",
-                "--mode",
-                "containers",
-                "--control-plane-url",
-                &server.url(),
-                "--listener-id",
-                listener,
-                "--agent-id",
-                "e2e-agent",
-                "--ports",
-                ports,
-                "--postgres-image",
-                &images().idle,
-                "--redis-image",
-                &images().idle,
-                "--health-timeout-secs",
-                "20",
-                "--drain-secs",
-                "1",
-                "--stop-timeout-secs",
-                "1",
-            ])
-            .env("HOSTPLANE_LISTENER_KEY", key)
-            .env("DOCKER_HOST", engine.docker_host())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        ListenerAgent {
-            child,
-            lines,
-            _log: log,
-        }
-    }
-
-    /// The address the agent printed for the deployment.
-    fn address(&self, deployment: &str) -> u16 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.lines.lock().unwrap().iter().find_map(|l| {
-                let rest = l
-                    .split(&format!("({deployment}) answers at http://127.0.0.1:"))
-                    .nth(1)?;
-                rest.trim().parse().ok()
-            });
-            if let Some(port) = found {
-                return port;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent never printed the address"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ListenerAgent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use support::engine::{skipped, Cleanup, Engine, ListenerAgent};
+use support::{sqlite_db, try_http, wait_until, Server};
 
 fn get_ok(port: u16) -> Option<String> {
     match try_http(port, "GET", "/ok", &[], "") {
@@ -265,69 +29,33 @@ fn get_ok(port: u16) -> Option<String> {
     }
 }
 
-/// The listener's containers of a deployment, by role and revision label.
-fn containers(deployment: &str) -> Vec<(String, String)> {
-    let out = podman(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=hostplane.deployment-id={deployment}"),
-        "--format",
-        "{{index .Labels \"hostplane.role\"}} {{index .Labels \"hostplane.revision-id\"}}",
-    ]);
-    out.lines()
-        .map(|l| {
-            let (role, rev) = l.split_once(' ').unwrap_or((l, ""));
-            (role.to_owned(), rev.trim().to_owned())
-        })
-        .collect()
-}
-
-/// The names of the deployment's volumes, one a line.
-fn volumes(deployment: &str) -> String {
-    let filter = format!("label=hostplane.deployment-id={deployment}");
-    podman(&["volume", "ls", "--filter", &filter, "-q"])
-}
-
-/// Removes whatever the test's listener left behind, also when the test fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let filter = format!("label=hostplane.listener-id={}", self.0);
-        let ids = podman(&["ps", "-aq", "--filter", &filter]);
-        for id in ids.lines() {
-            let _ = Command::new("podman")
-                .args(["rm", "-f", "-t", "0", id])
-                .output();
-        }
-        let volumes = podman(&["volume", "ls", "-q", "--filter", &filter]);
-        for v in volumes.lines() {
-            let _ = Command::new("podman")
-                .args(["volume", "rm", "-f", v])
-                .output();
-        }
+#[test]
+fn containers_on_docker() {
+    if !skipped("containers_on_docker") {
+        end_to_end(&Engine::docker(), 23000);
     }
 }
 
 #[test]
-fn containers_end_to_end() {
-    if std::env::var("HOSTPLANE_SKIP_CONTAINER_TESTS").is_ok_and(|v| v == "1") {
-        // Printed even though the harness captures it when the test passes: run with
-        // --nocapture to see it; scripts/test prints its own line first and last.
-        println!("containers_end_to_end SKIPPED: HOSTPLANE_SKIP_CONTAINER_TESTS=1");
-        return;
+fn containers_on_podman() {
+    if !skipped("containers_on_podman") {
+        end_to_end(&Engine::podman(), 25000);
     }
-    let engine = Engine::start();
-    let images = images();
+}
+
+/// Everything on one engine; the deployment's ports come from `first_port` on.
+fn end_to_end(engine: &Engine, first_port: u16) {
+    let images = engine.images();
     let db = sqlite_db();
     let server = Server::start(&db);
     let (listener, key) = listener_with_key(&server, &db, "one-machine");
-    let _cleanup = Cleanup(listener.clone());
+    let _cleanup = Cleanup(engine, listener.clone());
+    let containers = |dep: &str| engine.containers(&format!("hostplane.deployment-id={dep}"));
+    let volumes = |dep: &str| engine.volumes(&format!("hostplane.deployment-id={dep}"));
     let name = format!("e2e-{}", std::process::id());
-    let base = 23000 + (std::process::id() % 500) as u16 * 4;
+    let base = first_port + (std::process::id() % 500) as u16 * 4;
     let ports = format!("{base}-{}", base + 3);
-    let mut agent = ListenerAgent::start(&server, &db, &engine, &listener, &key, &ports);
+    let mut agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports);
     let cli = Cli::new(&server);
     // The listener is named on create only: it is fixed from then on.
     let created = AtomicBool::new(false);
@@ -479,7 +207,7 @@ fn containers_end_to_end() {
         containers(&dep).iter().any(|(_, r)| *r == slow_rev)
     });
     agent.kill();
-    let agent = ListenerAgent::start(&server, &db, &engine, &listener, &key, &ports);
+    let agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports);
     wait_until("the slow revision to be deployed", 60, || {
         server.revision_status(&dep, &slow_rev) == "DEPLOYED"
     });

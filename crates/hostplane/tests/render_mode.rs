@@ -201,7 +201,16 @@ fn render_mode_end_to_end() {
     );
     assert_eq!(status, 201, "{s}");
     let sdep = s["id"].as_str().unwrap().to_owned();
-    let srev = s["latest_revision_id"].as_str().unwrap().to_owned();
+    // Its first revision has no source yet: nothing to build, and nothing is refused.
+    let first = s["latest_revision_id"].as_str().unwrap().to_owned();
+    let project = support::source::project(&[
+        (
+            "langgraph.json",
+            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
+        ),
+        ("a.py", "g = None\n"),
+    ]);
+    let srev = server.upload_source(&sdep, &project, "langgraph.json");
     wait_until("the build to be refused", 30, || {
         server.revision_status(&sdep, &srev) == "BUILD_FAILED"
     });
@@ -220,6 +229,7 @@ fn render_mode_end_to_end() {
         "{logs}"
     );
     assert!(!out.join("ns").join("from-source").exists());
+    assert_eq!(server.revision_status(&sdep, &first), "SKIPPED");
 
     println!("delete: the folder goes, then the deployment");
     let (status, _) = server.call("DELETE", &format!("/v2/deployments/{dep}"), None);

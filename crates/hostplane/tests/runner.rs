@@ -76,7 +76,11 @@ fn run_held(
     let control =
         agent::control::ControlPlane::new(&server.url(), listener.parse().unwrap(), key, "held")
             .unwrap();
-    let task = tokio::spawn(agent::runner::run(control, Arc::new(sink)));
+    let task = tokio::spawn(agent::runner::run(
+        control,
+        Arc::new(sink),
+        agent::builds::BuildSettings::default(),
+    ));
     (task, calls, gate)
 }
 

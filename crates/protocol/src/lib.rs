@@ -154,7 +154,8 @@ pub struct DesiredRevision {
     /// The image to run: the revision's `image_uri`, or what its build produced. None
     /// while a source revision still needs building.
     pub image: Option<String>,
-    /// For a source revision (`internal_source`): how to build it.
+    /// For a source revision (`internal_source`) whose tarball is uploaded: how to build
+    /// it; `None` before the upload, when there is nothing to build yet.
     pub build: Option<BuildSpec>,
     /// The agent replica holding the revision's claim, if any.
     pub lease_holder: Option<String>,
@@ -162,7 +163,7 @@ pub struct DesiredRevision {
 }
 
 /// What a build needs beyond the tarball (`GET revisions/{id}/source`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BuildSpec {
     pub langgraph_config_path: Option<String>,
     pub install_command: Option<String>,

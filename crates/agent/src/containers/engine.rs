@@ -112,10 +112,26 @@ impl ContainerSink {
         }
     }
 
-    /// The image, pulled when the engine does not have it.
-    pub(super) async fn ensure_image(&self, image: &str) -> Result<(), Failure> {
+    /// The reference to create containers from: `image` itself when the engine has it,
+    /// else pulled. A reference pinned by a digest that names a local image's id
+    /// (`my-agent@sha256:<id>`, the only digest Docker gives an image it built and never
+    /// pushed) resolves to that image when one of its tags has the same name: the id pins
+    /// the content as a registry digest does.
+    pub(super) async fn ensure_image(&self, image: &str) -> Result<String, Failure> {
         if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
+            return Ok(image.to_owned());
+        }
+        if let Some((name, digest)) = image.split_once('@') {
+            if let Ok(local) = self.docker.inspect_image(digest).await {
+                let named = local
+                    .repo_tags
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|t| t.rsplit_once(':').map_or(t.as_str(), |(n, _)| n) == name);
+                if named && local.id.as_deref() == Some(digest) {
+                    return Ok(digest.to_owned());
+                }
+            }
         }
         let mut pull = self.docker.create_image(
             Some(CreateImageOptions {
@@ -136,7 +152,7 @@ impl ContainerSink {
         self.docker
             .inspect_image(image)
             .await
-            .map(|_| ())
+            .map(|_| image.to_owned())
             .map_err(|e| failure("ImagePullFailed", format!("image {image} is missing: {e}")))
     }
 
@@ -207,8 +223,10 @@ impl ContainerSink {
             Ok(info) => {
                 let state = info.state.unwrap_or_default();
                 // Between restarts of a crash loop the state says running with code 0;
-                // `healthy` learns the real code from the engine's `wait`.
-                if state.running.unwrap_or(false) || state.restarting.unwrap_or(false) {
+                // `healthy` learns the real code from the engine's `wait`. A container
+                // waiting to be restarted (Docker's `restarting`) has exited: its code
+                // is the last exit's.
+                if state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) {
                     Ok(None)
                 } else {
                     Ok(Some(state.exit_code.unwrap_or(-1)))

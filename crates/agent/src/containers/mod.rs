@@ -21,6 +21,7 @@
 //! published port, which `docker ps` shows).
 
 mod engine;
+pub mod image;
 pub mod plan;
 mod proxy;
 
@@ -153,6 +154,7 @@ impl ContainerSink {
                 .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
                 .await?;
         }
+        self.prune_images(deployment, None).await;
         Ok(())
     }
 
@@ -248,7 +250,7 @@ impl ContainerSink {
                 format!("cannot read the settings of {role} container {id}"),
             ));
         }
-        self.ensure_image(image).await?;
+        let image = self.ensure_image(image).await?;
         let mut binds = Vec::new();
         if let Some((volume, path)) = volume {
             let mut vlabels = labels(&self.settings, d.id, role);
@@ -411,7 +413,7 @@ impl ContainerSink {
             // A leftover that stopped: start afresh.
             self.remove(&id).await;
         }
-        self.ensure_image(image).await?;
+        let image = self.ensure_image(image).await?;
         let env = self.server_env(d, rev).await?;
         let short: String = rev.id.simple().to_string().chars().take(8).collect();
         let name = format!("{}-{short}", Self::prefix(d));
@@ -419,7 +421,7 @@ impl ContainerSink {
         labels.insert(LABEL_REVISION.to_owned(), rev.id.to_string());
         labels.insert(LABEL_PORT.to_owned(), port.to_string());
         let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
+            image: Some(image),
             env: Some(env),
             labels: Some(labels),
             exposed_ports: Some(HashMap::from([("8000/tcp".to_owned(), HashMap::new())])),
@@ -590,7 +592,23 @@ impl Sink for ContainerSink {
             }
         }
         self.retire(d, Some(&id)).await;
+        // Other revisions' build images go once this one serves.
+        self.prune_images(d.id, Some(rev.id)).await;
         Ok(address(port))
+    }
+
+    fn build_refusal(&self) -> Option<Failure> {
+        None
+    }
+
+    async fn build(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        source: &crate::builds::Prepared,
+        log: &crate::builds::BuildLog,
+    ) -> Result<String, Failure> {
+        self.build_image(d, rev, source, log).await
     }
 
     async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()> {
@@ -608,6 +626,7 @@ impl Sink for ContainerSink {
             tracing::info!(deployment = %id, "removing a deployment that no longer exists");
             self.teardown(id).await?;
         }
+        self.prune_orphan_images(keep).await;
         Ok(())
     }
 }

@@ -120,7 +120,9 @@ fn desired_deployment(
     let source = store::SourceConfig::of(&d.source_config);
     let revision = target_revision(&placed).map(|r| {
         let config = store::RevisionConfig::of(&r.source_revision_config);
-        let build = (d.source == "internal_source").then(|| BuildSpec {
+        // Nothing to build before the source is uploaded.
+        let uploaded = d.source == "internal_source" && config.source_tarball_path.is_some();
+        let build = uploaded.then(|| BuildSpec {
             langgraph_config_path: config.langgraph_config_path,
             install_command: source.install_command.clone(),
             build_command: source.build_command.clone(),

@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod cli;
+pub mod engine;
+pub mod source;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -245,7 +247,45 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// A JSON call with the bootstrap key.
+    /// Uploads `tarball` as the source of `internal_source` deployment `dep` and makes it
+    /// a revision (with `config_path`), as `langgraph deploy --remote` does: the revision.
+    pub fn upload_source(&self, dep: &str, tarball: &[u8], config_path: &str) -> String {
+        let (status, url) = self.call(
+            "POST",
+            &format!("/v2/deployments/{dep}/upload-url"),
+            Some(serde_json::json!({"supports_upload_headers": true})),
+        );
+        assert_eq!(status, 200, "{url}");
+        let path = url["upload_url"]
+            .as_str()
+            .unwrap()
+            .strip_prefix(&self.url())
+            .unwrap()
+            .to_owned();
+        let (status, text) = try_http_bytes(
+            self.port,
+            "PUT",
+            &path,
+            &[("Content-Type", "application/gzip")],
+            tarball,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+        let (status, patched) = self.call(
+            "PATCH",
+            &format!("/v2/deployments/{dep}"),
+            Some(serde_json::json!({
+                "revision_source": "internal_source",
+                "source_revision_config": {
+                    "source_tarball_path": url["object_path"],
+                    "langgraph_config_path": config_path,
+                },
+            })),
+        );
+        assert_eq!(status, 200, "{patched}");
+        patched["latest_revision_id"].as_str().unwrap().to_owned()
+    }
+
     /// The status of a revision, as the public API shows it.
     pub fn revision_status(&self, dep: &str, rev: &str) -> Value {
         self.call(
