@@ -141,6 +141,19 @@ impl ControlPlane {
             .await
     }
 
+    /// A pull-only login to the control plane's registry; `None` when it has none.
+    pub async fn registry_credential(&self) -> CallResult<Option<RegistryCredential>> {
+        let body = RegistryCredentialRequest {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+        };
+        match self.post("/registry-credential", &body).await {
+            Ok(login) => Ok(Some(login)),
+            Err(CallError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the source tarball of a revision whose build this agent holds to `dest`;
     /// more than `max_bytes` is refused.
     pub async fn source(
@@ -201,4 +214,53 @@ impl ControlPlane {
         };
         self.post("/logs", &body).await
     }
+}
+
+/// The registry login an agent pulls with, asked for when first needed and again before
+/// it expires; a control plane without a registry is asked again after a while.
+pub struct RegistryLogins {
+    control: ControlPlane,
+    cached: tokio::sync::Mutex<Option<(Option<RegistryCredential>, chrono::DateTime<chrono::Utc>)>>,
+}
+
+impl RegistryLogins {
+    pub fn new(control: ControlPlane) -> Self {
+        RegistryLogins {
+            control,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The login, if the control plane has a registry and `image` is on it.
+    pub async fn for_image(&self, image: &str) -> Option<RegistryCredential> {
+        let now = chrono::Utc::now();
+        let mut cached = self.cached.lock().await;
+        let fresh = cached.as_ref().is_some_and(|(_, until)| *until > now);
+        if !fresh {
+            match self.control.registry_credential().await {
+                Ok(login) => {
+                    // Renewed ten minutes before it runs out; "no registry" is asked
+                    // again after five.
+                    let until = login
+                        .as_ref()
+                        .map_or(now + chrono::Duration::minutes(5), |l| {
+                            l.expires_at - chrono::Duration::minutes(10)
+                        });
+                    *cached = Some((login, until));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get a registry login; pulling without one");
+                    return None;
+                }
+            }
+        }
+        let login = cached.as_ref()?.0.clone()?;
+        (image_host(image) == Some(login.registry.as_str())).then_some(login)
+    }
+}
+
+/// The registry host an image reference names (`host[:port]/path...`), if it names one.
+pub fn image_host(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
 }

@@ -147,15 +147,29 @@ pub async fn key_by_hash(
 }
 
 /// Authenticates a data-plane request: only a key of `listener` itself passes.
+/// The listener key a data-plane request came with.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerKey {
+    pub key_id: Uuid,
+    pub workspace_id: Uuid,
+}
+
 pub async fn authenticate_listener(
     store: &dyn Store,
     keys: &KeyCache,
     headers: &HeaderMap,
     listener: Uuid,
-) -> ApiResult<()> {
+) -> ApiResult<ListenerKey> {
     let (record, _) = find_key(store, keys, headers, None).await?;
     match record.scope() {
-        KeyScope::Listener { listener_id, .. } if listener_id == listener => Ok(()),
+        KeyScope::Listener {
+            listener_id,
+            workspace_id,
+            ..
+        } if listener_id == listener => Ok(ListenerKey {
+            key_id: record.id,
+            workspace_id,
+        }),
         KeyScope::Listener { .. } => Err(ApiError::Forbidden(format!(
             "This listener key does not have access to listener ID '{listener}'."
         ))),

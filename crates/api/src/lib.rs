@@ -185,6 +185,7 @@ fn dataplane_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             post(dataplane::deleted),
         ),
         ("/logs", post(dataplane::logs)),
+        ("/registry-credential", post(dataplane::registry_credential)),
     ]
 }
 

@@ -8,7 +8,9 @@
 //!   registry, which sends them to `GET /registry/token` on hostplane;
 //! - hostplane answers with a registry token (an ES256 JWT carrying the signing
 //!   certificate in `x5c`) that grants `pull`/`push` only on repositories under that
-//!   workspace's prefix; the registry checks it against the certificate it trusts.
+//!   workspace's prefix; the registry checks it against the certificate it trusts;
+//! - a listener's agent asks the data plane for a pull-only login ([`pull_login`]): the
+//!   same flow, but its tokens grant `pull` alone, under its own workspace's prefix.
 //!
 //! The signing key and its self-signed certificate are kept in two files created on
 //! first start; the registry's `rootcertbundle` names the certificate.
@@ -158,6 +160,9 @@ struct LoginClaims {
     sub: String,
     /// The id of the API key that asked for it: a revoked key's logins stop working.
     key: Uuid,
+    /// A listener's login: it may pull, never push.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pull_only: bool,
     exp: i64,
     iat: i64,
 }
@@ -198,6 +203,7 @@ pub fn push_token(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<Respo
         aud: LOGIN_AUDIENCE.into(),
         sub: workspace.to_string(),
         key,
+        pull_only: false,
         exp: now + LOGIN_TTL_SECS,
         iat: now,
     })?;
@@ -211,17 +217,59 @@ pub fn push_token(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<Respo
     ))
 }
 
-/// The workspace a login credential was issued for and the key that asked for it, when
-/// the credential is genuine and current.
-fn login_of(registry: &Registry, credential: &str) -> Option<(Uuid, Uuid)> {
+/// A pull-only login for a listener's agent.
+pub struct PullLogin {
+    pub registry: String,
+    pub prefix: String,
+    pub username: String,
+    pub password: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A login that may pull the images under `workspace`'s prefix and nothing else, good
+/// for an hour and while the listener key `key` is not revoked.
+pub fn pull_login(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<PullLogin> {
+    let registry = app.config.registry.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "This control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)."
+                .into(),
+        )
+    })?;
+    let now = chrono::Utc::now();
+    let expires_at = now + chrono::Duration::seconds(LOGIN_TTL_SECS);
+    let password = registry.sign(&LoginClaims {
+        iss: ISSUER.into(),
+        aud: LOGIN_AUDIENCE.into(),
+        sub: workspace.to_string(),
+        key,
+        pull_only: true,
+        exp: expires_at.timestamp(),
+        iat: now.timestamp(),
+    })?;
+    let host = registry
+        .url
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(PullLogin {
+        registry: host,
+        prefix: registry.prefix(workspace),
+        username: "hostplane".into(),
+        password,
+        expires_at,
+    })
+}
+
+/// The login a credential carries, when the credential is genuine and current.
+fn login_of(registry: &Registry, credential: &str) -> Option<LoginClaims> {
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&[LOGIN_AUDIENCE]);
     validation.set_issuer(&[ISSUER]);
     validation.leeway = 0;
-    let data =
-        jsonwebtoken::decode::<LoginClaims>(credential, &registry.signing.decoding, &validation)
-            .ok()?;
-    Some((Uuid::parse_str(&data.claims.sub).ok()?, data.claims.key))
+    jsonwebtoken::decode::<LoginClaims>(credential, &registry.signing.decoding, &validation)
+        .ok()
+        .map(|data| data.claims)
 }
 
 /// The password of a `Basic` authorization (the user name is not used).
@@ -256,9 +304,17 @@ pub async fn token(
             "The registry login is invalid or expired: ask for a new push token.".into(),
         )
     };
-    let (workspace, key) = basic_password(&headers)
+    let login = basic_password(&headers)
         .and_then(|p| login_of(registry, &p))
         .ok_or_else(unauthorized)?;
+    let workspace = Uuid::parse_str(&login.sub).map_err(|_| unauthorized())?;
+    let key = login.key;
+    // A listener's login pulls; only a push-token pushes.
+    let allowed: &[&'static str] = if login.pull_only {
+        &["pull"]
+    } else {
+        &["pull", "push"]
+    };
     // Checked on every token: a key revoked since the login was issued ends it.
     let live = app.store.get_api_key(key).await?;
     if live.is_none_or(|k| k.revoked_at.is_some()) {
@@ -283,8 +339,9 @@ pub async fn token(
             if kind != "repository" || !name.starts_with(&prefix) {
                 return None;
             }
-            let granted: Vec<&'static str> = ["pull", "push"]
-                .into_iter()
+            let granted: Vec<&'static str> = allowed
+                .iter()
+                .copied()
                 .filter(|a| actions.split(',').any(|x| x == *a))
                 .collect();
             (!granted.is_empty()).then(|| Access {

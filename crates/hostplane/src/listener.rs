@@ -185,17 +185,20 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         Mode::Native => Arc::new(kube_sink(&args, Flavor::Native).await?),
         Mode::Lgp => Arc::new(kube_sink(&args, Flavor::Lgp).await?),
         Mode::Containers => Arc::new(
-            ContainerSink::connect(ContainerSettings {
-                listener_id: args.listener_id,
-                listener_key: args.listener_key.clone(),
-                bind: args.bind,
-                ports: args.ports,
-                postgres_image: args.postgres_image.clone(),
-                redis_image: args.redis_image.clone(),
-                health_timeout: Duration::from_secs(args.health_timeout_secs),
-                drain: Duration::from_secs(args.drain_secs),
-                stop_timeout: Duration::from_secs(args.stop_timeout_secs),
-            })
+            ContainerSink::connect(
+                ContainerSettings {
+                    listener_id: args.listener_id,
+                    listener_key: args.listener_key.clone(),
+                    bind: args.bind,
+                    ports: args.ports,
+                    postgres_image: args.postgres_image.clone(),
+                    redis_image: args.redis_image.clone(),
+                    health_timeout: Duration::from_secs(args.health_timeout_secs),
+                    drain: Duration::from_secs(args.drain_secs),
+                    stop_timeout: Duration::from_secs(args.stop_timeout_secs),
+                },
+                control.clone(),
+            )
             .await
             .context(
                 "cannot reach the container engine: set DOCKER_HOST (e.g. \

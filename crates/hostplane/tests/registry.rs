@@ -2,8 +2,7 @@
 //! `docker-registry`) configured with hostplane as its token service: a workspace can
 //! push under its own prefix, and nowhere else.
 //!
-//! Needs the `docker-registry` binary: `HOSTPLANE_TEST_REGISTRY_BIN`, which
-//! `scripts/test` sets (installing the package when it can), or one on the PATH.
+//! Needs the `docker-registry` binary (see `support::registry`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,9 +13,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{free_port, sqlite_db, Server};
+use support::sqlite_db;
 
 /// One HTTP/1.1 exchange: status, headers (lower-cased names) and body.
 fn exchange(
@@ -57,15 +55,6 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
         .iter()
         .find(|(k, _)| k == name)
         .map_or("", |(_, v)| v.as_str())
-}
-
-struct Registry(Child);
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A registry token for `scope`, asked for with a `push-token` login.
@@ -119,93 +108,11 @@ fn push_blob(registry: u16, repository: &str, token: &str, blob: &[u8]) -> u16 {
     status
 }
 
-/// hostplane with the registry at `port`, and the registry (docker-registry) told to
-/// bind `port` and to send clients to hostplane for tokens.
-fn start_pair(bin: &str, db: &support::Db, port: u16) -> (Server, Child) {
-    let server = Server::start_with(
-        db,
-        &[
-            "--registry-url",
-            &format!("127.0.0.1:{port}"),
-            "--registry-service",
-            "hp-test-registry",
-        ],
-        "registry-test-key",
-    );
-    let cert = db.dir.0.join("storage/registry-signing-key.crt");
-    let config = db.dir.0.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: \
-             {}\nhttp:\n  addr: 127.0.0.1:{port}\n\
-             auth:\n  token:\n    realm: {}/registry/token\n    service: hp-test-registry\n\
-             \x20   issuer: hostplane\n    rootcertbundle: {}\n",
-            db.dir.0.join("registry-data").display(),
-            server.url(),
-            cert.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {bin} ({e}): install docker-registry or run scripts/test")
-        });
-    (server, child)
-}
-
-/// Waits until the registry answers on `port` with a challenge naming this `server`
-/// (so it is ours, not a stranger that took the port); an error when it exited.
-fn registry_ready(server: &Server, port: u16, mut child: Child) -> Result<Registry, String> {
-    let realm = format!("realm=\"{}/registry/token\"", server.url());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("it exited ({status}); the port was taken"));
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let (status, headers, _) = exchange(port, "GET", "/v2/", &[], b"");
-            if status == 401 && header(&headers, "www-authenticate").contains(&realm) {
-                return Ok(Registry(child));
-            }
-            let _ = child.kill();
-            return Err(format!("something else answers there ({status})"));
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return Err("it did not listen within 20 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn push_tokens_against_a_real_registry() {
-    let bin =
-        std::env::var("HOSTPLANE_TEST_REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
     let db = sqlite_db();
-    // hostplane and the registry each need the other's address when they start, so the
-    // registry's port is picked before it binds. Should another process take it in
-    // between, the registry exits (or a stranger answers): both start again on another
-    // port, three tries at most, each failure said.
-    let (registry_port, server, _registry) = (1..=3)
-        .find_map(|attempt| {
-            let port = free_port();
-            let (server, registry) = start_pair(&bin, &db, port);
-            match registry_ready(&server, port, registry) {
-                Ok(registry) => Some((port, server, registry)),
-                Err(why) => {
-                    eprintln!("try {attempt}: the registry on port {port}: {why}");
-                    None
-                }
-            }
-        })
-        .expect("the registry did not start in three tries");
+    let (server, registry) = support::registry::start(&db, "registry-test-key");
+    let registry_port = registry.port;
 
     // The registry sends clients to hostplane for tokens.
     let (status, headers, _) = exchange(registry_port, "GET", "/v2/", &[], b"");
@@ -307,4 +214,84 @@ fn push_tokens_against_a_real_registry() {
     assert_eq!(push_blob(registry_port, "app", &outside, blob), 401);
     // The login credential itself is not a registry token.
     assert_eq!(push_blob(registry_port, &mine_repo, login, blob), 401);
+
+    // A listener's login (the data-plane call) pulls its own workspace's images and
+    // nothing else, and never pushes.
+    let (listener, listener_key) = support::agent::listener_with_key(&server, &db, "puller");
+    let agent = support::agent::Agent::new(server.port, &listener, &listener_key, "puller-1");
+    let ask = || {
+        agent.call(
+            "POST",
+            "/registry-credential",
+            Some(json!({"protocol_version": 1, "agent_id": "puller-1"})),
+        )
+    };
+    let (status, pull) = ask();
+    assert_eq!(status, 200, "{pull}");
+    assert_eq!(pull["registry"], format!("127.0.0.1:{registry_port}"));
+    assert_eq!(pull["repository_prefix"], format!("{prefix}/"));
+    assert_eq!(pull["username"], "hostplane");
+    let password = pull["password"].as_str().unwrap();
+    let head = |repo: &str, token: &str| {
+        exchange(
+            registry_port,
+            "HEAD",
+            &format!("/v2/{repo}/blobs/{digest}"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .0
+    };
+    let token = registry_token(
+        server.port,
+        password,
+        &format!("repository:{mine_repo}:pull,push"),
+    );
+    assert_eq!(head(&mine_repo, &token), 200);
+    assert_eq!(push_blob(registry_port, &mine_repo, &token, b"more"), 401);
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": mine_repo, "actions": ["pull"]}])
+    );
+    // The other workspace's image is there, and this login cannot read it.
+    let theirs = registry_token(
+        server.port,
+        their_login,
+        &format!("repository:{their_repo}:pull,push"),
+    );
+    assert_eq!(push_blob(registry_port, &their_repo, &theirs, blob), 201);
+    assert_eq!(head(&their_repo, &theirs), 200);
+    let token = registry_token(
+        server.port,
+        password,
+        &format!("repository:{their_repo}:pull"),
+    );
+    assert_eq!(head(&their_repo, &token), 401);
+    // Revoking the listener key ends its login.
+    let keys = support::admin(&db, &["api-key", "list"]);
+    let key_id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["listener_id"] == listener.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    support::admin(&db, &["api-key", "revoke", &key_id]);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("hostplane:{password}"));
+    let (status, _, _) = exchange(
+        server.port,
+        "GET",
+        &format!("/registry/token?service=hp-test-registry&scope=repository:{mine_repo}:pull"),
+        &[("Authorization", &format!("Basic {basic}"))],
+        b"",
+    );
+    assert_eq!(status, 401);
 }

@@ -243,6 +243,29 @@ pub struct DeletedAnswer {
     pub deleted: bool,
 }
 
+/// Asks for a pull-only login to the control plane's registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentialRequest {
+    pub protocol_version: u32,
+    pub agent_id: String,
+}
+
+/// A login to the control plane's registry that may pull the listener's own workspace's
+/// images (those under `registry`/`repository_prefix`) and nothing else, not push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    pub protocol_version: u32,
+    /// The registry's host (and port), as image references name it.
+    pub registry: String,
+    /// Repositories the login may pull: those whose path starts with this.
+    pub repository_prefix: String,
+    pub username: String,
+    pub password: String,
+    /// Ask for a new one before this.
+    pub expires_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {

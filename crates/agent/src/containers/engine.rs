@@ -133,13 +133,25 @@ impl ContainerSink {
                 }
             }
         }
+        // The listener's pull-only login when the image is on the control plane's
+        // registry (the registry refuses it for another workspace's images).
+        let login = self
+            .logins
+            .for_image(image)
+            .await
+            .map(|l| bollard::auth::DockerCredentials {
+                username: Some(l.username),
+                password: Some(l.password),
+                serveraddress: Some(l.registry),
+                ..Default::default()
+            });
         let mut pull = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_owned()),
                 ..Default::default()
             }),
             None,
-            None,
+            login,
         );
         while let Some(step) = pull.next().await {
             if let Err(e) = step {

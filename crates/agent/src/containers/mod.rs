@@ -82,6 +82,8 @@ struct Live {
 
 pub struct ContainerSink {
     docker: Docker,
+    /// Logins to the control plane's registry, for images under it.
+    logins: crate::control::RegistryLogins,
     settings: ContainerSettings,
     live: tokio::sync::Mutex<HashMap<Uuid, Live>>,
     /// The port each deployment answers at, reserved before its first container starts.
@@ -160,7 +162,10 @@ impl ContainerSink {
 
     /// Connects to `DOCKER_HOST` (default `/var/run/docker.sock`) and checks the engine
     /// answers.
-    pub async fn connect(settings: ContainerSettings) -> anyhow::Result<Self> {
+    pub async fn connect(
+        settings: ContainerSettings,
+        control: crate::control::ControlPlane,
+    ) -> anyhow::Result<Self> {
         let docker = Docker::connect_with_local_defaults()?;
         let version = docker.version().await?;
         tracing::info!(
@@ -169,6 +174,7 @@ impl ContainerSink {
         );
         Ok(ContainerSink {
             docker,
+            logins: crate::control::RegistryLogins::new(control),
             settings,
             live: tokio::sync::Mutex::new(HashMap::new()),
             ports: Mutex::new(HashMap::new()),

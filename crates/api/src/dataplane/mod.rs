@@ -52,6 +52,8 @@ impl DataPlaneConfig {
 /// query and its raw body.
 pub struct Agent {
     pub listener_id: Uuid,
+    /// The listener key it came with.
+    key: crate::auth::ListenerKey,
     query: Query,
     path: Vec<(String, String)>,
     body: axum::body::Bytes,
@@ -71,7 +73,7 @@ impl FromRequest<AppState> for Agent {
             })
             .unwrap_or_default();
         let listener_id = path_uuid(&path, "listener_id")?;
-        crate::auth::authenticate_listener(
+        let key = crate::auth::authenticate_listener(
             app.store.as_ref(),
             &app.keys,
             &parts.headers,
@@ -86,6 +88,7 @@ impl FromRequest<AppState> for Agent {
         })?;
         Ok(Agent {
             listener_id,
+            key,
             query: Query::parse(parts.uri.query()),
             path,
             body,
@@ -272,4 +275,10 @@ pub async fn logs(State(app): State<AppState>, agent: Agent) -> ApiResult<Respon
         protocol_version: PROTOCOL_VERSION,
         accepted,
     })
+}
+
+/// A pull-only login for the registry, for images under the listener's own workspace.
+pub async fn registry_credential(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
+    let req: RegistryCredentialRequest = agent.body()?;
+    ok(&ops::registry_credential(&app, agent.key, &req.agent_id)?)
 }

@@ -369,6 +369,25 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// A pull-only registry login for the agent `who` of the listener whose key is `key`:
+/// the images of the key's workspace and nothing else.
+pub fn registry_credential(
+    app: &AppState,
+    key: crate::auth::ListenerKey,
+    who: &str,
+) -> ApiResult<protocol::RegistryCredential> {
+    agent_id(who)?;
+    let login = crate::registry::pull_login(app, key.workspace_id, key.key_id)?;
+    Ok(protocol::RegistryCredential {
+        protocol_version: protocol::PROTOCOL_VERSION,
+        registry: login.registry,
+        repository_prefix: login.prefix,
+        username: login.username,
+        password: login.password,
+        expires_at: login.expires_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     /// The server's revision statuses and the ones agents match are the same names.

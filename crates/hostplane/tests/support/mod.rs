@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod engine;
+pub mod registry;
 pub mod source;
 
 use serde_json::Value;
