@@ -57,9 +57,25 @@ impl Engine {
 
     /// Podman's Docker-compatible API on a socket of its own, stopped on drop.
     pub fn podman() -> Engine {
+        Self::podman_with(&[])
+    }
+
+    /// [`Engine::podman`] with these registries reached over plain HTTP (as Podman must
+    /// be told; Docker allows it on 127.0.0.1 by itself).
+    pub fn podman_with(insecure_registries: &[&str]) -> Engine {
         let dir = TempDir::new("hostplane-podman");
         let socket = dir.0.join("podman.sock");
-        let service = Command::new("podman")
+        let registries = dir.0.join("registries.conf");
+        let entries: String = insecure_registries
+            .iter()
+            .map(|r| format!("[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"))
+            .collect();
+        std::fs::write(&registries, entries).unwrap();
+        let mut service = Command::new("podman");
+        if !insecure_registries.is_empty() {
+            service.env("CONTAINERS_REGISTRIES_CONF", &registries);
+        }
+        let service = service
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
             .stdout(Stdio::null())
