@@ -186,6 +186,14 @@ fn dataplane_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ),
         ("/logs", post(dataplane::logs)),
         ("/registry-credential", post(dataplane::registry_credential)),
+        (
+            "/revisions/{revision_id}/build-credential",
+            post(dataplane::build_credential),
+        ),
+        (
+            "/revisions/{revision_id}/build-source",
+            get(dataplane::build_source),
+        ),
     ]
 }
 

@@ -197,28 +197,19 @@ pub fn push_token(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<Respo
                 .into(),
         )
     })?;
-    let now = chrono::Utc::now().timestamp();
-    let credential = registry.sign(&LoginClaims {
-        iss: ISSUER.into(),
-        aud: LOGIN_AUDIENCE.into(),
-        sub: workspace.to_string(),
-        key,
-        pull_only: false,
-        exp: now + LOGIN_TTL_SECS,
-        iat: now,
-    })?;
+    let credential = login(app, workspace, key, false)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "token": credential,
+            "token": credential.password,
             "registry_url": format!("{}/{workspace}", registry.url),
-            "username": "hostplane",
+            "username": credential.username,
         }),
     ))
 }
 
-/// A pull-only login for a listener's agent.
-pub struct PullLogin {
+/// A login to the registry for a listener's agent or its build Job.
+pub struct RegistryLogin {
     pub registry: String,
     pub prefix: String,
     pub username: String,
@@ -228,13 +219,14 @@ pub struct PullLogin {
 
 /// A login that may pull the images under `workspace`'s prefix and nothing else, good
 /// for an hour and while the listener key `key` is not revoked.
-pub fn pull_login(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<PullLogin> {
-    let registry = app.config.registry.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "This control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)."
-                .into(),
-        )
-    })?;
+pub fn pull_login(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<RegistryLogin> {
+    login(app, workspace, key, true)
+}
+
+/// A login for `workspace`'s prefix (pull-only, or pull and push), good for an hour and
+/// while the key `key` is not revoked.
+fn login(app: &AppState, workspace: Uuid, key: Uuid, pull_only: bool) -> ApiResult<RegistryLogin> {
+    let registry = configured(app)?;
     let now = chrono::Utc::now();
     let expires_at = now + chrono::Duration::seconds(LOGIN_TTL_SECS);
     let password = registry.sign(&LoginClaims {
@@ -242,7 +234,7 @@ pub fn pull_login(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<PullL
         aud: LOGIN_AUDIENCE.into(),
         sub: workspace.to_string(),
         key,
-        pull_only: true,
+        pull_only,
         exp: expires_at.timestamp(),
         iat: now.timestamp(),
     })?;
@@ -252,12 +244,77 @@ pub fn pull_login(app: &AppState, workspace: Uuid, key: Uuid) -> ApiResult<PullL
         .next()
         .unwrap_or_default()
         .to_owned();
-    Ok(PullLogin {
+    Ok(RegistryLogin {
         registry: host,
         prefix: registry.prefix(workspace),
         username: "hostplane".into(),
         password,
         expires_at,
+    })
+}
+
+/// The audience of a build's source credential: only the build-source route takes it.
+const SOURCE_AUDIENCE: &str = "hostplane:build-source";
+
+#[derive(Serialize, Deserialize)]
+struct SourceClaims {
+    iss: String,
+    aud: String,
+    /// The revision whose source it fetches.
+    sub: Uuid,
+    listener: Uuid,
+    exp: i64,
+}
+
+/// What a build Job needs: a push login for the workspace's prefix and a credential
+/// that fetches one revision's source.
+pub struct BuildLogin {
+    pub push: RegistryLogin,
+    pub source_token: String,
+}
+
+/// A push login for `workspace`'s prefix (an hour, while listener key `key` lives) and
+/// a credential for the source of `revision` of `listener`, for a build Job.
+pub fn build_login(
+    app: &AppState,
+    workspace: Uuid,
+    key: Uuid,
+    listener: Uuid,
+    revision: Uuid,
+) -> ApiResult<BuildLogin> {
+    let registry = configured(app)?;
+    let push = login(app, workspace, key, false)?;
+    let source_token = registry.sign(&SourceClaims {
+        iss: ISSUER.into(),
+        aud: SOURCE_AUDIENCE.into(),
+        sub: revision,
+        listener,
+        exp: push.expires_at.timestamp(),
+    })?;
+    Ok(BuildLogin { push, source_token })
+}
+
+/// The listener whose build of `revision` `token` fetches the source of, when the
+/// token is genuine, current and for that revision.
+pub fn source_listener(app: &AppState, revision: Uuid, token: &str) -> Option<Uuid> {
+    let registry = app.config.registry.as_ref()?;
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&[SOURCE_AUDIENCE]);
+    validation.set_issuer(&[ISSUER]);
+    validation.leeway = 0;
+    let claims =
+        jsonwebtoken::decode::<SourceClaims>(token, &registry.signing.decoding, &validation)
+            .ok()?
+            .claims;
+    (claims.sub == revision).then_some(claims.listener)
+}
+
+fn configured(app: &AppState) -> ApiResult<&Registry> {
+    app.config.registry.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "This control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)."
+                .into(),
+        )
     })
 }
 

@@ -238,11 +238,9 @@ async fn round_conforms(backend: Backend) {
     conforms(&doc, &p("/desired"), "get", None, status, &answer);
     let revision = &answer["deployments"][0]["revision"];
     assert_eq!(revision["status"], "AWAITING_BUILD");
-    assert_eq!(
-        revision["build"],
-        json!({"langgraph_config_path": "langgraph.json", "install_command": "pip install .",
-               "build_command": null})
-    );
+    // Nothing is uploaded yet, so there is nothing to build: `build` stays null until the
+    // upload (the agent tests in crates/hostplane/tests/builds.rs build only after it).
+    assert_eq!(revision["build"], Value::Null);
     assert_eq!(answer["deployments"][0]["namespace"], "ns");
 
     let claim = json!({"protocol_version": 1, "agent_id": "a"});
@@ -278,6 +276,40 @@ async fn round_conforms(backend: Backend) {
         res.status.as_u16(),
         &res.json(),
     );
+
+    // Without a registry there is no build credential; without a credential, no source.
+    let (status, answer) = call(
+        "POST",
+        format!("{base}/revisions/{rev}/build-credential"),
+        Some(claim.clone()),
+    )
+    .await;
+    conforms(
+        &doc,
+        &p("/revisions/{revision_id}/build-credential"),
+        "post",
+        Some(&claim),
+        status,
+        &answer,
+    );
+    assert_eq!(status, 404);
+    let res = app
+        .send(
+            "GET",
+            &format!("{base}/revisions/{rev}/build-source?token=forged"),
+            &[],
+            None,
+        )
+        .await;
+    conforms(
+        &doc,
+        &p("/revisions/{revision_id}/build-source"),
+        "get",
+        None,
+        res.status.as_u16(),
+        &res.json(),
+    );
+    assert_eq!(res.status.as_u16(), 401);
 
     let line = json!({"protocol_version": 1, "lines": [{
         "deployment_id": dep_id, "revision_id": rev, "kind": "build",

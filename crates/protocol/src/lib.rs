@@ -243,6 +243,9 @@ pub struct DeletedAnswer {
     pub deleted: bool,
 }
 
+/// Asks for what a build Job needs ([`BuildCredential`]).
+pub type BuildCredentialRequest = RegistryCredentialRequest;
+
 /// Asks for a pull-only login to the control plane's registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +266,23 @@ pub struct RegistryCredential {
     pub username: String,
     pub password: String,
     /// Ask for a new one before this.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What the holder of a build claim hands the job that builds where the agent does not
+/// (a Kubernetes Job): where to fetch the source, and a login to push the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildCredential {
+    pub protocol_version: u32,
+    /// Fetches this revision's source tarball (`GET`), no other key needed; only while
+    /// the revision is `BUILDING` and until `expires_at`.
+    pub source_url: String,
+    /// The registry's host (and port) to push to.
+    pub registry: String,
+    /// Repositories the login may push to and pull from: those starting with this.
+    pub repository_prefix: String,
+    pub username: String,
+    pub password: String,
     pub expires_at: DateTime<Utc>,
 }
 

@@ -14,7 +14,7 @@ use crate::error::{json_response, ApiError, ApiResult};
 use crate::operations::dataplane as ops;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use compat::query::Query;
@@ -64,13 +64,9 @@ impl FromRequest<AppState> for Agent {
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let path: Vec<(String, String)> = RawPathParams::from_request_parts(&mut parts, app)
+        let path = RawPathParams::from_request_parts(&mut parts, app)
             .await
-            .map(|p| {
-                p.iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect()
-            })
+            .map(|p| owned(&p))
             .unwrap_or_default();
         let listener_id = path_uuid(&path, "listener_id")?;
         let key = crate::auth::authenticate_listener(
@@ -94,6 +90,13 @@ impl FromRequest<AppState> for Agent {
             body,
         })
     }
+}
+
+fn owned(params: &RawPathParams) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn path_uuid(path: &[(String, String)], name: &str) -> ApiResult<Uuid> {
@@ -243,6 +246,11 @@ pub async fn source(State(app): State<AppState>, agent: Agent) -> ApiResult<Resp
     agent.query_version()?;
     let who = agent.query.get("agent_id").unwrap_or_default().to_owned();
     let file = ops::source(&app, agent.listener_id, revision_id, &who).await?;
+    tarball(file).await
+}
+
+/// A tarball, streamed.
+async fn tarball(file: tokio::fs::File) -> ApiResult<Response> {
     let len = file.metadata().await.map(|m| m.len()).ok();
     let stream = tokio_util::io::ReaderStream::new(file);
     let mut res = Body::from_stream(stream).into_response();
@@ -281,4 +289,35 @@ pub async fn logs(State(app): State<AppState>, agent: Agent) -> ApiResult<Respon
 pub async fn registry_credential(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
     let req: RegistryCredentialRequest = agent.body()?;
     ok(&ops::registry_credential(&app, agent.key, &req.agent_id)?)
+}
+
+/// What a build Job needs from the holder of a build claim.
+pub async fn build_credential(State(app): State<AppState>, agent: Agent) -> ApiResult<Response> {
+    let revision_id = agent.path_uuid("revision_id")?;
+    let req: BuildCredentialRequest = agent.body()?;
+    let answer = ops::build_credential(
+        &app,
+        agent.key,
+        agent.listener_id,
+        revision_id,
+        &req.agent_id,
+    )
+    .await?;
+    ok(&answer)
+}
+
+/// The source tarball, for the bearer of the build's source credential (`?token=`); no
+/// key: a build Job holds only that credential.
+pub async fn build_source(
+    State(app): State<AppState>,
+    params: RawPathParams,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let path = owned(&params);
+    let listener_id = path_uuid(&path, "listener_id")?;
+    let revision_id = path_uuid(&path, "revision_id")?;
+    let query = Query::parse(raw.as_deref());
+    let token = query.get("token").unwrap_or_default();
+    let file = ops::source_by_token(&app, listener_id, revision_id, token).await?;
+    tarball(file).await
 }

@@ -288,12 +288,7 @@ pub async fn source(
             found.status.as_str()
         )));
     }
-    let path = found.tarball_path.ok_or_else(|| {
-        ApiError::NotFound(format!("Revision {revision_id} has no uploaded source."))
-    })?;
-    crate::operations::uploads::open_stored(app, &path)
-        .await
-        .ok_or_else(|| ApiError::NotFound(format!("The source of revision {revision_id} is gone.")))
+    stored_source(app, revision_id, found.tarball_path).await
 }
 
 /// The agent confirms a deployment being deleted is gone: it goes from the store, with
@@ -386,6 +381,86 @@ pub fn registry_credential(
         password: login.password,
         expires_at: login.expires_at,
     })
+}
+
+/// What a build Job of `revision` needs, for the agent `who` holding its build: where to
+/// fetch the source and a login to push under the key's workspace's prefix.
+pub async fn build_credential(
+    app: &AppState,
+    key: crate::auth::ListenerKey,
+    listener: Uuid,
+    revision: Uuid,
+    who: &str,
+) -> ApiResult<protocol::BuildCredential> {
+    agent_id(who)?;
+    let found = building(app, listener, revision).await?;
+    if found.lease_holder.as_deref() != Some(who) {
+        return Err(ApiError::Conflict(format!(
+            "Revision {revision} is BUILDING, and this agent does not hold its claim."
+        )));
+    }
+    let login =
+        crate::registry::build_login(app, key.workspace_id, key.key_id, listener, revision)?;
+    Ok(protocol::BuildCredential {
+        protocol_version: protocol::PROTOCOL_VERSION,
+        source_url: format!(
+            "{}{}/revisions/{revision}/build-source?token={}",
+            app.config.public_url.trim_end_matches('/'),
+            crate::dataplane::PREFIX.replace("{listener_id}", &listener.to_string()),
+            login.source_token
+        ),
+        registry: login.push.registry,
+        repository_prefix: login.push.prefix,
+        username: login.push.username,
+        password: login.push.password,
+        expires_at: login.push.expires_at,
+    })
+}
+
+/// The source of a revision being built, for the bearer of its source credential.
+pub async fn source_by_token(
+    app: &AppState,
+    listener: Uuid,
+    revision: Uuid,
+    token: &str,
+) -> ApiResult<tokio::fs::File> {
+    if crate::registry::source_listener(app, revision, token) != Some(listener) {
+        return Err(ApiError::Unauthorized(
+            "The build's source credential is invalid or expired.".into(),
+        ));
+    }
+    let path = building(app, listener, revision).await?.tarball_path;
+    stored_source(app, revision, path).await
+}
+
+/// A revision of the listener that is `BUILDING` (else 404 or 409).
+async fn building(app: &AppState, listener: Uuid, revision: Uuid) -> ApiResult<store::BuildSource> {
+    let found = app
+        .store
+        .build_source(listener, revision)
+        .await?
+        .ok_or_else(|| revision_not_found(revision))?;
+    if found.status != RevisionStatus::Building {
+        return Err(ApiError::Conflict(format!(
+            "Revision {revision} is {}; its source goes only to its build.",
+            found.status.as_str()
+        )));
+    }
+    Ok(found)
+}
+
+/// The uploaded tarball at `path` of `revision`.
+async fn stored_source(
+    app: &AppState,
+    revision: Uuid,
+    path: Option<String>,
+) -> ApiResult<tokio::fs::File> {
+    let path = path.ok_or_else(|| {
+        ApiError::NotFound(format!("Revision {revision} has no uploaded source."))
+    })?;
+    crate::operations::uploads::open_stored(app, &path)
+        .await
+        .ok_or_else(|| ApiError::NotFound(format!("The source of revision {revision} is gone.")))
 }
 
 #[cfg(test)]
