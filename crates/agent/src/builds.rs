@@ -60,6 +60,8 @@ pub struct Prepared {
     /// The build context: the config's folder, or the source's root when the project
     /// has dependencies outside that folder.
     pub context: PathBuf,
+    /// The source's root (what the tarball unpacked into).
+    pub root: PathBuf,
     pub workdir: Workdir,
 }
 
@@ -176,11 +178,12 @@ pub async fn prepare(
             ),
         )
         .await;
-        (text, root)
+        (text, root.clone())
     };
     Ok(Prepared {
         dockerfile,
         context,
+        root,
         workdir,
     })
 }

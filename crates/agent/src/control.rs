@@ -154,6 +154,26 @@ impl ControlPlane {
         }
     }
 
+    /// What a build Job of `revision` (held by this agent) needs; `None` when the
+    /// control plane has no registry.
+    pub async fn build_credential(&self, revision: Uuid) -> CallResult<Option<BuildCredential>> {
+        let body = BuildCredentialRequest {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.agent_id.clone(),
+        };
+        match self
+            .post(&format!("/revisions/{revision}/build-credential"), &body)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(CallError::Refused {
+                status: 404,
+                detail,
+            }) if detail.contains("no container registry") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the source tarball of a revision whose build this agent holds to `dest`;
     /// more than `max_bytes` is refused.
     pub async fn source(

@@ -501,14 +501,19 @@ async fn build(
         context.sink.build(d, rev, &source, &log).await
     };
     let timeout = builds.settings.timeout;
-    let outcome = tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::new(
-                "BuildTimeout",
-                format!("the build did not finish within {timeout:?}"),
-            ))
-        });
+    // A panic fails the build rather than leaving it BUILDING under a renewed lease.
+    let work = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work));
+    let outcome = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(Failure::new(
+            "BuildFailed",
+            "the agent's build task panicked (a bug: see the agent's log)",
+        )),
+        Err(_) => Err(Failure::new(
+            "BuildTimeout",
+            format!("the build did not finish within {timeout:?}"),
+        )),
+    };
     match &outcome {
         Ok(image) => log.line("INFO", format!("Built {image}")).await,
         Err(f) => {

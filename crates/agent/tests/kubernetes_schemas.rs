@@ -76,6 +76,7 @@ fn check(kind: &str, doc: &Value) -> Result<(), String> {
         "Service" => round_trip::<Service>(doc),
         "Secret" => round_trip::<Secret>(doc),
         "HorizontalPodAutoscaler" => round_trip::<HorizontalPodAutoscaler>(doc),
+        "Job" => round_trip::<k8s_openapi::api::batch::v1::Job>(doc),
         other => Err(format!("no schema for kind {other}")),
     }
 }
@@ -84,8 +85,47 @@ fn check(kind: &str, doc: &Value) -> Result<(), String> {
 fn every_rendered_object_is_valid_for_the_kubernetes_api() {
     let inputs = inputs();
     let mut kinds = std::collections::BTreeSet::new();
+    let login = protocol::RegistryCredential {
+        protocol_version: 1,
+        registry: "registry.example:5000".into(),
+        repository_prefix: "ws/".into(),
+        username: "hostplane".into(),
+        password: "secret".into(),
+        expires_at: chrono::Utc::now(),
+    };
+    let build = protocol::BuildCredential {
+        protocol_version: 1,
+        source_url: "https://hp.example/source?token=t".into(),
+        registry: login.registry.clone(),
+        repository_prefix: login.repository_prefix.clone(),
+        username: login.username.clone(),
+        password: login.password.clone(),
+        expires_at: login.expires_at,
+    };
     for (case, d, rev) in cases() {
-        for object in inputs.objects(&d, &rev, false) {
+        // With and without the registry login's Secret among the pull secrets; and the
+        // objects of a build.
+        let job = hostplane_agent::kube::job::build_objects(
+            uuid::Uuid::nil(),
+            &d,
+            &rev,
+            &build,
+            "FROM scratch\n",
+            ".",
+            "buildkit:1",
+        )
+        .1;
+        let objects = inputs
+            .objects(&d, &rev, false, None)
+            .into_iter()
+            .chain(inputs.objects(&d, &rev, false, Some("agent-registry")))
+            .chain([hostplane_agent::kube::job::pull_secret(
+                uuid::Uuid::nil(),
+                &d,
+                &login,
+            )])
+            .chain(job);
+        for object in objects {
             if let Err(problem) = check(object.kind, &object.doc) {
                 panic!("{case}: {} {}: {problem}", object.kind, object.name);
             }
@@ -97,6 +137,7 @@ fn every_rendered_object_is_valid_for_the_kubernetes_api() {
         [
             "Deployment",
             "HorizontalPodAutoscaler",
+            "Job",
             "Secret",
             "Service",
             "StatefulSet"
@@ -110,7 +151,7 @@ fn every_rendered_object_is_valid_for_the_kubernetes_api() {
 fn the_check_refuses_invalid_objects() {
     let inputs = inputs();
     let (_, d, rev) = cases().into_iter().next().unwrap();
-    let objects = inputs.objects(&d, &rev, false);
+    let objects = inputs.objects(&d, &rev, false, None);
     let deployment = objects.iter().find(|o| o.kind == "Deployment").unwrap();
     let mut too_many = deployment.doc.clone();
     too_many["spec"]["replicas"] = 3_000_000_000_i64.into();
@@ -152,7 +193,7 @@ fn the_agents_spec_check_agrees_with_the_api() {
             "{spec} passed the agent"
         );
         let refused = inputs
-            .objects(&d, &rev, false)
+            .objects(&d, &rev, false, None)
             .iter()
             .any(|o| check(o.kind, &o.doc).is_err());
         assert!(refused, "{spec} passed the Kubernetes types");

@@ -74,6 +74,7 @@ fn context() -> RenderContext<'static> {
         postgres_password: "unused-in-lgp-mode",
         postgres_image: "docker.io/library/postgres:16",
         redis_image: "docker.io/library/redis:7",
+        pull_secret: None,
     }
 }
 

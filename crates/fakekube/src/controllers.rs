@@ -23,6 +23,7 @@ pub(crate) async fn kubelet(cluster: Arc<Mutex<Cluster>>) {
             lgp_operator(&mut c, ns);
             deployment_controller(&mut c, ns);
             statefulset_controller(&mut c, ns);
+            job_controller(&mut c, ns);
             run_pods(&mut c, ns);
             workload_status(&mut c, ns);
         }
@@ -113,6 +114,100 @@ pub(crate) fn deployment_controller(c: &mut Cluster, ns: &str) {
             }
         }
     }
+}
+
+/// Jobs: one pod each (as with `backoffLimit: 0`), and the Job's status from it:
+/// `Complete` when it succeeded, `Failed` when it failed.
+pub(crate) fn job_controller(c: &mut Cluster, ns: &str) {
+    let jobs: Vec<Value> = c.of(resource_of_kind("Job"), ns).cloned().collect();
+    for job in jobs {
+        let name = name_of(&job);
+        let pods = owned_pods(c, ns, "Job", &name);
+        let Some(pod) = pods.first() else {
+            if job["status"]["startTime"].is_null() {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                let pod_name = format!("{name}-{}", &suffix[..5]);
+                let template = job["spec"]["template"].clone();
+                create_pod(
+                    c,
+                    ns,
+                    &pod_name,
+                    &template,
+                    ("Job", &name),
+                    ("job-name", &name),
+                );
+                set_status(
+                    c,
+                    "Job",
+                    ns,
+                    &name,
+                    json!({"startTime": now(), "active": 1}),
+                );
+            }
+            continue;
+        };
+        let start = job["status"]["startTime"].clone();
+        let status = match pod["status"]["phase"].as_str() {
+            Some("Succeeded") => json!({
+                "startTime": start, "succeeded": 1, "completionTime": now(),
+                "conditions": [{"type": "Complete", "status": "True"}],
+            }),
+            Some("Failed") => json!({
+                "startTime": start, "failed": 1,
+                "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                "message": "Job has reached the specified backoff limit"}],
+            }),
+            _ => json!({"startTime": start, "active": 1}),
+        };
+        if job["status"] != status && job["status"]["completionTime"].is_null() {
+            set_status(c, "Job", ns, &name, status);
+        }
+    }
+}
+
+/// A Job's pod, once it ran: it printed its image's lines and exited, with the fault's
+/// code (`CrashLoop`) or 0; a container that succeeded leaves its last line as its
+/// termination message (as a container writing `/dev/termination-log` would).
+fn finished_job_pod(
+    c: &mut Cluster,
+    key: &(String, String),
+    pod: &Value,
+    fault: Option<&Fault>,
+) -> Value {
+    let (code, lines) = match fault {
+        Some(Fault::CrashLoop { exit_code, logs }) => (*exit_code, logs.clone()),
+        _ => (
+            0,
+            images(pod)
+                .iter()
+                .flat_map(|i| c.image_logs.get(i).cloned().unwrap_or_default())
+                .collect(),
+        ),
+    };
+    let last = lines.last().cloned().unwrap_or_default();
+    if let Some(p) = c.pods.get_mut(key) {
+        if !p.started_logs {
+            p.logs.extend(lines);
+            p.started_logs = true;
+        }
+    }
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut terminated =
+        json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }});
+    if code == 0 {
+        terminated["message"] = json!(last);
+    }
+    json!({
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": containers.iter().map(|k| json!({
+            "name": k["name"], "image": k["image"], "ready": false, "restartCount": 0,
+            "state": {"terminated": terminated},
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// StatefulSets: pods `<name>-<i>`, replaced one by one on a new template, with a
@@ -218,6 +313,12 @@ pub(crate) fn run_pods(c: &mut Cluster, ns: &str) {
         let statuses =
             |state: &dyn Fn(&Value) -> Value| -> Value { containers.iter().map(state).collect() };
         let status = match &fault {
+            _ if !starting && owner(&pod).is_some_and(|(kind, _)| kind == "Job") => {
+                if pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed" {
+                    continue;
+                }
+                finished_job_pod(c, &key, &pod, fault.as_ref())
+            }
             Some(Fault::Unschedulable) => json!({
                 "phase": "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",

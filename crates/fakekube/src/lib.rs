@@ -56,6 +56,7 @@ const RESOURCES: &[Resource] = &[
         true,
     ),
     res("apps.langchain.ai/v1alpha1", "lgps", "LGP", true),
+    res("batch/v1", "jobs", "Job", true),
 ];
 
 const fn res(
@@ -145,7 +146,7 @@ pub enum Fault {
     /// The image cannot be pulled: `ErrImagePull`, then `ImagePullBackOff`.
     ImagePull,
     /// The container exits at once with this code after printing these lines, and
-    /// ends in `CrashLoopBackOff`.
+    /// ends in `CrashLoopBackOff` (a Job's pod, which is not restarted, in `Failed`).
     CrashLoop { exit_code: i32, logs: Vec<String> },
     /// No node can take the pod.
     Unschedulable,

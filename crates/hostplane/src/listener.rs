@@ -121,6 +121,10 @@ pub struct ListenerArgs {
     /// Files and folders an uploaded source may hold.
     #[arg(long, env = "HOSTPLANE_SOURCE_MAX_ENTRIES", default_value_t = 100_000)]
     source_max_entries: u64,
+    /// native, lgp: the image of the build Jobs, BuildKit rootless (it runs
+    /// `buildctl-daemonless.sh`, `wget`, `tar` and `sed`).
+    #[arg(long, env = "HOSTPLANE_BUILDKIT_IMAGE", default_value = agent::kube::job::DEFAULT_BUILDKIT_IMAGE)]
+    buildkit_image: String,
     /// Log filter.
     #[arg(long, env = "HOSTPLANE_LOG", default_value = "info")]
     log: String,
@@ -157,14 +161,22 @@ fn render_inputs(args: &ListenerArgs) -> RenderInputs {
     }
 }
 
-async fn kube_sink(args: &ListenerArgs, flavor: Flavor) -> anyhow::Result<KubeSink> {
-    KubeSink::connect(KubeSettings {
-        flavor,
-        inputs: render_inputs(args),
-        rollout_timeout: Duration::from_secs(args.health_timeout_secs),
-        check_ok: args.ok_check,
-        poll: Duration::from_secs(1),
-    })
+async fn kube_sink(
+    args: &ListenerArgs,
+    flavor: Flavor,
+    control: &ControlPlane,
+) -> anyhow::Result<KubeSink> {
+    KubeSink::connect(
+        KubeSettings {
+            flavor,
+            inputs: render_inputs(args),
+            rollout_timeout: Duration::from_secs(args.health_timeout_secs),
+            check_ok: args.ok_check,
+            poll: Duration::from_secs(1),
+            buildkit_image: args.buildkit_image.clone(),
+        },
+        control.clone(),
+    )
     .await
     .context(
         "cannot reach the Kubernetes API server: set KUBECONFIG, or run in a pod with a \
@@ -182,8 +194,8 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
         &agent_id,
     )?;
     let sink: Arc<dyn runner::Sink> = match args.mode {
-        Mode::Native => Arc::new(kube_sink(&args, Flavor::Native).await?),
-        Mode::Lgp => Arc::new(kube_sink(&args, Flavor::Lgp).await?),
+        Mode::Native => Arc::new(kube_sink(&args, Flavor::Native, &control).await?),
+        Mode::Lgp => Arc::new(kube_sink(&args, Flavor::Lgp, &control).await?),
         Mode::Containers => Arc::new(
             ContainerSink::connect(
                 ContainerSettings {
@@ -213,7 +225,7 @@ pub async fn run(args: ListenerArgs) -> anyhow::Result<ExitCode> {
             })
             .with_context(|| format!("cannot create the render folder {}", dir.display()))?;
             if args.render_observe {
-                Arc::new(files.observing(kube_sink(&args, Flavor::Native).await?))
+                Arc::new(files.observing(kube_sink(&args, Flavor::Native, &control).await?))
             } else {
                 Arc::new(files)
             }

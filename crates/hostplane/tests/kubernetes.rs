@@ -145,7 +145,12 @@ impl Setup {
         let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
         let db = sqlite_db();
         let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-        let server = Server::start(&db);
+        // A registry the fake cluster "pushes" to and "pulls" from; nothing listens.
+        let server = Server::start_with(
+            &db,
+            &["--registry-url", REGISTRY, "--registry-service", "hp-test"],
+            "kube-test-key",
+        );
         let (listener, key) = listener_with_key(&server, &db, compute_id);
         Setup {
             fake,
@@ -171,6 +176,226 @@ impl Setup {
         });
         assert_eq!(self.fake.inventory(), Vec::<String>::new());
     }
+}
+
+/// The registry the control plane names; the fake cluster never reaches it.
+const REGISTRY: &str = "127.0.0.1:1";
+
+/// A source deployment (placed on the workspace's only listener) built by a Job: the Job and its Secret as specified (no
+/// credential in the Job's spec), the build pod's output as build logs, `BUILT` with the
+/// digest the build container left, then the pushed image running with the listener's
+/// registry login; a failing Job is `BUILD_FAILED` with its last lines; the Job and its
+/// Secret go either way. The deployment is deleted at the end.
+fn source_build(setup: &Setup, lgp: bool) {
+    let Setup { fake, server, .. } = setup;
+    let buildkit = agent::kube::job::DEFAULT_BUILDKIT_IMAGE;
+    let digest = format!("sha256:{}", "b".repeat(64));
+    fake.set_image_logs(
+        buildkit,
+        &[
+            "#1 [internal] load build definition from Dockerfile",
+            "#9 pushing layers done",
+            &digest,
+        ],
+    );
+    fake.set_ready_after(Duration::from_millis(1500));
+    let (status, created) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(
+            json!({"name": "from-source", "source": "internal_source", "source_config": {},
+                    "source_revision_config": {}, "secrets": []}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let dep = created["id"].as_str().unwrap().to_owned();
+    let config = r#"{"dependencies": ["."], "graphs": {"agent": "./agent.py:graph"}}"#;
+    let project =
+        support::source::project(&[("langgraph.json", config), ("agent.py", "graph = 1\n")]);
+    let rev = server.upload_source(&dep, &project, "langgraph.json");
+    let job_name = format!("hp-build-{}", rev.replace('-', ""));
+    let build_log = |rev: &str| {
+        server
+            .call(
+                "POST",
+                &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
+                Some(json!({"order": "asc", "limit": 100})),
+            )
+            .1
+    };
+    support::wait_until_or(
+        "the build Job",
+        30,
+        || {
+            fake.objects("Job", "ns")
+                .iter()
+                .any(|j| j["metadata"]["name"] == job_name.as_str())
+        },
+        || {
+            format!(
+                "{}: {}",
+                server.revision_status(&dep, &rev),
+                build_log(&rev)
+            )
+        },
+    );
+    let job = fake
+        .objects("Job", "ns")
+        .into_iter()
+        .find(|j| j["metadata"]["name"] == job_name.as_str())
+        .unwrap();
+    let secret = fake
+        .objects("Secret", "ns")
+        .into_iter()
+        .find(|j| j["metadata"]["name"] == job_name.as_str())
+        .unwrap();
+    let data = |key: &str| {
+        use base64::Engine;
+        let text = secret["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {secret}"));
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let source_url = data("source-url");
+    let login: Value = serde_json::from_str(&data("config.json")).unwrap();
+    let auth = login["auths"][REGISTRY]["auth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The Job names the Secret; neither credential is in its spec.
+    let spec = job.to_string();
+    assert!(!spec.contains(&auth) && !spec.contains("token="), "{spec}");
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], buildkit);
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert_eq!(
+        job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        job_name.as_str()
+    );
+    // The Dockerfile is the official CLI's for that project (hostplane dockerfile's).
+    let files = build::Memory::new([
+        ("/p/from-source/langgraph.json", config),
+        ("/p/from-source/agent.py", ""),
+    ]);
+    let path = "/p/from-source/langgraph.json";
+    let want = build::generate(
+        &files,
+        path,
+        &build::load(&files, path).unwrap(),
+        &build::Options::default(),
+    )
+    .unwrap();
+    assert_eq!(data("Dockerfile"), want.text);
+    // The source URL fetches that revision's tarball with no key, while it builds.
+    let at = source_url.strip_prefix(&server.url()).unwrap();
+    let (status, body) = support::try_http_bytes(server.port, "GET", at, &[], b"").unwrap();
+    assert_eq!(
+        (status, body.len()),
+        (200, String::from_utf8_lossy(&project).len())
+    );
+    let forged = at.replace("token=", "token=x");
+    assert_eq!(
+        support::try_http_bytes(server.port, "GET", &forged, &[], b"")
+            .unwrap()
+            .0,
+        401
+    );
+
+    wait_until("the built revision to be deployed", 60, || {
+        server.revision_status(&dep, &rev) == "DEPLOYED"
+    });
+    let image_prefix = format!("{REGISTRY}/");
+    let (server_spec, image) = if lgp {
+        let lgp = fake
+            .objects("LGP", "ns")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == "from-source")
+            .unwrap();
+        let spec = lgp["spec"]["serverSpec"].clone();
+        let image = spec["image"].as_str().unwrap().to_owned();
+        (spec, image)
+    } else {
+        let d = fake
+            .objects("Deployment", "ns")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == "from-source")
+            .unwrap();
+        let spec = d["spec"]["template"]["spec"].clone();
+        let image = spec["containers"][0]["image"].as_str().unwrap().to_owned();
+        (spec, image)
+    };
+    assert!(
+        image.starts_with(&image_prefix) && image.ends_with(&format!("/{dep}@{digest}")),
+        "{image}"
+    );
+    assert_eq!(
+        server_spec["imagePullSecrets"],
+        json!([{"name": "from-source-registry"}])
+    );
+    let pull = fake
+        .objects("Secret", "ns")
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == "from-source-registry")
+        .unwrap();
+    assert_eq!(pull["type"], "kubernetes.io/dockerconfigjson");
+    let (_, logs) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
+        Some(json!({"order": "asc", "limit": 100})),
+    );
+    let messages: Vec<&str> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.contains(&"#9 pushing layers done"), "{messages:?}");
+    wait_until("the Job and its Secret to go", 30, || {
+        fake.inventory().iter().all(|o| !o.ends_with(&job_name))
+    });
+
+    // A failing build.
+    let error = "error: failed to solve: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3";
+    fake.set_fault(
+        buildkit,
+        Some(Fault::CrashLoop {
+            exit_code: 1,
+            logs: vec!["#5 [2/9] RUN exit 3".into(), error.into()],
+        }),
+    );
+    let failing = server.upload_source(&dep, &project, "langgraph.json");
+    wait_until("the failing build", 60, || {
+        server.revision_status(&dep, &failing) == "BUILD_FAILED"
+    });
+    let (_, logs) = server.call(
+        "POST",
+        &format!("/v1/projects/{dep}/revisions/{failing}/build_logs"),
+        Some(json!({"order": "desc", "limit": 1})),
+    );
+    let last = logs["logs"][0]["message"].as_str().unwrap();
+    assert_eq!(
+        last,
+        format!("Build of revision {failing} failed: BuildFailed: the build Job failed; last lines:\n#5 [2/9] RUN exit 3\n{error}")
+    );
+    fake.set_fault(buildkit, None);
+    fake.set_ready_after(Duration::from_millis(300));
+    let failed_job = format!("hp-build-{}", failing.replace('-', ""));
+    wait_until("the failed Job and its Secret to go", 30, || {
+        fake.inventory().iter().all(|o| !o.ends_with(&failed_job))
+    });
+    let (status, _) = server.call("DELETE", &format!("/v2/deployments/{dep}"), None);
+    assert_eq!(status, 204);
+    wait_until("the source deployment to go", 60, || {
+        server
+            .call("GET", &format!("/v2/deployments/{dep}"), None)
+            .0
+            == 404
+    });
 }
 
 /// One rule of a Role: API groups, resources, verbs.
@@ -436,6 +661,9 @@ fn native_mode_end_to_end() {
         ]
     );
 
+    println!("a source build: a Job, BUILT, the pushed image with the registry login");
+    source_build(&setup, false);
+
     println!("delete: every object goes (the volume too), then the deployment");
     setup.delete(&cli, &dep);
     drop(agent);
@@ -548,6 +776,9 @@ fn lgp_mode_end_to_end() {
     wait_until("the LGP to run v1 again", 20, || {
         lgp()["spec"]["serverSpec"]["image"] == v1.as_str()
     });
+
+    println!("a source build: a Job, BUILT, an LGP of the pushed image with the registry login");
+    source_build(&setup, true);
 
     println!("delete: the LGP and the Secret go (the operator's objects with them)");
     setup.delete(&cli, &dep);

@@ -59,7 +59,7 @@ impl FileSink {
         let mut files: Vec<(String, String)> = self
             .settings
             .inputs
-            .objects(d, rev, false)
+            .objects(d, rev, false, None)
             .into_iter()
             .map(|o| {
                 let kind = o.kind.to_ascii_lowercase();

@@ -4,6 +4,7 @@
 //! a cluster and watches them roll out ([`native`]).
 
 pub mod files;
+pub mod job;
 pub mod native;
 pub mod plan;
 pub mod render;
@@ -22,12 +23,14 @@ pub struct RenderInputs {
 }
 
 impl RenderInputs {
-    /// The objects of `rev` of `d`: all of them, or (`lgp`) the env Secret and one `LGP`.
+    /// The objects of `rev` of `d`: all of them, or (`lgp`) the env Secret and one `LGP`;
+    /// their pods pull with the Secret `pull_secret` too when it is given.
     pub fn objects(
         &self,
         d: &protocol::DesiredDeployment,
         rev: &protocol::DesiredRevision,
         lgp: bool,
+        pull_secret: Option<&str>,
     ) -> Vec<render::Object> {
         let password = postgres_password(&self.listener_key, d.id);
         let ctx = render::RenderContext {
@@ -35,6 +38,7 @@ impl RenderInputs {
             postgres_password: &password,
             postgres_image: &self.postgres_image,
             redis_image: &self.redis_image,
+            pull_secret,
         };
         if lgp {
             render::render_lgp(d, rev, &ctx)

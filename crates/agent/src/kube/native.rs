@@ -55,11 +55,14 @@ pub struct KubeSettings {
     pub check_ok: bool,
     /// How often a rollout is looked at.
     pub poll: Duration,
+    /// The image of the build Jobs (BuildKit rootless).
+    pub buildkit_image: String,
 }
 
 /// The kinds a deployment's objects have, in the order a teardown deletes them
 /// (what depends on others first). Pods go with their workloads.
 const NATIVE_KINDS: &[&str] = &[
+    "Job",
     "HorizontalPodAutoscaler",
     "Deployment",
     "StatefulSet",
@@ -68,7 +71,8 @@ const NATIVE_KINDS: &[&str] = &[
     "PersistentVolumeClaim",
 ];
 /// In `lgp` mode the operator owns everything it makes from the `LGP`.
-const LGP_KINDS: &[&str] = &["LGP", "Secret"];
+/// (Build Jobs, and their Secrets, are the agent's own in both.)
+const LGP_KINDS: &[&str] = &["Job", "LGP", "Secret"];
 
 fn api_resource(kind: &str) -> ApiResource {
     let (group, version, plural) = match kind {
@@ -79,6 +83,7 @@ fn api_resource(kind: &str) -> ApiResource {
         "Secret" => ("", "v1", "secrets"),
         "PersistentVolumeClaim" => ("", "v1", "persistentvolumeclaims"),
         "LGP" => ("apps.langchain.ai", "v1alpha1", "lgps"),
+        "Job" => ("batch", "v1", "jobs"),
         other => unreachable!("the render makes no {other}"),
     };
     ApiResource {
@@ -95,7 +100,7 @@ fn api_resource(kind: &str) -> ApiResource {
 }
 
 /// A Kubernetes error as one line: the API's own message when it gave one.
-fn describe(e: &kube::Error) -> String {
+pub(super) fn describe(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
         other => other.to_string(),
@@ -115,19 +120,25 @@ fn terminal(reason: &str) -> Option<&'static str> {
 }
 
 pub struct KubeSink {
-    client: kube::Client,
-    settings: KubeSettings,
+    pub(super) client: kube::Client,
+    pub(super) settings: KubeSettings,
     /// The log follower of each deployment: (revision, task).
     followers: Mutex<HashMap<Uuid, (Uuid, tokio::task::AbortHandle)>>,
     /// The last failure of each deployment, for heartbeats.
     failures: Mutex<HashMap<Uuid, String>>,
     /// Namespaces this agent has seen deployments in (heartbeats look there).
     namespaces: Mutex<BTreeSet<String>>,
+    pub(super) control: crate::control::ControlPlane,
+    /// The listener's logins to hostplane's registry.
+    pub(super) logins: crate::control::RegistryLogins,
 }
 
 impl KubeSink {
     /// Connects with the usual configuration and checks the API server answers.
-    pub async fn connect(settings: KubeSettings) -> anyhow::Result<Self> {
+    pub async fn connect(
+        settings: KubeSettings,
+        control: crate::control::ControlPlane,
+    ) -> anyhow::Result<Self> {
         let client = kube::Client::try_default().await?;
         client.apiserver_version().await?;
         Ok(KubeSink {
@@ -136,6 +147,8 @@ impl KubeSink {
             followers: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             namespaces: Mutex::new(BTreeSet::new()),
+            logins: crate::control::RegistryLogins::new(control.clone()),
+            control,
         })
     }
 
@@ -158,9 +171,14 @@ impl KubeSink {
         }
     }
 
-    fn objects(&self, d: &DesiredDeployment, rev: &DesiredRevision) -> Vec<Object> {
+    fn objects(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        pull_secret: Option<&str>,
+    ) -> Vec<Object> {
         let lgp = self.settings.flavor == Flavor::Lgp;
-        self.settings.inputs.objects(d, rev, lgp)
+        self.settings.inputs.objects(d, rev, lgp, pull_secret)
     }
 
     /// Selects everything this listener made for deployment `id` (or, with `None`, for
@@ -178,7 +196,7 @@ impl KubeSink {
 
     /// Applies every object; an API server that is briefly away (a connection error, a
     /// 5xx, 429) is retried until the deadline, a refusal (403, 422...) fails at once.
-    async fn apply(
+    pub(super) async fn apply(
         &self,
         objects: &[Object],
         namespace: &str,
@@ -303,7 +321,7 @@ impl KubeSink {
     }
 
     /// The last log lines of a crashing container, for the failure message.
-    async fn last_lines(&self, pods: &Api<Pod>, pod: &Pod, container: &str) -> String {
+    pub(super) async fn last_lines(&self, pods: &Api<Pod>, pod: &Pod, container: &str) -> String {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let params = LogParams {
             container: Some(container.to_owned()),
@@ -479,7 +497,14 @@ impl KubeSink {
             n.insert(namespace.clone());
         }
         let deadline = Instant::now() + self.settings.rollout_timeout;
-        let objects = self.objects(d, rev);
+        // Pods pull images on hostplane's registry with the listener's login (render
+        // mode writes files, which never hold it).
+        let login = match apply {
+            true => self.pull_secret_for(d, rev).await,
+            false => None,
+        };
+        let mut objects = self.objects(d, rev, login.as_ref().map(|s| s.name.as_str()));
+        objects.splice(0..0, login);
         let outcome: Result<(), Failure> = async {
             if apply {
                 self.apply(&objects, &namespace, deadline).await?;
@@ -704,6 +729,20 @@ impl Sink for KubeSink {
         logs: LogSink,
     ) -> Result<String, Failure> {
         self.rollout(d, rev, logs, true).await
+    }
+
+    fn build_refusal(&self) -> Option<Failure> {
+        None
+    }
+
+    async fn build(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+        source: &crate::builds::Prepared,
+        log: &crate::builds::BuildLog,
+    ) -> Result<String, Failure> {
+        self.build_with_job(d, rev, source, log).await
     }
 
     async fn delete(&self, d: &DesiredDeployment) -> anyhow::Result<()> {

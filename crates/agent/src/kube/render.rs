@@ -46,6 +46,9 @@ pub struct RenderContext<'a> {
     /// Images of the stores the deployment gets when it brings none.
     pub postgres_image: &'a str,
     pub redis_image: &'a str,
+    /// A Secret holding the listener's login to hostplane's registry, added to the
+    /// user's `image_pull_secrets` when the revision's image is on that registry.
+    pub pull_secret: Option<&'a str>,
 }
 
 /// One rendered object: its kind and name (for file names and deletes) and the document.
@@ -279,6 +282,18 @@ impl<'a> Renderer<'a> {
     }
 
     /// The pod template of the server (`api`) or the queue worker (`queue`).
+    /// The user's `image_pull_secrets`, and the registry login's Secret when there is one.
+    fn pull_secrets(&self) -> Option<Value> {
+        let mut list = match user_list(self.d, "image_pull_secrets") {
+            Some(Value::Array(list)) => list,
+            _ => Vec::new(),
+        };
+        if let Some(name) = self.ctx.pull_secret {
+            list.push(json!({"name": name}));
+        }
+        (!list.is_empty()).then_some(Value::Array(list))
+    }
+
     fn pod(&self, component: &str, image: &str, resources: Value) -> Value {
         let probe = |delay: u32, period: u32| {
             json!({"httpGet": {"path": "/ok", "port": 8000},
@@ -308,8 +323,10 @@ impl<'a> Renderer<'a> {
         if let Some(account) = spec_field(self.d, "service_account_name").and_then(Value::as_str) {
             spec["serviceAccountName"] = json!(account);
         }
+        if let Some(secrets) = self.pull_secrets() {
+            spec["imagePullSecrets"] = secrets;
+        }
         for (field, key) in [
-            ("image_pull_secrets", "imagePullSecrets"),
             ("volumes", "volumes"),
             ("init_containers", "initContainers"),
         ] {
@@ -448,8 +465,10 @@ impl<'a> Renderer<'a> {
         if let Some(account) = spec_field(self.d, "service_account_name").and_then(Value::as_str) {
             server["serviceAccountName"] = json!(account);
         }
+        if let Some(secrets) = self.pull_secrets() {
+            server["imagePullSecrets"] = secrets;
+        }
         for (field, key) in [
-            ("image_pull_secrets", "imagePullSecrets"),
             ("volumes", "volumes"),
             ("volume_mounts", "volumeMounts"),
             ("init_containers", "initContainers"),
