@@ -108,22 +108,16 @@ pub trait Sink: Send + Sync + 'static {
         _source: &Prepared,
         _log: &BuildLog,
     ) -> Result<String, Failure> {
-        Err(self
-            .build_refusal()
-            .unwrap_or_else(|| Failure::new("BuildNotSupported", "this mode does not build")))
+        Err(Failure::new(
+            "BuildNotSupported",
+            "this mode does not build",
+        ))
     }
     /// Why this mode does not build source revisions (`langgraph deploy --remote`);
-    /// `None` for a mode that builds them. An agent fails such a revision at once with
-    /// this reason instead of leaving it waiting.
+    /// `None` (the default) for a mode that builds them. An agent fails such a revision
+    /// at once with this reason instead of leaving it waiting.
     fn build_refusal(&self) -> Option<Failure> {
-        Some(Failure::new(
-            "BuildNotSupported",
-            format!(
-                "the listener's {} mode does not build images from source yet: build the \
-                 image yourself and deploy it with `langgraph deploy --image-uri IMAGE`",
-                self.mode()
-            ),
-        ))
+        None
     }
     /// Removes everything of the deployment.
     async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()>;

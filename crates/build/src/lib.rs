@@ -1,14 +1,16 @@
 //! The Dockerfile the official `langgraph` CLI (0.4.40) generates for a project, as a
 //! pure function of its `langgraph.json` and what its files are ([`files::Files`]): the
 //! same validation and error texts, the same local-dependency rules, the same lines, byte
-//! for byte. `hostplane dockerfile` prints it (agents do not build from source yet).
+//! for byte. `hostplane dockerfile` prints it, and agents build from it ([`flatten`]
+//! adapts it for builders that take one context).
 //!
 //! The port follows the CLI's own order of checks, so that a config with several
 //! problems reports the same one first. Not ported: `source.kind = "uv"` projects and
 //! compatible `api_version` ranges (`~=`, `>~=`), which the CLI resolves against PyPI;
 //! both are refused with an error that says so.
 //!
-//! [`archive`] unpacks an uploaded source tarball, which is untrusted, into a folder.
+//! [`archive`] unpacks an uploaded source tarball, which is untrusted, into a folder;
+//! [`Confined`] lets the generator read only inside it.
 
 pub mod archive;
 pub mod config;

@@ -73,7 +73,7 @@ fn builds(engine: &Engine, first_port: u16) {
     let base = first_port + (std::process::id() % 500) as u16 * 4;
     let ports = format!("{base}-{}", base + 3);
     // Small limits, so that the hostile tarballs below stay small.
-    let agent = ListenerAgent::start_with(
+    let agent = ListenerAgent::start(
         &server,
         &db,
         engine,

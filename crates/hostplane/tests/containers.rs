@@ -55,7 +55,7 @@ fn end_to_end(engine: &Engine, first_port: u16) {
     let name = format!("e2e-{}", std::process::id());
     let base = first_port + (std::process::id() % 500) as u16 * 4;
     let ports = format!("{base}-{}", base + 3);
-    let mut agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports);
+    let mut agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports, &[]);
     let cli = Cli::new(&server);
     // The listener is named on create only: it is fixed from then on.
     let created = AtomicBool::new(false);
@@ -207,7 +207,7 @@ fn end_to_end(engine: &Engine, first_port: u16) {
         containers(&dep).iter().any(|(_, r)| *r == slow_rev)
     });
     agent.kill();
-    let agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports);
+    let agent = ListenerAgent::start(&server, &db, engine, &listener, &key, &ports, &[]);
     wait_until("the slow revision to be deployed", 60, || {
         server.revision_status(&dep, &slow_rev) == "DEPLOYED"
     });

@@ -126,6 +126,7 @@ fn push_then_pull(agents: Agents, first_port: u16) {
         &other,
         &other_listener_key,
         &format!("{}-{}", base + 4, base + 7),
+        &[],
     );
     let (status, theirs) = support::http(
         server.port,
@@ -182,6 +183,7 @@ fn push_then_pull(agents: Agents, first_port: u16) {
         &listener,
         &key,
         &format!("{base}-{}", base + 3),
+        &[],
     );
     wait_until("the pushed revision to be deployed", 120, || {
         server.revision_status(&dep, &rev) == "DEPLOYED"

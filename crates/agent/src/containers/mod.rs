@@ -603,10 +603,6 @@ impl Sink for ContainerSink {
         Ok(address(port))
     }
 
-    fn build_refusal(&self) -> Option<Failure> {
-        None
-    }
-
     async fn build(
         &self,
         d: &DesiredDeployment,

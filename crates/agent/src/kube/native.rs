@@ -731,10 +731,6 @@ impl Sink for KubeSink {
         self.rollout(d, rev, logs, true).await
     }
 
-    fn build_refusal(&self) -> Option<Failure> {
-        None
-    }
-
     async fn build(
         &self,
         d: &DesiredDeployment,

@@ -329,19 +329,8 @@ pub struct ListenerAgent {
 }
 
 impl ListenerAgent {
+    /// The agent, with `extra` arguments.
     pub fn start(
-        server: &Server,
-        db: &Db,
-        engine: &Engine,
-        listener: &str,
-        key: &str,
-        ports: &str,
-    ) -> Self {
-        Self::start_with(server, db, engine, listener, key, ports, &[])
-    }
-
-    /// [`ListenerAgent::start`] with more arguments.
-    pub fn start_with(
         server: &Server,
         db: &Db,
         engine: &Engine,
