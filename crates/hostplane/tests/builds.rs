@@ -303,6 +303,54 @@ fn builds(engine: &Engine, first_port: u16) {
         || format!("{:?}", engine.images_labelled(&labelled)),
     );
 
+    println!("a dependency outside the config's folder: one context, said in the build log");
+    std::fs::create_dir_all(project.join("app")).unwrap();
+    std::fs::create_dir_all(project.join("lib/shared")).unwrap();
+    std::fs::write(
+        project.join("app/langgraph.json"),
+        json!({"dependencies": [".", "../lib"], "graphs": {"agent": "./agent.py:graph"},
+               "base_image": BASE_IMAGE})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(project.join("app/agent.py"), "graph = None\n").unwrap();
+    std::fs::write(
+        project.join("lib/pyproject.toml"),
+        "[project]\nname = \"shared\"\nversion = \"0.1\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("lib/shared/__init__.py"),
+        "MARKER = 'from-the-lib'\n",
+    )
+    .unwrap();
+    let run = cli.run(&[
+        "deploy",
+        "--remote",
+        "--name",
+        &name,
+        "-c",
+        "app/langgraph.json",
+        "--no-input",
+    ]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
+    let mono = d["latest_revision_id"].as_str().unwrap().to_owned();
+    assert!(
+        build_log(&server, &dep, &mono).contains(
+            &"The project has dependencies outside its folder (lib): building from the \
+              source's root as one context, without the named build contexts and the \
+              `# syntax=` line of `langgraph dockerfile`"
+                .to_owned()
+        ),
+        "{:?}",
+        build_log(&server, &dep, &mono)
+    );
+    wait_until("the lib in the running container", 30, || {
+        get(port, "/deps/lib/shared/__init__.py").as_deref() == Some("MARKER = 'from-the-lib'\n")
+    });
+    assert!(get(port, "/deps/outer-app/src/agent.py").is_some());
+
     println!("delete: containers and images go");
     let run = cli.run(&["deploy", "delete", &dep, "--force"]);
     assert!(run.ok, "{}", run.stderr);

@@ -226,7 +226,7 @@ impl Drop for Engine {
 /// PostgreSQL and Redis, which cannot be pulled here), and `base`: a stand-in for the
 /// official `langchain/langgraph-api` base image (busybox's shell and tools, stubs for
 /// `uv` and `pip`, `/api/constraints.txt`, and a server that writes its environment to
-/// `/env` and answers `/ok`), tagged `localhost/hostplane-e2e-base:3.11` so that a
+/// `/env`, serves `/deps` (what the Dockerfile installed) and answers `/ok`), tagged `localhost/hostplane-e2e-base:3.11` so that a
 /// project with `"base_image": "localhost/hostplane-e2e-base"` builds on it.
 pub struct Images {
     pub v1: String,
@@ -303,7 +303,8 @@ impl Images {
              COPY tool /usr/bin/uvx\n\
              COPY tool /usr/local/bin/pip\n\
              ENV PATH=/usr/local/bin:/usr/bin:/bin\n\
-             CMD [\"/bin/sh\", \"-c\", \"env > /www/env; exec httpd -f -p 8000 -h /www\"]\n",
+             CMD [\"/bin/sh\", \"-c\", \"env > /www/env; ln -s /deps /www/deps; \
+             exec httpd -f -p 8000 -h /www\"]\n",
         )
         .unwrap();
         Images {
