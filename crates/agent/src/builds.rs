@@ -20,7 +20,7 @@ pub struct BuildSettings {
     pub dir: PathBuf,
     /// What an uploaded source may hold.
     pub limits: build::archive::Limits,
-    /// How long one build may take, from its claim to its image.
+    /// How long one build may take once it has a slot, to its image.
     pub timeout: Duration,
     /// Builds at once; more wait for a free slot.
     pub slots: usize,

@@ -31,7 +31,13 @@ impl Failure {
 
 /// Where log lines go: batched and sent to the control plane by [`ship_logs`].
 #[derive(Clone)]
-pub struct LogSink(tokio::sync::mpsc::Sender<LogLine>);
+pub struct LogSink(tokio::sync::mpsc::Sender<Shipped>);
+
+/// What [`ship_logs`] receives: a line, or a request to send what it holds now.
+enum Shipped {
+    Line(LogLine),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 impl LogSink {
     /// A deploy log line of a revision.
@@ -56,7 +62,16 @@ impl LogSink {
             }
             line.message.truncate(end);
         }
-        let _ = self.0.send(line).await;
+        let _ = self.0.send(Shipped::Line(line)).await;
+    }
+
+    /// Waits until every line sent before is with the control plane (or given up on),
+    /// so that a report that follows comes after them in the logs.
+    pub async fn flush(&self) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        if self.0.send(Shipped::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), sent).await;
+        }
     }
 }
 
@@ -410,6 +425,8 @@ impl Work {
                     return;
                 }
                 let outcome = build(context, d, &rev).await;
+                // The build's lines come before the report's in the logs.
+                context.logs.flush().await;
                 let report = match &outcome {
                     Ok(image) => {
                         control
@@ -463,7 +480,7 @@ impl Work {
 }
 
 /// Builds a source revision this agent holds: waits for a free build slot, then
-/// prepares the source and has the mode build it, all within the build timeout. The
+/// prepares the source and has the mode build it within the build timeout. The
 /// image, or why there is none (also sent as the build log's last line).
 async fn build(
     context: &Context,
@@ -476,18 +493,19 @@ async fn build(
         deployment: d.id,
         revision: rev.id,
     };
+    // The time limit starts once the build has a slot.
+    let _slot = match builds.slots.try_acquire() {
+        Ok(slot) => slot,
+        Err(_) => {
+            log.line("INFO", "Waiting for a free build slot").await;
+            builds
+                .slots
+                .acquire()
+                .await
+                .map_err(|e| Failure::new("BuildFailed", e.to_string()))?
+        }
+    };
     let work = async {
-        let _slot = match builds.slots.try_acquire() {
-            Ok(slot) => slot,
-            Err(_) => {
-                log.line("INFO", "Waiting for a free build slot").await;
-                builds
-                    .slots
-                    .acquire()
-                    .await
-                    .map_err(|e| Failure::new("BuildFailed", e.to_string()))?
-            }
-        };
         log.line("INFO", format!("Building revision {}", rev.id))
             .await;
         let source =
@@ -589,6 +607,7 @@ async fn deploy_and_report(
     } else {
         sink.deploy(d, rev, context.logs.clone()).await
     };
+    context.logs.flush().await;
     let report = match &outcome {
         Ok(_) => {
             context
@@ -638,40 +657,64 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// Batches log lines (up to the protocol's limit and [`BATCH_BYTES`], or whatever came
 /// within half a second) and sends them; lines of deployments that are gone are dropped.
-async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<LogLine>) {
+async fn ship_logs(control: ControlPlane, mut rx: tokio::sync::mpsc::Receiver<Shipped>) {
     while let Some(first) = rx.recv().await {
-        let mut size = first.message.len();
-        let mut batch = vec![first];
+        let mut flushed = Vec::new();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        let mut next = Some(first);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while batch.len() < MAX_LOG_BATCH && size < BATCH_BYTES {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(line)) => {
+        while let Some(item) = next.take() {
+            match item {
+                Shipped::Line(line) => {
                     size += line.message.len();
                     batch.push(line);
                 }
-                _ => break,
+                // Whoever waits is answered once what came before is sent.
+                Shipped::Flush(done) => {
+                    flushed.push(done);
+                    break;
+                }
             }
+            if batch.len() >= MAX_LOG_BATCH || size >= BATCH_BYTES {
+                break;
+            }
+            next = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten();
         }
-        let mut tries = 0;
-        loop {
-            match control.logs(batch.clone()).await {
-                Ok(_) => break,
-                Err(CallError::Refused { status: 404, .. }) => {
-                    // A deployment of the batch is gone: send the rest one by one.
-                    for line in batch.drain(..) {
-                        let _ = control.logs(vec![line]).await;
-                    }
-                    break;
+        send_batch(&control, batch).await;
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Sends one batch, retrying a while; lines of deployments that are gone are dropped.
+async fn send_batch(control: &ControlPlane, mut batch: Vec<LogLine>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut tries = 0;
+    loop {
+        match control.logs(batch.clone()).await {
+            Ok(_) => break,
+            Err(CallError::Refused { status: 404, .. }) => {
+                // A deployment of the batch is gone: send the rest one by one.
+                for line in batch.drain(..) {
+                    let _ = control.logs(vec![line]).await;
                 }
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "sending logs failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << tries)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, lines = batch.len(), "dropping log lines");
-                    break;
-                }
+                break;
+            }
+            Err(e) if tries < 5 => {
+                tries += 1;
+                tracing::debug!(error = %e, "sending logs failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, lines = batch.len(), "dropping log lines");
+                break;
             }
         }
     }

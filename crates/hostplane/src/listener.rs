@@ -109,7 +109,7 @@ pub struct ListenerArgs {
     /// (default: `hostplane-builds` in the system's temporary folder).
     #[arg(long, env = "HOSTPLANE_BUILD_DIR")]
     build_dir: Option<std::path::PathBuf>,
-    /// Seconds one build may take, from its claim to its image.
+    /// Seconds one build may take once it has a slot (see --max-builds), to its image.
     #[arg(long, env = "HOSTPLANE_BUILD_TIMEOUT_SECS", default_value_t = 1800)]
     build_timeout_secs: u64,
     /// Builds at once; more wait for a free slot.

@@ -198,3 +198,144 @@ async fn unwritable_specs_fail_before_any_mode_sees_them() {
     assert!(calls.try_recv().is_err(), "the mode was asked to deploy it");
     agent.abort();
 }
+
+/// A sink that builds: each `build` call is sent to the test and waits for a permit of
+/// `gate`, then returns an image; deploys succeed at once.
+struct BuildingSink {
+    builds: mpsc::UnboundedSender<Uuid>,
+    gate: Arc<Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Sink for BuildingSink {
+    fn mode(&self) -> &'static str {
+        "building"
+    }
+    async fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+    async fn observe(&self) -> Vec<Observed> {
+        Vec::new()
+    }
+    async fn deploy(
+        &self,
+        _: &DesiredDeployment,
+        _: &DesiredRevision,
+        _: LogSink,
+    ) -> Result<String, Failure> {
+        Ok("http://127.0.0.1:9".into())
+    }
+    async fn build(
+        &self,
+        _: &DesiredDeployment,
+        revision: &DesiredRevision,
+        _: &agent::builds::Prepared,
+        _: &agent::builds::BuildLog,
+    ) -> Result<String, Failure> {
+        self.builds.send(revision.id).unwrap();
+        self.gate.acquire().await.unwrap().forget();
+        Ok(format!("registry.test/built@sha256:{}", "c".repeat(64)))
+    }
+    async fn delete(&self, _: &DesiredDeployment) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn prune(&self, _: &HashSet<Uuid>, _: &[String]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// With one build slot, a second build waits for it (and says so in its log); a build
+/// past the timeout fails with `BuildTimeout`, which frees the slot; the time limit
+/// counts from the slot, so the waiting build gets its whole time and is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_wait_for_a_slot_and_time_out() {
+    let db = sqlite_db();
+    let server = Server::start(&db);
+    let (listener, key) = listener_with_key(&server, &db, "builder");
+    let project = support::source::project(&[
+        (
+            "langgraph.json",
+            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
+        ),
+        ("a.py", "g = None\n"),
+    ]);
+    let mut revisions = Vec::new();
+    for name in ["first", "second"] {
+        let (status, dep) = server.call(
+            "POST",
+            "/v2/deployments",
+            Some(
+                json!({"name": name, "source": "internal_source", "source_config": {},
+                        "source_revision_config": {}, "secrets": []}),
+            ),
+        );
+        assert_eq!(status, 201, "{dep}");
+        let id = dep["id"].as_str().unwrap().to_owned();
+        let rev = server.upload_source(&id, &project, "langgraph.json");
+        revisions.push((id, rev));
+    }
+    let (tx, mut builds) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let sink = BuildingSink {
+        builds: tx,
+        gate: gate.clone(),
+    };
+    let control =
+        agent::control::ControlPlane::new(&server.url(), listener.parse().unwrap(), &key, "b")
+            .unwrap();
+    let settings = agent::builds::BuildSettings {
+        slots: 1,
+        timeout: Duration::from_secs(3),
+        dir: db.dir.0.join("builds"),
+        ..Default::default()
+    };
+    let task = tokio::spawn(agent::runner::run(control, Arc::new(sink), settings));
+    let log = |(dep, rev): &(String, String)| -> Vec<String> {
+        let (_, logs) = server.call(
+            "POST",
+            &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
+            Some(json!({"order": "asc", "limit": 100})),
+        );
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first_built = next_call(&mut builds, "start a build").await;
+    let (held, waiting) = if first_built.to_string() == revisions[0].1 {
+        (&revisions[0], &revisions[1])
+    } else {
+        (&revisions[1], &revisions[0])
+    };
+    support::wait_until("the second build to wait for the slot", 20, || {
+        log(waiting).contains(&"Waiting for a free build slot".to_owned())
+    });
+    let second_built = next_call(&mut builds, "start the second build").await;
+    assert_eq!(second_built.to_string(), waiting.1);
+    // The held build ran out of time, which freed the slot.
+    support::wait_until("the held build to fail", 20, || {
+        server.revision_status(&held.0, &held.1) == "BUILD_FAILED"
+    });
+    assert_eq!(
+        log(held).last().unwrap(),
+        &format!(
+            "Build of revision {} failed: BuildTimeout: the build did not finish within 3s",
+            held.1
+        )
+    );
+    gate.add_permits(1);
+    support::wait_until("the waiting build to be deployed", 20, || {
+        server.revision_status(&waiting.0, &waiting.1) == "DEPLOYED"
+    });
+    let lines = log(waiting);
+    let waited = lines
+        .iter()
+        .position(|l| l == "Waiting for a free build slot");
+    let started = lines
+        .iter()
+        .position(|l| *l == format!("Building revision {}", waiting.1));
+    assert!(waited.is_some() && started > waited, "{lines:?}");
+    task.abort();
+}
