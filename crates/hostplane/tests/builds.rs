@@ -48,20 +48,8 @@ fn config(lines: &[&str]) -> String {
     .to_string()
 }
 
-/// The messages of a revision's build log, oldest first.
 fn build_log(server: &Server, dep: &str, rev: &str) -> Vec<String> {
-    let (status, logs) = server.call(
-        "POST",
-        &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
-        Some(json!({"order": "asc", "limit": 1000})),
-    );
-    assert_eq!(status, 200, "{logs}");
-    logs["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().to_owned())
-        .collect()
+    server.revision_logs(dep, rev, "build_logs")
 }
 
 fn builds(engine: &Engine, first_port: u16) {

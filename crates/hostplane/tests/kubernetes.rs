@@ -214,15 +214,7 @@ fn source_build(setup: &Setup, lgp: bool) {
         support::source::project(&[("langgraph.json", config), ("agent.py", "graph = 1\n")]);
     let rev = server.upload_source(&dep, &project, "langgraph.json");
     let job_name = format!("hp-build-{}", rev.replace('-', ""));
-    let build_log = |rev: &str| {
-        server
-            .call(
-                "POST",
-                &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
-                Some(json!({"order": "asc", "limit": 100})),
-            )
-            .1
-    };
+    let build_log = |rev: &str| server.revision_logs(&dep, rev, "build_logs");
     support::wait_until_or(
         "the build Job",
         30,
@@ -233,7 +225,7 @@ fn source_build(setup: &Setup, lgp: bool) {
         },
         || {
             format!(
-                "{}: {}",
+                "{}: {:?}",
                 server.revision_status(&dep, &rev),
                 build_log(&rev)
             )
@@ -343,18 +335,11 @@ fn source_build(setup: &Setup, lgp: bool) {
         .find(|o| o["metadata"]["name"] == "from-source-registry")
         .unwrap();
     assert_eq!(pull["type"], "kubernetes.io/dockerconfigjson");
-    let (_, logs) = server.call(
-        "POST",
-        &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
-        Some(json!({"order": "asc", "limit": 100})),
+    let messages = build_log(&rev);
+    assert!(
+        messages.contains(&"#9 pushing layers done".to_owned()),
+        "{messages:?}"
     );
-    let messages: Vec<&str> = logs["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap())
-        .collect();
-    assert!(messages.contains(&"#9 pushing layers done"), "{messages:?}");
     wait_until("the Job and its Secret to go", 30, || {
         fake.inventory().iter().all(|o| !o.ends_with(&job_name))
     });
@@ -372,15 +357,12 @@ fn source_build(setup: &Setup, lgp: bool) {
     wait_until("the failing build", 60, || {
         server.revision_status(&dep, &failing) == "BUILD_FAILED"
     });
-    let (_, logs) = server.call(
-        "POST",
-        &format!("/v1/projects/{dep}/revisions/{failing}/build_logs"),
-        Some(json!({"order": "desc", "limit": 1})),
-    );
-    let last = logs["logs"][0]["message"].as_str().unwrap();
     assert_eq!(
-        last,
-        format!("Build of revision {failing} failed: BuildFailed: the build Job failed; last lines:\n#5 [2/9] RUN exit 3\n{error}")
+        build_log(&failing).last().unwrap(),
+        &format!(
+            "Build of revision {failing} failed: BuildFailed: the build Job failed; last \
+             lines:\n#5 [2/9] RUN exit 3\n{error}"
+        )
     );
     fake.set_fault(buildkit, None);
     fake.set_ready_after(Duration::from_millis(300));

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, Semaphore};
 use uuid::Uuid;
 
 /// A sink that records each `deploy` call and holds every call after the first for a
-/// revision (the check that what is deployed still runs) until the test adds a permit.
+/// revision (the check that what is deployed still runs) until the test adds a permit;
+/// and each `build` call, held until a permit too, which then gives an image.
 struct HeldSink {
     calls: mpsc::UnboundedSender<Uuid>,
     seen: Mutex<HashSet<Uuid>>,
@@ -47,6 +48,17 @@ impl Sink for HeldSink {
         }
         Ok("http://127.0.0.1:9".into())
     }
+    async fn build(
+        &self,
+        _: &DesiredDeployment,
+        revision: &DesiredRevision,
+        _: &agent::builds::Prepared,
+        _: &agent::builds::BuildLog,
+    ) -> Result<String, Failure> {
+        self.calls.send(revision.id).unwrap();
+        self.gate.acquire().await.unwrap().forget();
+        Ok(format!("registry.test/built@sha256:{}", "c".repeat(64)))
+    }
     async fn delete(&self, _: &DesiredDeployment) -> anyhow::Result<()> {
         Ok(())
     }
@@ -61,6 +73,7 @@ fn run_held(
     server: &Server,
     listener: &str,
     key: &str,
+    builds: agent::builds::BuildSettings,
 ) -> (
     tokio::task::JoinHandle<()>,
     mpsc::UnboundedReceiver<Uuid>,
@@ -76,11 +89,7 @@ fn run_held(
     let control =
         agent::control::ControlPlane::new(&server.url(), listener.parse().unwrap(), key, "held")
             .unwrap();
-    let task = tokio::spawn(agent::runner::run(
-        control,
-        Arc::new(sink),
-        agent::builds::BuildSettings::default(),
-    ));
+    let task = tokio::spawn(agent::runner::run(control, Arc::new(sink), builds));
     (task, calls, gate)
 }
 
@@ -110,7 +119,7 @@ async fn work_skipped_while_busy_starts_when_the_task_ends() {
     let dep_id = dep["id"].as_str().unwrap().to_owned();
     let first: Uuid = dep["latest_revision_id"].as_str().unwrap().parse().unwrap();
 
-    let (agent, mut calls, gate) = run_held(&server, &listener, &key);
+    let (agent, mut calls, gate) = run_held(&server, &listener, &key, Default::default());
 
     assert_eq!(
         next_call(&mut calls, "deploy the first revision").await,
@@ -173,7 +182,7 @@ async fn unwritable_specs_fail_before_any_mode_sees_them() {
     assert_eq!(status, 201, "{dep}");
     let dep_id = dep["id"].as_str().unwrap().to_owned();
     let rev = dep["latest_revision_id"].as_str().unwrap().to_owned();
-    let (agent, mut calls, _gate) = run_held(&server, &listener, &key);
+    let (agent, mut calls, _gate) = run_held(&server, &listener, &key, Default::default());
     support::wait_until("the revision to fail", 20, || {
         server.revision_status(&dep_id, &rev) == "DEPLOY_FAILED"
     });
@@ -197,51 +206,6 @@ async fn unwritable_specs_fail_before_any_mode_sees_them() {
     );
     assert!(calls.try_recv().is_err(), "the mode was asked to deploy it");
     agent.abort();
-}
-
-/// A sink that builds: each `build` call is sent to the test and waits for a permit of
-/// `gate`, then returns an image; deploys succeed at once.
-struct BuildingSink {
-    builds: mpsc::UnboundedSender<Uuid>,
-    gate: Arc<Semaphore>,
-}
-
-#[async_trait::async_trait]
-impl Sink for BuildingSink {
-    fn mode(&self) -> &'static str {
-        "building"
-    }
-    async fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::Map::new()
-    }
-    async fn observe(&self) -> Vec<Observed> {
-        Vec::new()
-    }
-    async fn deploy(
-        &self,
-        _: &DesiredDeployment,
-        _: &DesiredRevision,
-        _: LogSink,
-    ) -> Result<String, Failure> {
-        Ok("http://127.0.0.1:9".into())
-    }
-    async fn build(
-        &self,
-        _: &DesiredDeployment,
-        revision: &DesiredRevision,
-        _: &agent::builds::Prepared,
-        _: &agent::builds::BuildLog,
-    ) -> Result<String, Failure> {
-        self.builds.send(revision.id).unwrap();
-        self.gate.acquire().await.unwrap().forget();
-        Ok(format!("registry.test/built@sha256:{}", "c".repeat(64)))
-    }
-    async fn delete(&self, _: &DesiredDeployment) -> anyhow::Result<()> {
-        Ok(())
-    }
-    async fn prune(&self, _: &HashSet<Uuid>, _: &[String]) -> anyhow::Result<()> {
-        Ok(())
-    }
 }
 
 /// With one build slot, a second build waits for it (and says so in its log); a build
@@ -274,35 +238,14 @@ async fn builds_wait_for_a_slot_and_time_out() {
         let rev = server.upload_source(&id, &project, "langgraph.json");
         revisions.push((id, rev));
     }
-    let (tx, mut builds) = mpsc::unbounded_channel();
-    let gate = Arc::new(Semaphore::new(0));
-    let sink = BuildingSink {
-        builds: tx,
-        gate: gate.clone(),
-    };
-    let control =
-        agent::control::ControlPlane::new(&server.url(), listener.parse().unwrap(), &key, "b")
-            .unwrap();
     let settings = agent::builds::BuildSettings {
         slots: 1,
         timeout: Duration::from_secs(3),
         dir: db.dir.0.join("builds"),
         ..Default::default()
     };
-    let task = tokio::spawn(agent::runner::run(control, Arc::new(sink), settings));
-    let log = |(dep, rev): &(String, String)| -> Vec<String> {
-        let (_, logs) = server.call(
-            "POST",
-            &format!("/v1/projects/{dep}/revisions/{rev}/build_logs"),
-            Some(json!({"order": "asc", "limit": 100})),
-        );
-        logs["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["message"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let (task, mut builds, gate) = run_held(&server, &listener, &key, settings);
+    let log = |(dep, rev): &(String, String)| server.revision_logs(dep, rev, "build_logs");
     let first_built = next_call(&mut builds, "start a build").await;
     let (held, waiting) = if first_built.to_string() == revisions[0].1 {
         (&revisions[0], &revisions[1])

@@ -287,6 +287,23 @@ impl Server {
         patched["latest_revision_id"].as_str().unwrap().to_owned()
     }
 
+    /// The messages of a revision's `build_logs` or `deploy_logs`, oldest first (at
+    /// most 1,000).
+    pub fn revision_logs(&self, dep: &str, rev: &str, kind: &str) -> Vec<String> {
+        let (status, logs) = self.call(
+            "POST",
+            &format!("/v1/projects/{dep}/revisions/{rev}/{kind}"),
+            Some(serde_json::json!({"order": "asc", "limit": 1000})),
+        );
+        assert_eq!(status, 200, "{logs}");
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The status of a revision, as the public API shows it.
     pub fn revision_status(&self, dep: &str, rev: &str) -> Value {
         self.call(
