@@ -131,9 +131,10 @@ fn builds(engine: &Engine, first_port: u16) {
     }
     let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
     let built = d["latest_revision_id"].as_str().unwrap().to_owned();
-    let tag = format!("localhost/hostplane-build/{dep}:{built}");
+    let builds = format!("localhost/hostplane-build/{listener}/{dep}:");
+    let tag = format!("{builds}{built}");
     let labelled = format!("hostplane.deployment-id={dep}");
-    assert_eq!(engine.images_labelled(&labelled), [tag]);
+    assert_eq!(engine.images_named(&builds), [tag]);
 
     println!("a failing build: BUILD_FAILED, the CLI shows the failing line, v1 still answers");
     std::fs::write(project.join("langgraph.json"), config(&["RUN exit 3"])).unwrap();
@@ -283,12 +284,12 @@ fn builds(engine: &Engine, first_port: u16) {
     // The first build's image went with the container it served.
     let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
     let v2 = d["latest_revision_id"].as_str().unwrap().to_owned();
-    let serving = [format!("localhost/hostplane-build/{dep}:{v2}")];
+    let serving = [format!("{builds}{v2}")];
     support::wait_until_or(
         "only the serving revision's image",
         30,
-        || engine.images_labelled(&labelled) == serving,
-        || format!("{:?}", engine.images_labelled(&labelled)),
+        || engine.images_named(&builds) == serving,
+        || format!("{:?}", engine.images_named(&builds)),
     );
 
     println!("a dependency outside the config's folder: one context, said in the build log");
@@ -349,7 +350,7 @@ fn builds(engine: &Engine, first_port: u16) {
             == 404
     });
     assert_eq!(engine.containers(&labelled), Vec::<(String, String)>::new());
-    assert_eq!(engine.images_labelled(&labelled), Vec::<String>::new());
+    assert_eq!(engine.images_named(&builds), Vec::<String>::new());
 }
 
 fn env_of(port: u16) -> String {

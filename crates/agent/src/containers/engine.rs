@@ -40,35 +40,10 @@ impl ContainerSink {
     }
 
     pub(super) async fn remove(&self, id: &str) {
-        let _ = self
-            .docker
-            .stop_container(
-                id,
-                Some(StopContainerOptions {
-                    t: Some(self.settings.stop_timeout.as_secs() as i32),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        if let Err(e) = self
-            .docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: false,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            if !is_not_found(&e) {
-                tracing::warn!(container = id, error = %e, "cannot remove a container");
-            }
-        }
         if let Ok(mut f) = self.followed.lock() {
             f.remove(id);
         }
+        remove_container(&self.docker, id, self.settings.stop_timeout).await;
     }
 
     pub(super) async fn ensure_network(&self, name: &str) -> Result<(), Failure> {
@@ -432,4 +407,33 @@ pub(super) async fn probe(addr: SocketAddr) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// Stops a container (SIGKILL after `stop_timeout`) and removes it; one that is gone
+/// already is fine.
+pub(super) async fn remove_container(docker: &Docker, id: &str, stop_timeout: Duration) {
+    let _ = docker
+        .stop_container(
+            id,
+            Some(StopContainerOptions {
+                t: Some(stop_timeout.as_secs() as i32),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let removed = docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: false,
+                ..Default::default()
+            }),
+        )
+        .await;
+    if let Err(e) = removed {
+        if !is_not_found(&e) {
+            tracing::warn!(container = id, error = %e, "cannot remove a container");
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! Container mode's builds: a prepared source ([`crate::builds::Prepared`]) sent to the
 //! engine's build API (`POST /build`, which Docker and Podman both serve) as one tar
-//! stream, tagged `localhost/hostplane-build/<deployment id>:<revision id>` and labelled
-//! like the containers; the builder's output goes to the build log as it comes. Build
-//! images go with the containers they served.
+//! stream, tagged `localhost/hostplane-build/<listener id>/<deployment id>:<revision id>`;
+//! the builder's output goes to the build log as it comes. Build images go with the
+//! containers they served. They are found by that tag, not by labels: Docker's builder
+//! turns each label it is asked to add into a step of its own (a container and a commit
+//! each, seconds on every build).
 
 use super::*;
 use crate::builds::{BuildLog, Prepared};
@@ -12,9 +14,20 @@ use std::path::Path;
 /// Lines of the builder's output a failed build's message ends with.
 const LAST_LINES: usize = 20;
 
+/// Where a listener's build images are kept.
+fn repository(listener: Uuid) -> String {
+    format!("localhost/hostplane-build/{listener}/")
+}
+
 /// The tag of a revision's image.
-pub fn tag(deployment: Uuid, revision: Uuid) -> String {
-    format!("localhost/hostplane-build/{deployment}:{revision}")
+pub fn tag(listener: Uuid, deployment: Uuid, revision: Uuid) -> String {
+    format!("{}{deployment}:{revision}", repository(listener))
+}
+
+/// The deployment and revision of one of `listener`'s build image tags.
+fn ids_of(listener: Uuid, tag: &str) -> Option<(Uuid, Uuid)> {
+    let (deployment, revision) = tag.strip_prefix(&repository(listener))?.split_once(':')?;
+    Some((deployment.parse().ok()?, revision.parse().ok()?))
 }
 
 /// Writes the context as a tar file: the folder's files, the Dockerfile under a name of
@@ -88,15 +101,12 @@ impl ContainerSink {
         let file = tokio::fs::File::open(&tar)
             .await
             .map_err(|e| failure("BuildFailed", e))?;
-        let image = tag(d.id, rev.id);
-        let mut labels = labels(&self.settings, d.id, "build");
-        labels.insert(LABEL_REVISION.to_owned(), rev.id.to_string());
+        let image = tag(self.settings.listener_id, d.id, rev.id);
         let options = BuildImageOptions {
             dockerfile: name,
             t: Some(image.clone()),
             rm: true,
             forcerm: true,
-            labels: Some(labels),
             ..Default::default()
         };
         let body = bollard::body_stream(file_stream(file));
@@ -139,69 +149,64 @@ impl ContainerSink {
         Ok(image)
     }
 
-    /// Removes the deployment's build images, except `keep`'s.
-    pub(super) async fn prune_images(&self, deployment: Uuid, keep: Option<Uuid>) {
-        for (revision, target) in self
-            .build_images(LABEL_DEPLOYMENT, &deployment.to_string())
-            .await
-        {
-            if keep.is_none() || revision.map(|(_, r)| r) != keep {
-                self.remove_image(&target).await;
-            }
-        }
-    }
-
     /// Removes the build images of deployments not in `keep` (deleted while the agent
     /// was away, or tagged by a build the engine finished after it was cancelled).
     pub(super) async fn prune_orphan_images(&self, keep: &HashSet<Uuid>) {
-        let listener = self.settings.listener_id.to_string();
-        for (ids, target) in self.build_images(LABEL_LISTENER, &listener).await {
-            if !ids.is_some_and(|(d, _)| keep.contains(&d)) {
-                self.remove_image(&target).await;
+        let listener = self.settings.listener_id;
+        for ((d, _), target) in build_images(&self.docker, listener).await {
+            if !keep.contains(&d) {
+                remove_image(&self.docker, &target).await;
             }
         }
     }
+}
 
-    /// This listener's build images with label `key=value`: their deployment and revision
-    /// ids, and the reference to remove them by.
-    async fn build_images(&self, key: &str, value: &str) -> Vec<(Option<(Uuid, Uuid)>, String)> {
-        // One label in the filter: Podman does not combine several as Docker does. The
-        // others are checked here.
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{key}={value}")])]);
-        let listed = self
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await;
-        let listener = self.settings.listener_id.to_string();
-        listed
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|image| {
-                let label = |k: &str| image.labels.get(k).map(String::as_str);
-                if label(LABEL_LISTENER) != Some(listener.as_str())
-                    || label(LABEL_ROLE) != Some("build")
-                {
-                    return None;
-                }
-                let id = |k: &str| label(k).and_then(|v| v.parse::<Uuid>().ok());
-                let ids = id(LABEL_DEPLOYMENT).zip(id(LABEL_REVISION));
-                let target = ids.map_or_else(|| image.id.clone(), |(d, r)| tag(d, r));
-                Some((ids, target))
-            })
-            .collect()
-    }
-
-    async fn remove_image(&self, target: &str) {
-        if let Err(e) = self
-            .docker
-            .remove_image(target, None::<RemoveImageOptions>, None)
-            .await
-        {
-            tracing::warn!(image = %target, error = %e, "cannot remove a build image");
+/// Removes the deployment's build images, except `keep`'s.
+pub(super) async fn prune_images(
+    docker: &Docker,
+    listener: Uuid,
+    deployment: Uuid,
+    keep: Option<Uuid>,
+) {
+    for ((d, revision), target) in build_images(docker, listener).await {
+        if d == deployment && Some(revision) != keep {
+            remove_image(docker, &target).await;
         }
+    }
+}
+
+/// `listener`'s build images: their deployment and revision, and their tag.
+async fn build_images(docker: &Docker, listener: Uuid) -> Vec<((Uuid, Uuid), String)> {
+    // Podman's listing fails while an image it is listing goes (a build under way
+    // commits and drops intermediate images): it is asked again for a few seconds.
+    let mut tries = 0;
+    let listed = loop {
+        match docker.list_images(None::<ListImagesOptions>).await {
+            Ok(listed) => break listed,
+            Err(e) if tries < 20 => {
+                tracing::debug!(error = %e, "listing images failed; retrying");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list images; build images stay for now");
+                return Vec::new();
+            }
+        }
+    };
+    listed
+        .into_iter()
+        .flat_map(|image| image.repo_tags)
+        .filter_map(|tag| Some((ids_of(listener, &tag)?, tag)))
+        .collect()
+}
+
+async fn remove_image(docker: &Docker, target: &str) {
+    if let Err(e) = docker
+        .remove_image(target, None::<RemoveImageOptions>, None)
+        .await
+    {
+        tracing::warn!(image = %target, error = %e, "cannot remove a build image");
     }
 }
 
@@ -218,4 +223,20 @@ fn build_failed(error: &str, last: &std::collections::VecDeque<String>) -> Failu
         "BuildFailed",
         format!("{}; last lines:\n{}", error.trim_end(), lines.join("\n")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ids_of, tag};
+    use uuid::Uuid;
+
+    #[test]
+    fn build_tags_name_their_listener_deployment_and_revision() {
+        let (l, d, r) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let t = tag(l, d, r);
+        assert_eq!(t, format!("localhost/hostplane-build/{l}/{d}:{r}"));
+        assert_eq!(ids_of(l, &t), Some((d, r)));
+        assert_eq!(ids_of(Uuid::new_v4(), &t), None);
+        assert_eq!(ids_of(l, "localhost/hostplane-build/x:y"), None);
+    }
 }

@@ -156,7 +156,7 @@ impl ContainerSink {
                 .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
                 .await?;
         }
-        self.prune_images(deployment, None).await;
+        image::prune_images(&self.docker, self.settings.listener_id, deployment, None).await;
         Ok(())
     }
 
@@ -190,9 +190,12 @@ impl ContainerSink {
         )
     }
 
-    /// Removes what [`plan::retire`] says goes of the deployment's containers, the
-    /// older servers after the drain.
-    async fn retire(&self, d: &DesiredDeployment, serving: Option<&str>) {
+    /// Removes what [`plan::retire`] says goes of the deployment's containers while
+    /// `serving` (of `revision`) serves: the stores it no longer uses at once; the older
+    /// servers after the drain, and then (after a switch, `switched`) the build images
+    /// of other revisions, in the background: the address already points at `serving`,
+    /// so the revision does not wait for them.
+    async fn retire(&self, d: &DesiredDeployment, serving: Option<(&str, Uuid)>, switched: bool) {
         let seen: Vec<plan::Seen> = self
             .ours(&[(LABEL_DEPLOYMENT, d.id.to_string())])
             .await
@@ -200,15 +203,41 @@ impl ContainerSink {
             .iter()
             .filter_map(plan::Seen::of)
             .collect();
-        let retire = plan::retire(d, &seen, serving);
-        if !retire.drained.is_empty() {
-            tokio::time::sleep(self.settings.drain).await;
-            futures_util::future::join_all(retire.drained.iter().map(|old| self.remove(old))).await;
-        }
+        let retire = plan::retire(d, &seen, serving.map(|(id, _)| id));
         for id in &retire.stores {
             tracing::info!(deployment = %d.id, "removing a store the deployment now brings itself");
             self.remove(id).await;
         }
+        let Some((_, revision)) = serving else {
+            return;
+        };
+        if retire.drained.is_empty() && !switched {
+            return;
+        }
+        if let Ok(mut f) = self.followed.lock() {
+            for id in &retire.drained {
+                f.remove(id);
+            }
+        }
+        let (docker, drain, stop) = (
+            self.docker.clone(),
+            self.settings.drain,
+            self.settings.stop_timeout,
+        );
+        let (listener, deployment) = (self.settings.listener_id, d.id);
+        tokio::spawn(async move {
+            if !retire.drained.is_empty() {
+                tokio::time::sleep(drain).await;
+                let removals = retire
+                    .drained
+                    .iter()
+                    .map(|old| engine::remove_container(&docker, old, stop));
+                futures_util::future::join_all(removals).await;
+            }
+            if switched {
+                image::prune_images(&docker, listener, deployment, Some(revision)).await;
+            }
+        });
     }
 
     /// A running support container (`postgres` or `redis`) of the deployment; its env.
@@ -539,7 +568,7 @@ impl Sink for ContainerSink {
             .map(|l| (l.container.clone(), l.port));
         if let Some((container, port)) = current {
             if self.exit_code(&container).await?.is_none() {
-                self.retire(d, None).await;
+                self.retire(d, Some((&container, rev.id)), false).await;
                 return Ok(address(port));
             }
         }
@@ -597,9 +626,7 @@ impl Sink for ContainerSink {
                 }
             }
         }
-        self.retire(d, Some(&id)).await;
-        // Other revisions' build images go once this one serves.
-        self.prune_images(d.id, Some(rev.id)).await;
+        self.retire(d, Some((&id, rev.id)), true).await;
         Ok(address(port))
     }
 

@@ -169,17 +169,29 @@ impl Engine {
         self.cli(&["volume", "ls", "--filter", &format!("label={label}"), "-q"])
     }
 
-    /// The tags of the images with `label`.
-    pub fn images_labelled(&self, label: &str) -> Vec<String> {
-        let filter = format!("label={label}");
-        let out = self.cli(&[
-            "images",
-            "--filter",
-            &filter,
-            "--format",
-            "{{.Repository}}:{{.Tag}}",
-        ]);
-        out.lines().map(str::to_owned).collect()
+    /// The tags (`repository:tag`) of the images whose tag starts with `prefix`, sorted.
+    pub fn images_named(&self, prefix: &str) -> Vec<String> {
+        // Podman's listing fails when an image goes while it lists; it is asked again.
+        let args = ["images", "--format", "{{.Repository}}:{{.Tag}}"];
+        let mut tries = 0;
+        let out = loop {
+            let out = self.try_cli(&args);
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            if tries == 10 {
+                break self.cli(&args);
+            }
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        let mut tags: Vec<String> = out
+            .lines()
+            .filter(|t| t.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        tags.sort();
+        tags
     }
 
     /// Removes every container, volume and image the listener left behind.
@@ -195,7 +207,7 @@ impl Engine {
         for v in self.volumes(&label).lines() {
             let _ = self.try_cli(&["volume", "rm", "-f", v]);
         }
-        for image in self.images_labelled(&label) {
+        for image in self.images_named(&format!("localhost/hostplane-build/{listener}/")) {
             let _ = self.try_cli(&["rmi", "-f", &image]);
         }
     }
