@@ -78,6 +78,7 @@ fn builds(engine: &Engine, first_port: u16) {
     let cli = Cli::new(&server);
     let project = &cli.project.0;
     std::fs::write(project.join("requirements.txt"), "langgraph\n").unwrap();
+    std::fs::write(project.join(".settings"), "kept\n").unwrap();
     std::fs::write(
         project.join("langgraph.json"),
         config(&[
@@ -131,6 +132,17 @@ fn builds(engine: &Engine, first_port: u16) {
     }
     let (_, d) = server.call("GET", &format!("/v2/deployments/{dep}"), None);
     let built = d["latest_revision_id"].as_str().unwrap().to_owned();
+    // The project's files are in the image; the Dockerfile the agent sent with them and
+    // the .dockerignore it wrote for it are not (the CLI's image holds neither).
+    let src = format!("/deps/outer-{name}/src");
+    assert!(get(port, &format!("{src}/agent.py")).is_some());
+    assert_eq!(
+        get(port, &format!("{src}/.settings")).as_deref(),
+        Some("kept\n")
+    );
+    let dockerfile = format!("{src}/Dockerfile.hostplane-{}", built.replace('-', ""));
+    assert_eq!(get(port, &dockerfile), None);
+    assert_eq!(get(port, &format!("{src}/.dockerignore")), None);
     let builds = format!("localhost/hostplane-build/{listener}/{dep}:");
     let tag = format!("{builds}{built}");
     let labelled = format!("hostplane.deployment-id={dep}");

@@ -32,7 +32,8 @@ fn ids_of(listener: Uuid, tag: &str) -> Option<(Uuid, Uuid)> {
 
 /// Writes the context as a tar file: the folder's files, the Dockerfile under a name of
 /// its own, and a `.dockerignore` that keeps that Dockerfile (and a `.dockerignore` the
-/// project did not have) out of `COPY .`, as `docker build -f -` does.
+/// project did not have) out of `COPY .`: the official CLI sends its Dockerfile on
+/// standard input, so the image it builds holds neither.
 fn context_tar(
     context: &Path,
     dockerfile: &str,
