@@ -140,17 +140,21 @@ struct Setup {
 }
 
 impl Setup {
+    /// With a control plane that names a registry the fake cluster "pushes" to and
+    /// "pulls" from (nothing listens there).
     fn new(compute_id: &str) -> Setup {
+        Self::with_server_args(
+            compute_id,
+            &["--registry-url", REGISTRY, "--registry-service", "hp-test"],
+        )
+    }
+
+    fn with_server_args(compute_id: &str, args: &[&str]) -> Setup {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let fake = rt.block_on(FakeKube::start(&["ns"])).unwrap();
         let db = sqlite_db();
         let kubeconfig = fake.kubeconfig(&db.dir.0).unwrap();
-        // A registry the fake cluster "pushes" to and "pulls" from; nothing listens.
-        let server = Server::start_with(
-            &db,
-            &["--registry-url", REGISTRY, "--registry-service", "hp-test"],
-            "kube-test-key",
-        );
+        let server = Server::start_with(&db, args, "kube-test-key");
         let (listener, key) = listener_with_key(&server, &db, compute_id);
         Setup {
             fake,
@@ -378,6 +382,48 @@ fn source_build(setup: &Setup, lgp: bool) {
             .0
             == 404
     });
+}
+
+/// Without a registry a Kubernetes build has nowhere to push: the revision fails at
+/// once with a reason that says what to set, and no Job is made.
+#[test]
+fn a_build_without_a_registry_says_what_to_set() {
+    let setup = Setup::with_server_args("no-registry", &[]);
+    let Setup { fake, server, .. } = &setup;
+    let _agent = KubeAgent::start(&setup, None);
+    let (status, created) = server.call(
+        "POST",
+        "/v2/deployments",
+        Some(
+            json!({"name": "unpushable", "source": "internal_source", "source_config": {},
+                    "source_revision_config": {}, "secrets": []}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let dep = created["id"].as_str().unwrap().to_owned();
+    let project = support::source::project(&[
+        (
+            "langgraph.json",
+            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
+        ),
+        ("a.py", "g = None\n"),
+    ]);
+    let rev = server.upload_source(&dep, &project, "langgraph.json");
+    wait_until("the build to fail", 30, || {
+        server.revision_status(&dep, &rev) == "BUILD_FAILED"
+    });
+    assert_eq!(
+        server
+            .revision_logs(&dep, &rev, "build_logs")
+            .last()
+            .unwrap(),
+        &format!(
+            "Build of revision {rev} failed: NoRegistry: builds in Kubernetes push to \
+             hostplane's registry, and the control plane has none: set HOSTPLANE_REGISTRY_URL \
+             on the server (docs/security.md, container registry)"
+        )
+    );
+    assert!(fake.objects("Job", "ns").is_empty());
 }
 
 /// One rule of a Role: API groups, resources, verbs.
