@@ -203,15 +203,7 @@ fn source_build(setup: &Setup, lgp: bool) {
         ],
     );
     fake.set_ready_after(Duration::from_millis(1500));
-    let (status, created) = server.call(
-        "POST",
-        "/v2/deployments",
-        Some(
-            json!({"name": "from-source", "source": "internal_source", "source_config": {},
-                    "source_revision_config": {}, "secrets": []}),
-        ),
-    );
-    assert_eq!(status, 201, "{created}");
+    let created = server.source_deployment("from-source");
     let dep = created["id"].as_str().unwrap().to_owned();
     let config = r#"{"dependencies": ["."], "graphs": {"agent": "./agent.py:graph"}}"#;
     let project =
@@ -391,23 +383,9 @@ fn a_build_without_a_registry_says_what_to_set() {
     let setup = Setup::with_server_args("no-registry", &[]);
     let Setup { fake, server, .. } = &setup;
     let _agent = KubeAgent::start(&setup, None);
-    let (status, created) = server.call(
-        "POST",
-        "/v2/deployments",
-        Some(
-            json!({"name": "unpushable", "source": "internal_source", "source_config": {},
-                    "source_revision_config": {}, "secrets": []}),
-        ),
-    );
-    assert_eq!(status, 201, "{created}");
+    let created = server.source_deployment("unpushable");
     let dep = created["id"].as_str().unwrap().to_owned();
-    let project = support::source::project(&[
-        (
-            "langgraph.json",
-            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
-        ),
-        ("a.py", "g = None\n"),
-    ]);
+    let project = support::source::minimal_project();
     let rev = server.upload_source(&dep, &project, "langgraph.json");
     wait_until("the build to fail", 30, || {
         server.revision_status(&dep, &rev) == "BUILD_FAILED"

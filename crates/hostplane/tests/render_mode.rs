@@ -191,25 +191,11 @@ fn render_mode_end_to_end() {
     assert_eq!(status, 200);
 
     println!("a source revision: render mode does not build, so its build fails at once");
-    let (status, s) = server.call(
-        "POST",
-        "/v2/deployments",
-        Some(json!({
-            "name": "from-source", "source": "internal_source", "source_config": {},
-            "source_revision_config": {}, "secrets": [],
-        })),
-    );
-    assert_eq!(status, 201, "{s}");
+    let s = server.source_deployment("from-source");
     let sdep = s["id"].as_str().unwrap().to_owned();
     // Its first revision has no source yet: nothing to build, and nothing is refused.
     let first = s["latest_revision_id"].as_str().unwrap().to_owned();
-    let project = support::source::project(&[
-        (
-            "langgraph.json",
-            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
-        ),
-        ("a.py", "g = None\n"),
-    ]);
+    let project = support::source::minimal_project();
     let srev = server.upload_source(&sdep, &project, "langgraph.json");
     wait_until("the build to be refused", 30, || {
         server.revision_status(&sdep, &srev) == "BUILD_FAILED"

@@ -216,25 +216,13 @@ async fn builds_wait_for_a_slot_and_time_out() {
     let db = sqlite_db();
     let server = Server::start(&db);
     let (listener, key) = listener_with_key(&server, &db, "builder");
-    let project = support::source::project(&[
-        (
-            "langgraph.json",
-            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
-        ),
-        ("a.py", "g = None\n"),
-    ]);
+    let project = support::source::minimal_project();
     let mut revisions = Vec::new();
     for name in ["first", "second"] {
-        let (status, dep) = server.call(
-            "POST",
-            "/v2/deployments",
-            Some(
-                json!({"name": name, "source": "internal_source", "source_config": {},
-                        "source_revision_config": {}, "secrets": []}),
-            ),
-        );
-        assert_eq!(status, 201, "{dep}");
-        let id = dep["id"].as_str().unwrap().to_owned();
+        let id = server.source_deployment(name)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let rev = server.upload_source(&id, &project, "langgraph.json");
         revisions.push((id, rev));
     }

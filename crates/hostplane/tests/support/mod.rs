@@ -248,6 +248,22 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Creates an `internal_source` deployment `name` (as `langgraph deploy --remote`
+    /// does before it uploads): the answer.
+    pub fn source_deployment(&self, name: &str) -> Value {
+        let (status, created) = self.call(
+            "POST",
+            "/v2/deployments",
+            Some(
+                serde_json::json!({"name": name, "source": "internal_source",
+                                    "source_config": {}, "source_revision_config": {},
+                                    "secrets": []}),
+            ),
+        );
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
     /// Uploads `tarball` as the source of `internal_source` deployment `dep` and makes it
     /// a revision (with `config_path`), as `langgraph deploy --remote` does: the revision.
     pub fn upload_source(&self, dep: &str, tarball: &[u8], config_path: &str) -> String {

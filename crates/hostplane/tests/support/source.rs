@@ -56,3 +56,14 @@ pub fn project(files: &[(&str, &str)]) -> Vec<u8> {
         .collect();
     tarball(&members)
 }
+
+/// The smallest valid project: one graph in one file.
+pub fn minimal_project() -> Vec<u8> {
+    project(&[
+        (
+            "langgraph.json",
+            r#"{"dependencies": ["."], "graphs": {"a": "./a.py:g"}}"#,
+        ),
+        ("a.py", "g = None\n"),
+    ])
+}
