@@ -163,9 +163,14 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, builds: BuildSettin
     let logs = LogSink(tx);
     tokio::spawn(ship_logs(control.clone(), rx));
     tokio::spawn(heartbeats(control.clone(), sink.clone()));
-    let builds = Arc::new(Builds::new(builds));
+    let context = Context {
+        control: control.clone(),
+        sink,
+        logs,
+        builds: Arc::new(Builds::new(builds)),
+        announced: Arc::default(),
+    };
     let busy: Busy = Arc::default();
-    let announced: Announced = Arc::default();
     // Work skipped because its deployment was busy starts as soon as the busy task ends,
     // not at the next change: the task wakes the loop.
     let finished: Wake = Arc::default();
@@ -189,13 +194,6 @@ pub async fn run(control: ControlPlane, sink: Arc<dyn Sink>, builds: BuildSettin
             }
         };
         after = state.generation;
-        let context = Context {
-            control: control.clone(),
-            sink: sink.clone(),
-            logs: logs.clone(),
-            builds: builds.clone(),
-            announced: announced.clone(),
-        };
         reconcile(&context, &busy, &finished, &state).await;
     }
 }
