@@ -20,6 +20,18 @@ pub enum CallError {
 
 pub type CallResult<T> = Result<T, CallError>;
 
+/// A credential call's answer, `None` when the control plane has no registry.
+fn without_registry<T>(answer: CallResult<T>) -> CallResult<Option<T>> {
+    match answer {
+        Ok(credential) => Ok(Some(credential)),
+        Err(CallError::Refused {
+            status: 404,
+            detail,
+        }) if detail == NO_REGISTRY => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// An error answer: its `detail`, or its text when it has none.
 fn refused(status: u16, body: &[u8]) -> CallError {
     let detail = serde_json::from_slice::<ErrorAnswer>(body)
@@ -147,11 +159,7 @@ impl ControlPlane {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.agent_id.clone(),
         };
-        match self.post("/registry-credential", &body).await {
-            Ok(login) => Ok(Some(login)),
-            Err(CallError::Refused { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        without_registry(self.post("/registry-credential", &body).await)
     }
 
     /// What a build Job of `revision` (held by this agent) needs; `None` when the
@@ -161,17 +169,8 @@ impl ControlPlane {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.agent_id.clone(),
         };
-        match self
-            .post(&format!("/revisions/{revision}/build-credential"), &body)
-            .await
-        {
-            Ok(c) => Ok(Some(c)),
-            Err(CallError::Refused {
-                status: 404,
-                detail,
-            }) if detail.contains("no container registry") => Ok(None),
-            Err(e) => Err(e),
-        }
+        let path = format!("/revisions/{revision}/build-credential");
+        without_registry(self.post(&path, &body).await)
     }
 
     /// Writes the source tarball of a revision whose build this agent holds to `dest`;

@@ -310,12 +310,10 @@ pub fn source_listener(app: &AppState, revision: Uuid, token: &str) -> Option<Uu
 }
 
 fn configured(app: &AppState) -> ApiResult<&Registry> {
-    app.config.registry.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "This control plane has no container registry configured (HOSTPLANE_REGISTRY_URL)."
-                .into(),
-        )
-    })
+    app.config
+        .registry
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound(protocol::NO_REGISTRY.into()))
 }
 
 /// The login a credential carries, when the credential is genuine and current.

@@ -20,6 +20,12 @@ use uuid::Uuid;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The `detail` of the `404` that `registry-credential` and `build-credential` answer
+/// when the control plane has no registry (other `404`s mean an unknown listener or
+/// revision).
+pub const NO_REGISTRY: &str =
+    "This control plane has no container registry configured (HOSTPLANE_REGISTRY_URL).";
+
 /// Most lines one [`LogBatch`] may carry.
 pub const MAX_LOG_BATCH: usize = 1000;
 /// Longest log message kept, in bytes; longer ones are cut at a character boundary.
