@@ -13,7 +13,6 @@ mod support;
 use fakekube::{Attributes, FakeKube, Fault, Logged};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,14 +62,7 @@ impl KubeAgent {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let lines = support::stdout_lines(&mut child);
         KubeAgent { child, lines, log }
     }
 

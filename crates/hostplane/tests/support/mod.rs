@@ -544,6 +544,19 @@ pub fn exchange_with_headers(
     Ok((status, names, body))
 }
 
+/// The lines a child prints on its (piped) stdout, collected as they come by a thread.
+pub fn stdout_lines(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let out = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
 /// Reads lines from a child's stdout until one contains `marker`.
 pub fn read_until(out: &mut impl BufRead, marker: &str) -> String {
     let mut seen = String::new();
