@@ -170,32 +170,48 @@ impl ContainerSink {
         Ok(created.id)
     }
 
-    /// The host address the container's port 8000 is published on.
+    /// The host address the container's port 8000 is published on. A container that
+    /// exited has no published port, and one that an engine restarts (a crash loop) has
+    /// none until it runs again: the first is the exit's failure, the second is waited
+    /// for, as is a podman-only state (see `exit_code`) that passes.
     pub(super) async fn published(&self, id: &str) -> Result<SocketAddr, Failure> {
         let mut tries = 0;
-        let info = loop {
+        loop {
+            let last_try = tries >= 20;
             match self
                 .docker
                 .inspect_container(id, None::<InspectContainerOptions>)
                 .await
             {
-                Ok(info) => break info,
-                // A podman-only state (see `exit_code`): it passes.
-                Err(_) if tries < 20 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                Ok(info) => {
+                    let port = info
+                        .network_settings
+                        .and_then(|n| n.ports)
+                        .and_then(|p| p.get("8000/tcp").cloned().flatten())
+                        .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+                        .and_then(|p| p.parse::<u16>().ok());
+                    if let Some(port) = port {
+                        return Ok(SocketAddr::new(self.settings.bind, port));
+                    }
+                    let state = info.state.unwrap_or_default();
+                    let running =
+                        state.running.unwrap_or(false) && !state.restarting.unwrap_or(false);
+                    if !running {
+                        return Err(self.exited(id, state.exit_code.unwrap_or(-1)).await);
+                    }
+                    if last_try {
+                        return Err(Failure::new(
+                            "NoPublishedPort",
+                            "port 8000 is not published",
+                        ));
+                    }
                 }
-                Err(e) => return Err(failure("EngineUnavailable", e)),
+                Err(e) if last_try => return Err(failure("EngineUnavailable", e)),
+                Err(_) => {}
             }
-        };
-        let port = info
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|p| p.get("8000/tcp").cloned().flatten())
-            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse::<u16>().ok())
-            .ok_or_else(|| Failure::new("NoPublishedPort", "port 8000 is not published"))?;
-        Ok(SocketAddr::new(self.settings.bind, port))
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// `None` while the container runs (or restarts), else its exit code (`-1` when it

@@ -586,10 +586,12 @@ impl Sink for ContainerSink {
         self.follow(&id, d.id, rev.id, logs.clone(), !adopted);
         let up = match self.published(&id).await {
             Ok(target) => self.healthy(&id, target).await.map(|()| target),
-            Err(f) => match self.exit_code(&id).await {
+            // Podman's inspect can fail on a stopped container; its wait still answers.
+            Err(f) if f.reason == "EngineUnavailable" => match self.exit_code(&id).await {
                 Ok(Some(code)) => Err(self.exited(&id, code).await),
                 _ => Err(f),
             },
+            Err(f) => Err(f),
         };
         let target = match up {
             Ok(target) => target,
