@@ -1,6 +1,7 @@
 //! The work a server does on its own, for the life of the process: collecting unused
-//! upload files and releasing expired data-plane leases. Each holds only the store and
-//! its settings, nothing of the HTTP side.
+//! upload files, releasing expired data-plane leases, and (when set) polling the
+//! branches `github` deployments follow. Each holds the store (the poller the
+//! operations' state) and its settings, nothing of the HTTP side.
 
 use crate::operations::uploads::collect_garbage;
 use std::time::Duration;
@@ -41,6 +42,25 @@ pub fn spawn_lease_sweeper(store: std::sync::Arc<dyn store::Store>, lease: Durat
                 Ok(0) => {}
                 Ok(n) => tracing::info!(revisions = n, "released expired data-plane leases"),
                 Err(e) => tracing::warn!(error = %e, "releasing expired leases failed"),
+            }
+        }
+    });
+}
+
+/// Every `every`, gives each `build_on_push` deployment whose branch moved a revision
+/// building the new commit ([`crate::operations::integrations::poll`]), for hosts that
+/// cannot deliver push events. Replicas polling together create one revision per
+/// commit: a revision is saved only against the deployment it read.
+pub fn spawn_git_poller(app: crate::AppState, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match crate::operations::integrations::poll(&app).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deployments = n, "branches moved: new revisions"),
+                Err(e) => tracing::warn!(error = ?e, "polling followed branches failed"),
             }
         }
     });

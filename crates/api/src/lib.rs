@@ -8,6 +8,8 @@ pub mod console;
 pub mod dataplane;
 pub mod deployments;
 pub mod error;
+pub mod git;
+pub mod integrations;
 pub mod listeners;
 pub mod logs;
 pub mod openapi;
@@ -59,6 +61,8 @@ pub struct ApiConfig {
     pub key_cache_ttl: Duration,
     /// Whether the web console ([`console`]) is served.
     pub console: bool,
+    /// Limits of fetching `github` sources ([`git`]).
+    pub git: git::GitConfig,
 }
 
 impl Default for ApiConfig {
@@ -77,6 +81,7 @@ impl Default for ApiConfig {
             closing: Arc::default(),
             key_cache_ttl: Duration::ZERO,
             console: true,
+            git: git::GitConfig::default(),
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct AppState {
     pub bodies: Arc<bodies::Bodies>,
     pub config: Arc<ApiConfig>,
     pub secrets: secrets::SecretBox,
+    /// Git and REST access to integrations' hosts.
+    pub forge: Arc<git::Forge>,
 }
 
 /// Every route of the compatible API with its handlers. The router and the
@@ -165,6 +172,19 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/projects/{deployment_id}/revisions/{revision_id}/build_logs",
             post(logs::revision_build_logs),
+        ),
+        ("/v1/integrations/github/install", get(integrations::list)),
+        (
+            "/v1/integrations/github/{integration_id}/repos",
+            get(integrations::repositories),
+        ),
+        (
+            "/v1/integrations/forge/github/install",
+            get(integrations::list),
+        ),
+        (
+            "/v1/integrations/forge/github/{integration_id}/repos",
+            get(integrations::repositories),
         ),
         ("/openapi.json", get(openapi::serve)),
         ("/ok", get(ok)),
@@ -263,9 +283,13 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         store,
         keys: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
         bodies: Arc::default(),
+        forge: Arc::new(git::Forge::new(config.git.clone())),
         config: Arc::new(config),
         secrets,
     };
+    if let Some(every) = state.config.git.poll_interval {
+        background::spawn_git_poller(state.clone(), every);
+    }
     let api = compatible_api();
     let console = if state.config.console {
         console::router()
@@ -277,6 +301,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .nest(routing::SELF_HOSTED_PREFIX, api)
         .merge(dataplane_api())
         .route("/registry/token", get(registry::token))
+        .route(integrations::WEBHOOK_ROUTE, post(integrations::push))
         .merge(console)
         .fallback(routing::fallback)
         .with_state(state);
@@ -290,7 +315,7 @@ fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Du
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-                let limit = if routing::is_upload(req.uri().path()) {
+                let limit = if routing::is_transfer(req.uri().path()) {
                     upload_limit
                 } else if routing::is_long_poll(req.uri().path()) {
                     request_limit + std::time::Duration::from_secs(protocol::MAX_WAIT_SECONDS)

@@ -34,11 +34,16 @@ fn is_route(path: &str) -> bool {
         .any(|t| template_matches(t, path))
 }
 
-/// A tarball upload (`PUT /uploads/{token}`), which gets a longer time limit.
-pub fn is_upload(path: &str) -> bool {
-    path.strip_prefix(SELF_HOSTED_PREFIX)
-        .unwrap_or(path)
-        .starts_with("/uploads/")
+/// A tarball upload (`PUT /uploads/{token}`) or a build's source download (which may
+/// fetch a git source first): these get the longer upload time limit.
+pub fn is_transfer(path: &str) -> bool {
+    let source = path.starts_with("/dataplane/v1/listeners/")
+        && (path.ends_with("/source") || path.ends_with("/build-source"));
+    source
+        || path
+            .strip_prefix(SELF_HOSTED_PREFIX)
+            .unwrap_or(path)
+            .starts_with("/uploads/")
 }
 
 /// A desired-state long-poll, which may wait up to a minute before answering.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 /// Reference tags whose every operation hostplane implements.
-const COMPLETE_TAGS: &[&str] = &["Listeners (v2)", "Deployments (v2)"];
+const COMPLETE_TAGS: &[&str] = &["Listeners (v2)", "Deployments (v2)", "Integrations (v1)"];
 /// Prose, which is ours; everything else is structure.
 const PROSE: &[&str] = &["description", "summary", "example", "examples"];
 

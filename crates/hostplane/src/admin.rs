@@ -1,10 +1,11 @@
 //! `hostplane admin`: identity management straight on the database.
 
 use crate::DbArgs;
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use std::process::ExitCode;
-use store::{KeyScope, Plan, StoreError};
+use store::{IntegrationKind, KeyScope, Plan, StoreError};
 use uuid::Uuid;
 
 #[derive(Args)]
@@ -29,6 +30,173 @@ enum AdminCommand {
     /// API keys.
     #[command(subcommand, name = "api-key")]
     ApiKey(KeyCommand),
+    /// Git hosts a workspace deploys `github` deployments from (credentials sealed with
+    /// the server's secret key, which these commands need too).
+    #[command(subcommand)]
+    Integration(Box<IntegrationCommand>),
+}
+
+/// Where the server's secret key is: the same options as `serve`.
+#[derive(Args)]
+struct KeyArgs {
+    #[command(flatten)]
+    secret: crate::SecretArgs,
+    /// The server's storage folder (where its generated secret key is kept).
+    #[arg(long, env = "HOSTPLANE_STORAGE_DIR", default_value = "hostplane-data")]
+    storage_dir: std::path::PathBuf,
+}
+
+#[derive(Subcommand)]
+enum IntegrationCommand {
+    /// Add a git host to a workspace, with a token (GitHub, GitHub Enterprise, GitLab,
+    /// Gitea) or a GitHub App installation.
+    Create {
+        #[arg(long)]
+        workspace: Uuid,
+        #[arg(long)]
+        name: String,
+        /// Where repositories live, e.g. https://github.com; `repo_url`s must start with it.
+        #[arg(long)]
+        base_url: String,
+        /// The host's GitHub-compatible REST API (https://api.github.com,
+        /// https://HOST/api/v3, Gitea's https://HOST/api/v1), for repository lists and
+        /// GitHub App tokens.
+        #[arg(long)]
+        api_url: Option<String>,
+        /// A file holding the access token.
+        #[arg(long, group = "credential")]
+        token_file: Option<std::path::PathBuf>,
+        /// A file holding the GitHub App's private key (PEM); needs --app-id and
+        /// --installation-id.
+        #[arg(long, group = "credential", requires_all = ["app_id", "installation_id"])]
+        private_key_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        app_id: Option<i64>,
+        #[arg(long)]
+        installation_id: Option<i64>,
+        /// A file holding the secret push events are signed with.
+        #[arg(long)]
+        webhook_secret_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// List integrations (never their credentials), optionally of one workspace.
+    List {
+        #[arg(long)]
+        workspace: Option<Uuid>,
+    },
+    /// Replace an integration's credential and/or webhook secret.
+    Rotate {
+        integration_id: Uuid,
+        /// The new token, or the GitHub App's new private key.
+        #[arg(long)]
+        credential_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        webhook_secret_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Delete an integration no deployment uses.
+    Delete { integration_id: Uuid },
+}
+
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+fn integration_line(i: &store::Integration) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\tworkspace {}",
+        i.id,
+        i.name,
+        i.kind.as_str(),
+        i.base_url,
+        i.workspace_id
+    )
+}
+
+async fn integration(
+    store: &dyn store::Store,
+    j: bool,
+    command: IntegrationCommand,
+) -> anyhow::Result<ExitCode> {
+    use api::operations::integrations::{self as ops, AdminError};
+    let done = match command {
+        IntegrationCommand::Create {
+            workspace,
+            name,
+            base_url,
+            api_url,
+            token_file,
+            private_key_file,
+            app_id,
+            installation_id,
+            webhook_secret_file,
+            key,
+        } => {
+            let (kind, file) = match (token_file, private_key_file) {
+                (Some(f), None) => (IntegrationKind::Token, f),
+                (None, Some(f)) => (IntegrationKind::GithubApp, f),
+                _ => return usage("give --token-file or --private-key-file".into()),
+            };
+            let secrets = key.secret.secret_box(&key.storage_dir, false)?;
+            let new = ops::NewIntegration {
+                workspace_id: workspace,
+                name,
+                kind,
+                base_url,
+                api_url,
+                app_id,
+                installation_id,
+                credential: read_secret(&file)?,
+                webhook_secret: webhook_secret_file
+                    .as_deref()
+                    .map(read_secret)
+                    .transpose()?,
+            };
+            ops::create(store, &secrets, new).await.map(|i| {
+                print(j, json!(i), integration_line(&i));
+            })
+        }
+        IntegrationCommand::List { workspace } => {
+            let all = store.list_integrations(workspace).await?;
+            let text = all.iter().map(integration_line).collect::<Vec<_>>();
+            print(j, json!(all), text.join("\n"));
+            Ok(())
+        }
+        IntegrationCommand::Rotate {
+            integration_id,
+            credential_file,
+            webhook_secret_file,
+            key,
+        } => {
+            let secrets = key.secret.secret_box(&key.storage_dir, false)?;
+            let credential = credential_file.as_deref().map(read_secret).transpose()?;
+            let webhook = webhook_secret_file
+                .as_deref()
+                .map(read_secret)
+                .transpose()?;
+            ops::rotate(store, &secrets, integration_id, credential, webhook)
+                .await
+                .map(|i| print(j, json!(i), format!("rotated {}", i.id)))
+        }
+        IntegrationCommand::Delete { integration_id } => {
+            ops::delete(store, integration_id).await.map(|()| {
+                print(
+                    j,
+                    json!({ "id": integration_id, "deleted": true }),
+                    format!("deleted {integration_id}"),
+                )
+            })
+        }
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(AdminError::Refused(msg)) => usage(msg),
+        Err(AdminError::Store(e)) => Err(e.into()),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +270,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let store = args.db.open().await?;
     let j = args.json;
     match args.command {
+        AdminCommand::Integration(command) => return integration(&*store, j, *command).await,
         AdminCommand::Org(OrgCommand::Create { name, plan }) => {
             let plan = match plan {
                 PlanArg::Enterprise => Plan::Enterprise,

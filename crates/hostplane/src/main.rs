@@ -35,8 +35,9 @@ struct Cli {
 enum Command {
     /// Run the API server.
     Serve(Box<ServeArgs>),
-    /// Manage organizations, workspaces and API keys (works while a server runs).
-    Admin(admin::AdminArgs),
+    /// Manage organizations, workspaces, API keys and integrations (works while a
+    /// server runs).
+    Admin(Box<admin::AdminArgs>),
     /// Run a listener agent: the data plane that runs a listener's deployments.
     Listener(Box<listener::ListenerArgs>),
     /// Write the Dockerfile a project builds from (the official `langgraph dockerfile`'s).
@@ -81,6 +82,22 @@ impl DbArgs {
             .await
             .context("opening the database")
     }
+}
+
+/// The key that seals secrets at rest (deployment secrets, integration credentials).
+#[derive(Args, Clone)]
+pub struct SecretArgs {
+    /// Key that encrypts deployment secrets at rest; the same on every replica.
+    #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// A key used before the current one: secrets it sealed stay readable (key rotation,
+    /// or a key shorter than 32 characters from an older version).
+    #[arg(long, env = "HOSTPLANE_PREVIOUS_SECRET_KEY", hide_env_values = true)]
+    previous_secret_key: Option<String>,
+    /// Where a generated secret key is kept when HOSTPLANE_SECRET_KEY is not set
+    /// (default: STORAGE_DIR/secret.key).
+    #[arg(long, env = "HOSTPLANE_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -164,17 +181,8 @@ struct ServeArgs {
     #[arg(long, env = "HOSTPLANE_CONSOLE", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     console: bool,
-    /// Key that encrypts deployment secrets at rest; the same on every replica.
-    #[arg(long, env = "HOSTPLANE_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
-    /// A key used before the current one: secrets it sealed stay readable (key rotation,
-    /// or a key shorter than 32 characters from an older version).
-    #[arg(long, env = "HOSTPLANE_PREVIOUS_SECRET_KEY", hide_env_values = true)]
-    previous_secret_key: Option<String>,
-    /// Where a generated secret key is kept when HOSTPLANE_SECRET_KEY is not set
-    /// (default: STORAGE_DIR/secret.key).
-    #[arg(long, env = "HOSTPLANE_SECRET_KEY_FILE")]
-    secret_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Container registry `push-token` issues credentials for: host[:port][/path]. The
     /// registry must use token authentication with this server as its token service.
     #[arg(long, env = "HOSTPLANE_REGISTRY_URL")]
@@ -191,6 +199,18 @@ struct ServeArgs {
     /// STORAGE_DIR/registry-signing-key.pem).
     #[arg(long, env = "HOSTPLANE_REGISTRY_SIGNING_KEY_FILE")]
     registry_signing_key_file: Option<PathBuf>,
+    /// Seconds a git command (reading refs, fetching a `github` source) or a call to a
+    /// git host's API may take.
+    #[arg(long, env = "HOSTPLANE_GIT_TIMEOUT_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    git_timeout_secs: u64,
+    /// Largest `github` source fetched, in bytes (repository data and tarball alike).
+    #[arg(long, env = "HOSTPLANE_GIT_MAX_SOURCE_BYTES", default_value_t = 200 * 1024 * 1024)]
+    git_max_source_bytes: u64,
+    /// Seconds between polls of the branches `build_on_push` deployments follow, for git
+    /// hosts that cannot deliver push events to this server; 0 (the default): no polling.
+    #[arg(long, env = "HOSTPLANE_GIT_POLL_SECS", default_value_t = 0)]
+    git_poll_secs: u64,
 }
 
 impl ServeArgs {
@@ -226,10 +246,17 @@ impl ServeArgs {
         .map(Some)
         .map_err(|e| anyhow::anyhow!("registry signing key: {e}"))
     }
+}
 
-    /// The box sealing deployment secrets, keyed by [`Self::secret_key`].
-    fn secret_box(&self) -> anyhow::Result<api::secrets::SecretBox> {
-        let key = self.secret_key()?;
+impl SecretArgs {
+    /// The box sealing secrets, keyed by [`Self::secret_key`]; the key file's default
+    /// place is in `storage_dir`, and it is generated there when `create` allows.
+    pub(crate) fn secret_box(
+        &self,
+        storage_dir: &std::path::Path,
+        create: bool,
+    ) -> anyhow::Result<api::secrets::SecretBox> {
+        let key = self.secret_key(storage_dir, create)?;
         api::secrets::SecretBox::new(&key, self.previous_secret_key.as_deref()).map_err(|e| {
             anyhow::anyhow!(
                 "HOSTPLANE_SECRET_KEY (or the key file): {e}; to keep reading secrets sealed \
@@ -239,16 +266,23 @@ impl ServeArgs {
     }
 
     /// The configured key, or the one kept in the key file (generated on first start).
-    fn secret_key(&self) -> anyhow::Result<String> {
+    fn secret_key(&self, storage_dir: &std::path::Path, create: bool) -> anyhow::Result<String> {
         if let Some(key) = &self.secret_key {
             return Ok(key.clone());
         }
         let path = self
             .secret_key_file
             .clone()
-            .unwrap_or_else(|| self.storage_dir.join("secret.key"));
+            .unwrap_or_else(|| storage_dir.join("secret.key"));
         if let Ok(key) = std::fs::read_to_string(&path) {
             return Ok(key.trim().to_owned());
+        }
+        if !create {
+            anyhow::bail!(
+                "no secret key: set HOSTPLANE_SECRET_KEY (or --secret-key-file, --storage-dir) \
+                 as the server has it; {} does not exist",
+                path.display()
+            );
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             owner_only_dir(dir)?;
@@ -385,7 +419,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_upload_bytes: args.max_upload_bytes,
         upload_quota_bytes: args.upload_quota_bytes,
         registry: args.registry()?,
-        secrets: args.secret_box()?,
+        secrets: args.secret.secret_box(&args.storage_dir, true)?,
         dataplane: api::dataplane::DataPlaneConfig {
             lease: Duration::from_secs(args.dataplane_lease_secs),
             log_retention: args.log_retention_lines,
@@ -393,6 +427,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         closing: Default::default(),
         key_cache_ttl: Duration::from_millis(args.key_cache_ms),
         console: args.console,
+        git: api::git::GitConfig {
+            timeout: Duration::from_secs(args.git_timeout_secs),
+            max_bytes: args.git_max_source_bytes,
+            poll_interval: (args.git_poll_secs > 0)
+                .then(|| Duration::from_secs(args.git_poll_secs)),
+        },
     };
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)
@@ -451,7 +491,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(*args).await.map(|_| std::process::ExitCode::SUCCESS),
-            Command::Admin(args) => admin::run(args).await,
+            Command::Admin(args) => admin::run(*args).await,
             Command::Listener(args) => listener::run(*args).await,
             Command::Dockerfile(args) => Ok(dockerfile::run(args)),
         }

@@ -150,10 +150,7 @@ fn a_low_file_limit_and_silent_sockets_do_not_stop_the_server() {
         .args(["--header-timeout-secs", "3"])
         .args(["--max-connections-per-address", "1000"])
         .env("HOSTPLANE_BOOTSTRAP_API_KEY", "conn-key")
-        .env(
-            "HOSTPLANE_SECRET_KEY",
-            "test-secret-key-for-hostplane-tests",
-        )
+        .env("HOSTPLANE_SECRET_KEY", support::SECRET_KEY)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

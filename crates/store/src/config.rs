@@ -20,6 +20,11 @@ pub struct SourceConfig {
     /// JavaScript projects: how the CLI installs and builds them.
     pub install_command: Option<String>,
     pub build_command: Option<String>,
+    /// `github` deployments: the integration that reads `repo_url`, and whether a push to
+    /// the followed branch builds a new revision.
+    pub integration_id: Option<String>,
+    pub repo_url: Option<String>,
+    pub build_on_push: Option<bool>,
 }
 
 /// `source_config.listener_config`.
@@ -38,6 +43,10 @@ pub struct RevisionConfig {
     /// The uploaded tarball of an `internal_source` revision.
     pub source_tarball_path: Option<String>,
     pub langgraph_config_path: Option<String>,
+    /// `github` revisions: the branch, tag or commit followed, and the commit it
+    /// resolved to when the revision was made.
+    pub repo_ref: Option<String>,
+    pub repo_commit_sha: Option<String>,
 }
 
 impl SourceConfig {

@@ -104,13 +104,15 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
-/// Everything hostplane stores, in six parts: identities, listeners, deployments, their
-/// uploads, the data plane's side of them, and the web console's sessions.
+/// Everything hostplane stores, in seven parts: identities, listeners, deployments, their
+/// uploads, the git hosts they deploy from, the data plane's side of them, and the web
+/// console's sessions.
 pub trait Store:
     IdentityStore
     + ListenerStore
     + DeploymentStore
     + UploadStore
+    + IntegrationStore
     + DataPlaneStore
     + ConsoleStore
     + Send
@@ -124,6 +126,7 @@ impl<T> Store for T where
         + ListenerStore
         + DeploymentStore
         + UploadStore
+        + IntegrationStore
         + DataPlaneStore
         + ConsoleStore
         + Send
@@ -308,6 +311,27 @@ pub trait UploadStore: Send + Sync {
         object_path: &str,
         unused_since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool>;
+}
+
+/// Integrations (git hosts with their sealed credentials) and push deliveries.
+#[async_trait]
+pub trait IntegrationStore: Send + Sync {
+    /// `Conflict` when the workspace has an integration of that name.
+    async fn create_integration(&self, new: Integration) -> Result<Integration>;
+    /// Oldest first; of one workspace, or of all.
+    async fn list_integrations(&self, workspace: Option<Uuid>) -> Result<Vec<Integration>>;
+    /// By id, whatever its workspace (callers check it).
+    async fn get_integration(&self, id: Uuid) -> Result<Option<Integration>>;
+    /// Saves every field but the id, workspace and kind; `NotFound` when it is gone.
+    async fn update_integration(&self, changed: Integration) -> Result<()>;
+    /// Refused while a deployment of its workspace deploys from it.
+    async fn delete_integration(&self, id: Uuid) -> Result<IntegrationDeleted>;
+    /// The `github` deployments, oldest first (of one workspace, or of all).
+    async fn github_deployments(&self, workspace: Option<Uuid>) -> Result<Vec<Deployment>>;
+    /// Records a push delivery; false when it was recorded before.
+    async fn record_delivery(&self, integration: Uuid, delivery: &str) -> Result<bool>;
+    /// Forgets a recorded delivery that could not be acted on, so a redelivery can.
+    async fn forget_delivery(&self, integration: Uuid, delivery: &str) -> Result<()>;
 }
 
 /// What listener agents read and report. Every write that changes what a listener should

@@ -444,8 +444,63 @@ pub enum ReportRefusal {
 pub struct BuildSource {
     pub status: RevisionStatus,
     pub lease_holder: Option<String>,
-    /// `source_revision_config.source_tarball_path`.
-    pub tarball_path: Option<String>,
+    pub workspace_id: Uuid,
+    pub deployment_id: Uuid,
+    /// The revision's `source`.
+    pub source: String,
+    pub revision_config: crate::RevisionConfig,
+    /// The deployment's `source_config`.
+    pub source_config: crate::SourceConfig,
+}
+
+/// How an integration signs in to its git host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationKind {
+    /// A token (personal access token, GitHub Enterprise, GitLab, Gitea): `credential`.
+    Token,
+    /// A GitHub App installation: `credential` is the app's private key, from which
+    /// installation tokens are minted.
+    GithubApp,
+}
+
+impl IntegrationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntegrationKind::Token => "token",
+            IntegrationKind::GithubApp => "github_app",
+        }
+    }
+}
+
+/// A git host a workspace deploys from. `credential` and `webhook_secret` are sealed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Integration {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub kind: IntegrationKind,
+    /// Where repositories live: `repo_url`s start with it (`https://github.com`).
+    pub base_url: String,
+    /// The host's GitHub-compatible REST API (`https://api.github.com`), if any.
+    pub api_url: Option<String>,
+    pub app_id: Option<i64>,
+    pub installation_id: Option<i64>,
+    #[serde(skip)]
+    pub credential: String,
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What deleting an integration did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntegrationDeleted {
+    Deleted,
+    NotFound,
+    /// Deployments (ids) still deploy from it.
+    InUse(Vec<Uuid>),
 }
 
 /// A listener's generation after a write moved it, to announce after the commit.

@@ -292,11 +292,47 @@ pub(crate) fn optional_revision(r: &dyn Columns, prefix: &str) -> Result<Option<
     revision_prefixed(r, prefix).map(Some)
 }
 
-pub(crate) fn build_source(rev: &Revision) -> Result<BuildSource> {
+/// A revision (columns as [`REVISION_COLUMNS`]) with its deployment's `workspace_id`
+/// and `d_source_config`.
+pub(crate) fn build_source(r: &dyn Columns) -> Result<BuildSource> {
+    let rev = revision(r)?;
     Ok(BuildSource {
         status: rev.status,
         lease_holder: rev.data_plane.lease_holder.clone(),
-        tarball_path: crate::RevisionConfig::of(&rev.source_revision_config).source_tarball_path,
+        workspace_id: r.uuid("workspace_id")?,
+        deployment_id: rev.deployment_id,
+        source: rev.source,
+        revision_config: crate::RevisionConfig::of(&rev.source_revision_config),
+        source_config: crate::SourceConfig::of(&r.json("d_source_config")?),
+    })
+}
+
+pub(crate) const INTEGRATION_COLUMNS: &str = "id, workspace_id, name, kind, base_url, api_url, \
+    app_id, installation_id, credential, webhook_secret, created_at, updated_at";
+
+pub(crate) fn integration(r: &dyn Columns) -> Result<Integration> {
+    let kind = match r.text("kind")?.as_str() {
+        "token" => IntegrationKind::Token,
+        "github_app" => IntegrationKind::GithubApp,
+        other => {
+            return Err(StoreError::Other(format!(
+                "unknown integration kind {other}"
+            )))
+        }
+    };
+    Ok(Integration {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        name: r.text("name")?,
+        kind,
+        base_url: r.text("base_url")?,
+        api_url: r.opt_text("api_url")?,
+        app_id: r.opt_int("app_id")?,
+        installation_id: r.opt_int("installation_id")?,
+        credential: r.text("credential")?,
+        webhook_secret: r.opt_text("webhook_secret")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
     })
 }
 

@@ -120,9 +120,14 @@ fn desired_deployment(
     let source = store::SourceConfig::of(&d.source_config);
     let revision = target_revision(&placed).map(|r| {
         let config = store::RevisionConfig::of(&r.source_revision_config);
-        // Nothing to build before the source is uploaded.
-        let uploaded = d.source == "internal_source" && config.source_tarball_path.is_some();
-        let build = uploaded.then(|| BuildSpec {
+        // Nothing to build before the source is uploaded; a git source is fetched when
+        // the build asks for it.
+        let buildable = match r.source.as_str() {
+            "internal_source" => config.source_tarball_path.is_some(),
+            "github" => true,
+            _ => false,
+        };
+        let build = buildable.then(|| BuildSpec {
             langgraph_config_path: config.langgraph_config_path,
             install_command: source.install_command.clone(),
             build_command: source.build_command.clone(),
@@ -288,7 +293,7 @@ pub async fn source(
             found.status.as_str()
         )));
     }
-    stored_source(app, revision_id, found.tarball_path).await
+    revision_source(app, revision_id, &found).await
 }
 
 /// The agent confirms a deployment being deleted is gone: it goes from the store, with
@@ -429,8 +434,8 @@ pub async fn source_by_token(
             "The build's source credential is invalid or expired.".into(),
         ));
     }
-    let path = building(app, listener, revision).await?.tarball_path;
-    stored_source(app, revision, path).await
+    let found = building(app, listener, revision).await?;
+    revision_source(app, revision, &found).await
 }
 
 /// A revision of the listener that is `BUILDING` (else 404 or 409).
@@ -449,16 +454,24 @@ async fn building(app: &AppState, listener: Uuid, revision: Uuid) -> ApiResult<s
     Ok(found)
 }
 
-/// The uploaded tarball at `path` of `revision`.
-async fn stored_source(
+/// The source tarball of `revision`: fetched from git for a `github` revision, else
+/// the uploaded one.
+async fn revision_source(
     app: &AppState,
     revision: Uuid,
-    path: Option<String>,
+    found: &store::BuildSource,
 ) -> ApiResult<tokio::fs::File> {
-    let path = path.ok_or_else(|| {
-        ApiError::NotFound(format!("Revision {revision} has no uploaded source."))
-    })?;
-    crate::operations::uploads::open_stored(app, &path)
+    if found.source == "github" {
+        return crate::operations::integrations::git_source(app, found, revision).await;
+    }
+    let path = found
+        .revision_config
+        .source_tarball_path
+        .as_deref()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("Revision {revision} has no uploaded source."))
+        })?;
+    crate::operations::uploads::open_stored(app, path)
         .await
         .ok_or_else(|| ApiError::NotFound(format!("The source of revision {revision} is gone.")))
 }

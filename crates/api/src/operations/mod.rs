@@ -8,6 +8,7 @@
 
 pub mod dataplane;
 pub mod deployments;
+pub mod integrations;
 pub mod listeners;
 pub mod sessions;
 pub mod uploads;

@@ -39,16 +39,18 @@ pub async fn open_stored(app: &AppState, object_path: &str) -> Option<tokio::fs:
         .ok()
 }
 
-/// Removes the uploaded tarballs of a deployment that is gone.
+/// Removes the uploaded (and git-fetched) tarballs of a deployment that is gone.
 pub async fn remove_files(app: &AppState, deployment: Uuid) {
-    let dir = app
-        .config
-        .storage_dir
-        .join(OBJECT_PREFIX)
-        .join(deployment.to_string());
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(error = %e, dir = %dir.display(), "could not remove uploaded tarballs");
+    for prefix in [OBJECT_PREFIX, crate::operations::integrations::GIT_PREFIX] {
+        let dir = app
+            .config
+            .storage_dir
+            .join(prefix)
+            .join(deployment.to_string());
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, dir = %dir.display(), "could not remove source tarballs");
+            }
         }
     }
 }

@@ -156,6 +156,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The secret key test servers seal secrets with (`HOSTPLANE_SECRET_KEY`).
+pub const SECRET_KEY: &str = "test-secret-key-for-hostplane-tests";
+
 /// A running `hostplane serve`, stopped with SIGTERM on drop.
 pub struct Server {
     pub child: Child,
@@ -198,10 +201,7 @@ impl Server {
         let mut cmd = serve_command(db);
         cmd.args(extra)
             .env("HOSTPLANE_BOOTSTRAP_API_KEY", &key)
-            .env(
-                "HOSTPLANE_SECRET_KEY",
-                "test-secret-key-for-hostplane-tests",
-            )
+            .env("HOSTPLANE_SECRET_KEY", SECRET_KEY)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if metrics {

@@ -315,14 +315,13 @@ impl<B: Backend> DataPlaneStore for B {
 
     async fn build_source(&self, listener: Uuid, revision_id: Uuid) -> Result<Option<BuildSource>> {
         let q = query(format!(
-            "SELECT {} FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
+            "SELECT {}, d.workspace_id, d.source_config AS d_source_config \
+             FROM revisions r JOIN deployments d ON d.id = r.deployment_id \
              WHERE r.id = $1 AND d.listener_id = $2",
             revision_columns_as("r", "")
         ));
-        self.read_one(q.bind(revision_id).bind(listener), |r| {
-            build_source(&revision(r)?)
-        })
-        .await
+        self.read_one(q.bind(revision_id).bind(listener), build_source)
+            .await
     }
 
     async fn confirm_deleted(&self, listener: Uuid, deployment_id: Uuid) -> Result<DeletedOutcome> {

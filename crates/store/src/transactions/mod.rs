@@ -5,6 +5,7 @@ mod console;
 mod dataplane;
 pub(crate) mod deployments;
 mod identity;
+mod integrations;
 pub(crate) mod listeners;
 mod uploads;
 

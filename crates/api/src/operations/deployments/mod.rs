@@ -8,7 +8,7 @@ mod save;
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult};
-use crate::operations::uploads;
+use crate::operations::{integrations, uploads};
 use crate::AppState;
 use serde_json::Value;
 use store::lifecycle::DeploymentStatus;
@@ -62,7 +62,7 @@ pub async fn create(
         name,
         source,
         mut source_config,
-        source_revision_config: revision,
+        source_revision_config: mut revision,
         secrets,
         secret_references,
     } = req;
@@ -78,6 +78,13 @@ pub async fn create(
         uploads::check_tarball_path(app, id, path).await?;
     }
     let workspace = tenant.workspace_id;
+    if source == "github" {
+        let commit = integrations::check_github(app, workspace, &source_config, &revision).await?;
+        revision.insert(
+            "repo_commit_sha".into(),
+            commit.map_or(Value::Null, Value::String),
+        );
+    }
     let listener_id = if source == "external_docker" {
         place_on_listener(app, workspace, &mut source_config).await?
     } else {
@@ -201,12 +208,18 @@ pub async fn patch(
             || req.secrets.is_some()
             || req.secret_references.is_some()
             || resource_spec_set;
-        let revision = creates_revision.then(|| {
-            new_revision(
-                revision_source.unwrap_or(&current.source),
+        let source = revision_source.unwrap_or(&current.source);
+        if creates_revision && source == "github" {
+            let commit = integrations::current_commit(
+                app,
+                tenant.workspace_id,
+                &next.source_config,
                 &next.source_revision_config,
             )
-        });
+            .await?;
+            set_commit(&mut next.source_revision_config, commit);
+        }
+        let revision = creates_revision.then(|| new_revision(source, &next.source_revision_config));
         let saved = app
             .store
             .save_deployment(next, current.updated_at, revision)
@@ -281,6 +294,50 @@ pub async fn redeploy(
         unless_stale(d.id, saved)
     })
     .await
+}
+
+fn set_commit(config: &mut Value, commit: Option<String>) {
+    if let Some(c) = config.as_object_mut() {
+        c.insert(
+            "repo_commit_sha".into(),
+            commit.map_or(Value::Null, Value::String),
+        );
+    }
+}
+
+/// A new revision of a `github` deployment building `commit` (a push to its branch);
+/// `false` when its newest revision already builds that commit.
+pub async fn build_commit(
+    app: &AppState,
+    workspace: Uuid,
+    id: Uuid,
+    commit: &str,
+) -> ApiResult<bool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let created = &AtomicBool::new(false);
+    save_with_retries(move || async move {
+        created.store(false, Ordering::Relaxed);
+        let d = app
+            .store
+            .get_deployment(workspace, id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let now = store::RevisionConfig::of(&d.source_revision_config).repo_commit_sha;
+        if now.as_deref() == Some(commit) {
+            return Ok(Some(d));
+        }
+        let mut next = d.clone();
+        set_commit(&mut next.source_revision_config, Some(commit.to_owned()));
+        let revision = new_revision(&d.source, &next.source_revision_config);
+        let saved = app
+            .store
+            .save_deployment(next, d.updated_at, Some(revision))
+            .await;
+        created.store(saved.is_ok(), Ordering::Relaxed);
+        unless_stale(id, saved)
+    })
+    .await?;
+    Ok(created.load(Ordering::Relaxed))
 }
 
 /// Log lines of a deployment (of one of its revisions, when the query names one).

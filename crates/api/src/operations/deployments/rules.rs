@@ -82,19 +82,14 @@ pub fn check_applicable(
     Ok(())
 }
 
-/// Source rules of a create, before the listener rules.
+/// Source rules of a create that need no lookup, before the listener rules (and, for
+/// `github`, before the integration's: [`crate::operations::integrations::check_github`]).
 pub fn check_create(
     source: &str,
     source_config: &Map<String, Value>,
     revision_config: &Map<String, Value>,
     secret_references_sent: bool,
 ) -> ApiResult<()> {
-    if source == "github" {
-        return Err(source_error(
-            "'github' source requires a GitHub integration, which this control plane does not \
-             provide.",
-        ));
-    }
     if source == "external_docker" && !sent(Some(revision_config), "image_uri") {
         return Err(source_error(
             "'source_revision_config.image_uri' is required for 'external_docker' source.",
