@@ -514,10 +514,36 @@ fn pushes(server: &Server, host: &GitHost, integration: &str, dep: &str, greetin
     commit
 }
 
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn git_sources_on_postgres() {
     let db = postgres_db();
-    let host = GitHost::start(None);
+    let keys = TempDir::new("app-keys");
+    let (app_key, app_public, other_key) = (
+        keys.0.join("app.pem"),
+        keys.0.join("app.pub.pem"),
+        keys.0.join("other.pem"),
+    );
+    for key in [&app_key, &other_key] {
+        openssl(&["genrsa", "-out", key.to_str().unwrap(), "2048"]);
+    }
+    openssl(&[
+        "rsa",
+        "-in",
+        app_key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        app_public.to_str().unwrap(),
+    ]);
+    let host = GitHost::start(Some(&app_public));
     let server = Server::start(&db);
     let (integration, dep) = control_plane(&db, &server, &host);
     pushes(&server, &host, &integration, &dep, "v2");
@@ -526,6 +552,94 @@ fn git_sources_on_postgres() {
         0,
         "hostplane sent a request without the token"
     );
+
+    println!("a GitHub App integration: installation tokens minted with the app's key");
+    let ws = admin(&db, &["workspace", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api = format!("http://127.0.0.1:{}/api", host.port);
+    let out = integration_admin(
+        &db,
+        &[
+            "create",
+            "--workspace",
+            &ws,
+            "--name",
+            "acme-app",
+            "--base-url",
+            &host.base_url(),
+            "--api-url",
+            &api,
+            "--private-key-file",
+            app_key.to_str().unwrap(),
+            "--app-id",
+            "4242",
+            "--installation-id",
+            "77",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let (_, list) = server.call("GET", "/v1/integrations/github/install", None);
+    assert_eq!(
+        list,
+        json!([
+            {"id": integration, "installation_id": 0, "name": "acme-git"},
+            {"id": app_id, "installation_id": 77, "name": "acme-app"},
+        ])
+    );
+    let repos = format!("/v1/integrations/github/{app_id}/repos");
+    let (status, body) = server.call("GET", &repos, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["host_integration_id"], app_id.as_str());
+    assert_eq!(body[0]["url"], host.repo_url());
+    // A key the host does not know for the app: no token, a 400 that says so.
+    let out = integration_admin(
+        &db,
+        &[
+            "rotate",
+            &app_id,
+            "--credential-file",
+            other_key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A fresh server: the first one keeps the token it minted for 50 minutes.
+    let fresh = Server::start_with(&db, &[], &server.key);
+    let (status, body) = fresh.call("GET", &repos, None);
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"detail": format!("Cannot list the repositories of integration ID {app_id}: the host refused an installation token for installation 77 (HTTP 401)")})
+        )
+    );
+    drop(fresh);
+
+    println!("branch polling: a replica started with --git-poll-secs follows main");
+    let poller = Server::start_with(&db, &["--git-poll-secs", "1"], &server.key);
+    let third = host.commit("main", "v3");
+    wait_until("the poll to build the new commit", 30, || {
+        revisions(&poller, &dep)[0]["source_revision_config"]["repo_commit_sha"] == third.as_str()
+    });
+    // One revision per commit, however many polls see it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let at_third = revisions(&poller, &dep)
+        .iter()
+        .filter(|r| r["source_revision_config"]["repo_commit_sha"] == third.as_str())
+        .count();
+    assert_eq!(at_third, 1);
+    drop(poller);
 
     println!("once its deployment is gone, the integration can be deleted");
     assert_eq!(
@@ -541,7 +655,13 @@ fn git_sources_on_postgres() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (status, list) = server.call("GET", "/v1/integrations/github/install", None);
-    assert_eq!((status, list), (200, json!([])));
+    assert_eq!(
+        (status, list),
+        (
+            200,
+            json!([{"id": app_id, "installation_id": 77, "name": "acme-app"}])
+        )
+    );
 }
 
 fn env_of(port: u16) -> String {
