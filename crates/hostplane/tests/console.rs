@@ -294,6 +294,50 @@ fn console_over_http(db: &Db) {
     assert!(!second.body.contains("rel=\"next\""));
     let filtered = visitor.get(&format!("/o/{ws}/host/deployments?name=page-1&offset=x"));
     assert_eq!(filtered.body.matches("<tr><td><a href=").count(), 10);
+    // Integrations: listed with their host, never their credential (the name is
+    // escaped like every value).
+    let empty = visitor.get(&format!("/o/{ws}/host/integrations"));
+    assert_eq!(empty.status, 200);
+    assert!(empty.body.contains("No integration yet."));
+    let token = db.dir.0.join("console-token");
+    std::fs::write(&token, "console-secret-token").unwrap();
+    let out = support::bin()
+        .args([
+            "admin",
+            "--database-url",
+            &db.url,
+            "--json",
+            "integration",
+            "create",
+        ])
+        .args([
+            "--workspace",
+            &ws,
+            "--name",
+            hostile,
+            "--base-url",
+            "https://git.example.com",
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .env("HOSTPLANE_SECRET_KEY", support::SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let integrations = visitor.get(&format!("/o/{ws}/host/integrations"));
+    assert_eq!(integrations.status, 200);
+    assert!(integrations
+        .body
+        .contains("<code>https://git.example.com</code>"));
+    assert!(integrations
+        .body
+        .contains("&lt;script&gt;alert('cid')&lt;/script&gt;"));
+    assert!(!integrations.body.contains(hostile));
+    assert!(!integrations.body.contains("console-secret-token"));
     let listeners = visitor.get(&format!("/o/{ws}/host/listeners"));
     assert_eq!(listeners.status, 200);
     assert!(listeners.body.contains("test-agent/1.0"));

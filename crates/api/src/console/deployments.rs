@@ -317,6 +317,12 @@ pub async fn show(
             }
             dt { "Namespace" } dd { (namespace(&d).unwrap_or_default()) }
             @if let Some(image) = image { dt { "Image" } dd { code { (image) } } }
+            @if let Some(repo) = store::SourceConfig::of(&d.source_config).repo_url.filter(|_| d.source == "github") {
+                dt { "Repository" } dd {
+                    code { (repo) }
+                    @if let Some(r) = store::RevisionConfig::of(&d.source_revision_config).repo_ref { " at " code { (r) } }
+                }
+            }
             dt { "Created" } dd { (time(&d.created_at)) }
             dt { "Updated" } dd { (time(&d.updated_at)) }
         }
@@ -331,6 +337,9 @@ pub async fn show(
                         td {
                             (short_id(&r.id))
                             @if d.active_revision_id == Some(r.id) { " " strong.live-mark { "live" } }
+                            @if let Some(sha) = store::RevisionConfig::of(&r.source_revision_config).repo_commit_sha {
+                                br; span.muted { "commit " code title=(sha) { (sha.get(..12).unwrap_or(&sha)) } }
+                            }
                         }
                         td { (badge(r.status.as_str())) }
                         td.reason {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 pub enum Tab {
     Deployments,
     Listeners,
+    Integrations,
     Workspaces,
 }
 
@@ -43,6 +44,7 @@ pub fn page(title: &str, nav: Option<&Nav<'_>>, main: Markup) -> Response {
                             @if let Some(ws) = nav.workspace {
                                 (tab(nav, Tab::Deployments, &format!("/o/{ws}/host/deployments"), "Deployments"))
                                 (tab(nav, Tab::Listeners, &format!("/o/{ws}/host/listeners"), "Listeners"))
+                                (tab(nav, Tab::Integrations, &format!("/o/{ws}/host/integrations"), "Integrations"))
                             }
                             @if nav.session.is_org_key() {
                                 (tab(nav, Tab::Workspaces, "/console/workspaces", "Workspaces"))

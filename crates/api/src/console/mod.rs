@@ -12,6 +12,7 @@
 
 mod assets;
 mod deployments;
+mod integrations;
 mod layout;
 mod listeners;
 mod session;
@@ -53,6 +54,10 @@ pub fn router() -> Router<AppState> {
         .route(
             &format!("{deployment}/revisions/{{revision_id}}/redeploy"),
             post(deployments::redeploy),
+        )
+        .route(
+            "/o/{workspace_id}/host/integrations",
+            get(integrations::list),
         )
         .route(
             "/o/{workspace_id}/host/listeners",
