@@ -217,21 +217,12 @@ impl Forge {
             api.trim_end_matches('/')
         );
         let answer = self
-            .http
-            .post(&url)
-            .bearer_auth(jwt)
-            .header("Accept", "application/vnd.github+json")
-            .send()
-            .await
-            .map_err(|e| GitError(format!("cannot reach {url}: {}", plain(&e))))?;
-        let status = answer.status();
-        if !status.is_success() {
-            return Err(GitError(format!(
-                "the host refused an installation token for installation {installation} \
-                 (HTTP {})",
-                status.as_u16()
-            )));
-        }
+            .rest(
+                self.http.post(&url).bearer_auth(jwt),
+                &url,
+                &format!("the host refused an installation token for installation {installation}"),
+            )
+            .await?;
         let minted: InstallationToken = answer
             .json()
             .await
@@ -269,20 +260,12 @@ impl Forge {
                 IntegrationKind::Token => format!("{api}/user/repos?per_page=100&page={page}"),
             };
             let answer = self
-                .http
-                .get(&url)
-                .bearer_auth(token)
-                .header("Accept", "application/vnd.github+json")
-                .send()
-                .await
-                .map_err(|e| GitError(format!("cannot reach {url}: {}", plain(&e))))?;
-            let status = answer.status();
-            if !status.is_success() {
-                return Err(GitError(format!(
-                    "the host's API refused to list repositories (HTTP {})",
-                    status.as_u16()
-                )));
-            }
+                .rest(
+                    self.http.get(&url).bearer_auth(token),
+                    &url,
+                    "the host's API refused to list repositories",
+                )
+                .await?;
             let repos: Vec<RestRepository> = match integration.kind {
                 IntegrationKind::GithubApp => answer
                     .json::<InstallationRepositories>()
@@ -304,6 +287,27 @@ impl Forge {
             }
         }
         Ok(all)
+    }
+
+    /// Sends a request to the host's REST API: its answer when it succeeded, else
+    /// `refused` with the status.
+    async fn rest(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+        refused: &str,
+    ) -> GitResult<reqwest::Response> {
+        let answer = request
+            .header("Accept", "application/vnd.github+json")
+            .send()
+            .await
+            .map_err(|e| GitError(format!("cannot reach {url}: {}", plain(&e))))?;
+        let status = answer.status();
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            Err(GitError(format!("{refused} (HTTP {})", status.as_u16())))
+        }
     }
 
     /// `git` with no configuration but ours: the credential as an HTTP header, no
