@@ -198,6 +198,19 @@ async fn of_workspace(app: &AppState, workspace: Uuid, id: Uuid) -> ApiResult<Op
         .filter(|i| i.workspace_id == workspace))
 }
 
+/// The integration of the workspace a `source_config.integration_id` names (`None`
+/// when it names none, is not a UUID, or is not the workspace's).
+async fn named(
+    app: &AppState,
+    workspace: Uuid,
+    id: Option<&str>,
+) -> ApiResult<Option<Integration>> {
+    match id.map(Uuid::parse_str) {
+        Some(Ok(id)) => of_workspace(app, workspace, id).await,
+        _ => Ok(None),
+    }
+}
+
 /// The token that reaches the integration's host now.
 async fn token(app: &AppState, integration: &Integration) -> Result<String, GitError> {
     let secret = app
@@ -265,11 +278,7 @@ pub async fn check_github(
             "'source_config.integration_id' is required for 'github' source.",
         ));
     };
-    let found = match Uuid::parse_str(integration_id) {
-        Ok(id) => of_workspace(app, workspace, id).await?,
-        Err(_) => None,
-    };
-    let Some(integration) = found else {
+    let Some(integration) = named(app, workspace, Some(integration_id)).await? else {
         return Err(source_error(format!(
             "integration ID '{integration_id}' not found in LangSmith workspace ID '{workspace}'."
         )));
@@ -331,14 +340,7 @@ pub async fn current_commit(
 ) -> ApiResult<Option<String>> {
     let config = SourceConfig::of(source_config);
     let repo_ref = store::RevisionConfig::of(revision_config).repo_ref;
-    let id = config
-        .integration_id
-        .as_deref()
-        .and_then(|i| Uuid::parse_str(i).ok());
-    let integration = match id {
-        Some(id) => of_workspace(app, workspace, id).await?,
-        None => None,
-    };
+    let integration = named(app, workspace, config.integration_id.as_deref()).await?;
     match (integration, config.repo_url, repo_ref) {
         (Some(i), Some(url), Some(r)) => commit_of(app, &i, &url, &r).await,
         (None, _, _) => Err(source_error(format!(
@@ -383,15 +385,9 @@ pub async fn git_source(
             "the repository has no branch, tag or commit '{repo_ref}'"
         )));
     };
-    let id = config
-        .integration_id
-        .as_deref()
-        .and_then(|i| Uuid::parse_str(i).ok());
-    let integration = match id {
-        Some(id) => of_workspace(app, found.workspace_id, id).await?,
-        None => None,
-    }
-    .ok_or_else(|| failed("the deployment's integration is gone".into()))?;
+    let integration = named(app, found.workspace_id, config.integration_id.as_deref())
+        .await?
+        .ok_or_else(|| failed("the deployment's integration is gone".into()))?;
     let repo_url = config.repo_url.clone().unwrap_or_default();
     if !git::on_host(&integration, &repo_url) {
         return Err(failed(format!(
@@ -566,6 +562,13 @@ pub async fn push(app: &AppState, push: Push) -> ApiResult<PushOutcome> {
     Ok(PushOutcome::Built(created))
 }
 
+/// Whether a new commit on the deployment's branch should build: `build_on_push`, and
+/// not being deleted.
+fn builds_on_push(d: &store::Deployment) -> bool {
+    SourceConfig::of(&d.source_config).build_on_push == Some(true)
+        && d.status != store::lifecycle::DeploymentStatus::AwaitingDelete
+}
+
 /// The `build_on_push` deployments of `integration` that follow `branch` of one of
 /// `repos` (normalized URLs): (workspace, id) pairs, oldest first.
 async fn followers(
@@ -583,13 +586,12 @@ async fn followers(
         .filter(|d| {
             let c = SourceConfig::of(&d.source_config);
             let r = store::RevisionConfig::of(&d.source_revision_config);
-            c.integration_id.as_deref() == Some(id.as_str())
-                && c.build_on_push == Some(true)
+            builds_on_push(d)
+                && c.integration_id.as_deref() == Some(id.as_str())
                 && c.repo_url
                     .is_some_and(|u| repos.contains(&git::normalize_url(&u)))
                 && r.repo_ref
                     .is_some_and(|b| b == branch || b == format!("refs/heads/{branch}"))
-                && d.status != store::lifecycle::DeploymentStatus::AwaitingDelete
         })
         .map(|d| (d.workspace_id, d.id))
         .collect())
@@ -600,10 +602,7 @@ async fn followers(
 pub async fn poll(app: &AppState) -> ApiResult<usize> {
     let mut built = 0;
     for d in app.store.github_deployments(None).await? {
-        let c = SourceConfig::of(&d.source_config);
-        if c.build_on_push != Some(true)
-            || d.status == store::lifecycle::DeploymentStatus::AwaitingDelete
-        {
+        if !builds_on_push(&d) {
             continue;
         }
         let now = store::RevisionConfig::of(&d.source_revision_config).repo_commit_sha;
