@@ -1,5 +1,5 @@
 //! The work a server does on its own, for the life of the process: collecting unused
-//! upload files, releasing expired data-plane leases, and (when set) polling the
+//! upload files and expired Agent Auth sign-ins, releasing expired data-plane leases, and (when set) polling the
 //! branches `github` deployments follow. Each holds the store (the poller the
 //! operations' state) and its settings, nothing of the HTTP side.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Runs [`collect_garbage`] at start and then every ten minutes, for the life of the
 /// process: partial files are stale after the upload time limit, unused uploads after a
-/// day.
+/// day. Agent Auth sign-ins go an hour after they expired.
 pub fn spawn_janitor(
     app_store: std::sync::Arc<dyn store::Store>,
     storage_dir: std::path::PathBuf,
@@ -22,6 +22,10 @@ pub fn spawn_janitor(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "removed unused upload files"),
                 Err(e) => tracing::warn!(error = %e, "upload garbage collection failed"),
+            }
+            let expired = chrono::Utc::now() - chrono::Duration::hours(1);
+            if let Err(e) = app_store.sweep_auth_requests(expired).await {
+                tracing::warn!(error = %e, "forgetting expired sign-ins failed");
             }
             tokio::time::sleep(EVERY).await;
         }

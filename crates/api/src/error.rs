@@ -22,6 +22,8 @@ pub enum ApiError {
     /// 307 to the given location (FastAPI's trailing-slash redirect).
     Redirect(String),
     Unavailable(String),
+    /// 502: a server we called (an OAuth provider) failed.
+    BadGateway(String),
     /// 500; the cause is logged, never shown to the client.
     Internal(String),
 }
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::TooManyRequests(t) => (StatusCode::TOO_MANY_REQUESTS, t.clone()),
             ApiError::Redirect(location) => (StatusCode::TEMPORARY_REDIRECT, location.clone()),
             ApiError::Unavailable(t) => (StatusCode::SERVICE_UNAVAILABLE, t.clone()),
+            ApiError::BadGateway(t) => (StatusCode::BAD_GATEWAY, t.clone()),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (

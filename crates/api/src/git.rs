@@ -175,6 +175,13 @@ impl Forge {
         }
     }
 
+    /// Drops the cached installation token of an integration (its installation changed).
+    pub fn forget(&self, integration: uuid::Uuid) {
+        if let Ok(mut m) = self.minted.lock() {
+            m.remove(&integration);
+        }
+    }
+
     async fn installation_token(&self, integration: &Integration, key: &str) -> GitResult<String> {
         let now = SystemTime::now();
         if let Some((token, until)) = self

@@ -1,6 +1,7 @@
 //! hostplane's HTTP API: the router, one module per resource, authentication, the single
 //! error-to-HTTP mapping and the served OpenAPI document.
 
+pub mod agent_auth;
 pub mod auth;
 pub mod background;
 pub mod bodies;
@@ -12,6 +13,7 @@ pub mod git;
 pub mod integrations;
 pub mod listeners;
 pub mod logs;
+pub mod oauth;
 pub mod openapi;
 pub mod operations;
 pub mod registry;
@@ -22,7 +24,7 @@ pub mod telemetry;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub struct ApiConfig {
     pub console: bool,
     /// Limits of fetching `github` sources ([`git`]).
     pub git: git::GitConfig,
+    /// Limits and address policy of Agent Auth's calls to providers ([`oauth`]).
+    pub outbound: oauth::OutboundConfig,
 }
 
 impl Default for ApiConfig {
@@ -82,6 +86,7 @@ impl Default for ApiConfig {
             key_cache_ttl: Duration::ZERO,
             console: true,
             git: git::GitConfig::default(),
+            outbound: oauth::OutboundConfig::default(),
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct AppState {
     pub secrets: secrets::SecretBox,
     /// Git and REST access to integrations' hosts.
     pub forge: Arc<git::Forge>,
+    /// Agent Auth's client for OAuth providers and MCP servers.
+    pub outbound: Arc<oauth::Outbound>,
 }
 
 /// Every route of the compatible API with its handlers. The router and the
@@ -185,6 +192,56 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         (
             "/v1/integrations/forge/github/{integration_id}/repos",
             get(integrations::repositories),
+        ),
+        (
+            "/v2/auth/providers",
+            get(agent_auth::list_providers).post(agent_auth::create_provider),
+        ),
+        (
+            "/v2/auth/providers/{provider_id}",
+            get(agent_auth::get_provider)
+                .patch(agent_auth::update_provider)
+                .delete(agent_auth::delete_provider)
+                .post(agent_auth::discover_provider),
+        ),
+        ("/v2/auth/setup/{provider_id}", get(agent_auth::setup_page)),
+        (
+            "/v2/auth/callback/{provider_id}",
+            get(agent_auth::callback_query).post(agent_auth::callback),
+        ),
+        ("/v2/auth/authenticate", post(agent_auth::authenticate)),
+        ("/v2/auth/wait/{auth_id}", get(agent_auth::wait)),
+        (
+            "/v2/auth/tokens",
+            get(agent_auth::list_tokens).delete(agent_auth::revoke_tokens),
+        ),
+        (
+            "/v2/auth/tokens/exists",
+            get(agent_auth::token_exists).delete(agent_auth::delete_token),
+        ),
+        (
+            "/v2/auth/tokens/{token_id}",
+            delete(agent_auth::delete_token),
+        ),
+        (
+            "/v2/auth/tokens/{token_id}/metadata",
+            patch(agent_auth::update_token),
+        ),
+        (
+            "/v2/auth/tokens/workspace/slack/exists",
+            get(agent_auth::slack_exists),
+        ),
+        (
+            "/v2/auth/tokens/workspace/slack",
+            delete(agent_auth::revoke_slack),
+        ),
+        (
+            "/v2/auth/agents/{agent_id}/connections",
+            get(agent_auth::list_connections).post(agent_auth::create_connection),
+        ),
+        (
+            "/v2/auth/agents/{agent_id}/connections/{connection_id}",
+            delete(agent_auth::delete_connection),
         ),
         ("/openapi.json", get(openapi::serve)),
         ("/ok", get(ok)),
@@ -284,6 +341,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         keys: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
         bodies: Arc::default(),
         forge: Arc::new(git::Forge::new(config.git.clone())),
+        outbound: Arc::new(oauth::Outbound::new(config.outbound.clone())),
         config: Arc::new(config),
         secrets,
     };
@@ -302,6 +360,10 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         .merge(dataplane_api())
         .route("/registry/token", get(registry::token))
         .route(integrations::WEBHOOK_ROUTE, post(integrations::push))
+        .route(
+            agent_auth::BROWSER_CALLBACK_ROUTE,
+            get(agent_auth::callback_page),
+        )
         .merge(console)
         .fallback(routing::fallback)
         .with_state(state);
@@ -315,12 +377,11 @@ fn with_service_layers(app: Router, (request_limit, upload_limit): (Duration, Du
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-                let limit = if routing::is_transfer(req.uri().path()) {
+                let path = req.uri().path();
+                let limit = if routing::is_transfer(path) {
                     upload_limit
-                } else if routing::is_long_poll(req.uri().path()) {
-                    request_limit + std::time::Duration::from_secs(protocol::MAX_WAIT_SECONDS)
                 } else {
-                    request_limit
+                    request_limit + routing::long_poll_wait(path).unwrap_or_default()
                 };
                 match tokio::time::timeout(limit, next.run(req)).await {
                     Ok(res) => res,

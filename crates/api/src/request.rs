@@ -92,15 +92,18 @@ impl<const BODY: bool> FromRequest<AppState> for Call<BODY> {
 }
 
 impl<const BODY: bool> Call<BODY> {
-    /// A UUID path parameter; errors are located at `["path", name]`.
-    pub fn path_uuid(&self, name: &str, errs: &mut Errors) -> Option<Uuid> {
-        let raw = self
-            .path
+    /// A string path parameter, decoded.
+    pub fn path_str(&self, name: &str) -> &str {
+        self.path
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        validate::uuid_text(raw, Loc::new("path").key(name), errs)
+            .unwrap_or("")
+    }
+
+    /// A UUID path parameter; errors are located at `["path", name]`.
+    pub fn path_uuid(&self, name: &str, errs: &mut Errors) -> Option<Uuid> {
+        validate::uuid_text(self.path_str(name), Loc::new("path").key(name), errs)
     }
 
     /// An integer query parameter with a default and bounds. The value can exceed 64

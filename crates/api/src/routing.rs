@@ -46,9 +46,21 @@ pub fn is_transfer(path: &str) -> bool {
             .starts_with("/uploads/")
 }
 
-/// A desired-state long-poll, which may wait up to a minute before answering.
-pub fn is_long_poll(path: &str) -> bool {
-    path.starts_with("/dataplane/v1/listeners/") && path.ends_with("/desired")
+/// How long a long-poll may wait before answering, beyond the usual time limit: a
+/// desired-state poll up to a minute, Agent Auth's `wait` up to five.
+pub fn long_poll_wait(path: &str) -> Option<std::time::Duration> {
+    let secs = if path.starts_with("/dataplane/v1/listeners/") && path.ends_with("/desired") {
+        protocol::MAX_WAIT_SECONDS
+    } else if path
+        .strip_prefix(SELF_HOSTED_PREFIX)
+        .unwrap_or(path)
+        .starts_with("/v2/auth/wait/")
+    {
+        crate::operations::agent_auth::MAX_WAIT_SECONDS
+    } else {
+        return None;
+    };
+    Some(std::time::Duration::from_secs(secs))
 }
 
 /// No route matched: a redirect when the path without its trailing slash is a route

@@ -211,6 +211,15 @@ struct ServeArgs {
     /// hosts that cannot deliver push events to this server; 0 (the default): no polling.
     #[arg(long, env = "HOSTPLANE_GIT_POLL_SECS", default_value_t = 0)]
     git_poll_secs: u64,
+    /// Let Agent Auth reach OAuth providers and MCP servers on loopback, private
+    /// (10/8, 172.16/12, 192.168/16, fc00::/7) and shared (100.64/10) addresses.
+    /// Link-local addresses (cloud metadata services) stay out of reach regardless.
+    #[arg(long, env = "HOSTPLANE_AUTH_ALLOW_PRIVATE_NETWORKS")]
+    auth_allow_private_networks: bool,
+    /// Seconds a call to an OAuth provider or MCP server may take.
+    #[arg(long, env = "HOSTPLANE_AUTH_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    auth_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -432,6 +441,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_bytes: args.git_max_source_bytes,
             poll_interval: (args.git_poll_secs > 0)
                 .then(|| Duration::from_secs(args.git_poll_secs)),
+        },
+        outbound: api::oauth::OutboundConfig {
+            allow_private: args.auth_allow_private_networks,
+            timeout: Duration::from_secs(args.auth_timeout_secs),
+            ..Default::default()
         },
     };
     if let Some(addr) = args.metrics_listen {

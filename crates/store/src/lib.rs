@@ -104,15 +104,16 @@ pub struct Bootstrapped {
     pub generated_key: Option<String>,
 }
 
-/// Everything hostplane stores, in seven parts: identities, listeners, deployments, their
-/// uploads, the git hosts they deploy from, the data plane's side of them, and the web
-/// console's sessions.
+/// Everything hostplane stores, in eight parts: identities, listeners, deployments, their
+/// uploads, the git hosts they deploy from, Agent Auth's providers and tokens, the data
+/// plane's side of them, and the web console's sessions.
 pub trait Store:
     IdentityStore
     + ListenerStore
     + DeploymentStore
     + UploadStore
     + IntegrationStore
+    + AgentAuthStore
     + DataPlaneStore
     + ConsoleStore
     + Send
@@ -127,6 +128,7 @@ impl<T> Store for T where
         + DeploymentStore
         + UploadStore
         + IntegrationStore
+        + AgentAuthStore
         + DataPlaneStore
         + ConsoleStore
         + Send
@@ -332,6 +334,64 @@ pub trait IntegrationStore: Send + Sync {
     async fn record_delivery(&self, integration: Uuid, delivery: &str) -> Result<bool>;
     /// Forgets a recorded delivery that could not be acted on, so a redelivery can.
     async fn forget_delivery(&self, integration: Uuid, delivery: &str) -> Result<()>;
+}
+
+/// Agent Auth: OAuth providers, the tokens obtained from them, sign-ins under way and
+/// agent connections; every read and write is of one workspace.
+#[async_trait]
+pub trait AgentAuthStore: Send + Sync {
+    /// `Conflict` when the workspace has a provider of that `provider_id`.
+    async fn create_provider(&self, new: OAuthProvider) -> Result<OAuthProvider>;
+    /// Oldest first.
+    async fn list_providers(&self, workspace: Uuid) -> Result<Vec<OAuthProvider>>;
+    async fn get_provider(
+        &self,
+        workspace: Uuid,
+        provider_id: &str,
+    ) -> Result<Option<OAuthProvider>>;
+    /// Saves the changeable fields; `NotFound` when it is gone.
+    async fn update_provider(&self, changed: OAuthProvider) -> Result<OAuthProvider>;
+    /// Deletes a provider with its tokens, sign-ins and connections; false when unknown.
+    async fn delete_provider(&self, workspace: Uuid, provider_id: &str) -> Result<bool>;
+
+    /// The workspace's tokens, oldest first, narrowed by `filter`.
+    async fn list_tokens(&self, workspace: Uuid, filter: &TokenFilter) -> Result<Vec<OAuthToken>>;
+    async fn get_token(&self, workspace: Uuid, id: Uuid) -> Result<Option<OAuthToken>>;
+    /// Saves a token's secrets, expiry, label and default flag (a default token makes the
+    /// owner's other tokens of that provider not default); `NotFound` when it is gone.
+    async fn update_token(&self, changed: OAuthToken) -> Result<OAuthToken>;
+    /// Deletes these tokens of the workspace; how many were deleted.
+    async fn delete_tokens(&self, workspace: Uuid, ids: &[Uuid]) -> Result<u64>;
+
+    async fn create_auth_request(&self, new: AuthRequest) -> Result<()>;
+    async fn get_auth_request(&self, workspace: Uuid, id: Uuid) -> Result<Option<AuthRequest>>;
+    /// The pending, unexpired sign-in whose `state` hashes to `state_hash`, now
+    /// `Exchanging` so that no other callback can use it; `None` when there is none (or
+    /// it is not of `workspace`, when one is given).
+    async fn take_auth_request(
+        &self,
+        state_hash: &str,
+        workspace: Option<Uuid>,
+    ) -> Result<Option<AuthRequest>>;
+    /// Ends an `Exchanging` sign-in (saving the token when it completed) and wakes its
+    /// waiters on every replica.
+    async fn finish_auth_request(&self, id: Uuid, outcome: AuthOutcome) -> Result<()>;
+    /// A receiver that changes when the sign-in finishes.
+    fn watch_auth_request(&self, id: Uuid) -> tokio::sync::watch::Receiver<i64>;
+    /// Forgets sign-ins that expired before `before`; how many.
+    async fn sweep_auth_requests(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64>;
+
+    /// An agent's connections, oldest first.
+    async fn list_connections(
+        &self,
+        workspace: Uuid,
+        agent_id: &str,
+    ) -> Result<Vec<AgentConnection>>;
+    /// `NotFound` when the token is not the workspace's; `Conflict` when the agent is
+    /// connected to it already.
+    async fn create_connection(&self, new: NewConnection) -> Result<AgentConnection>;
+    /// False when the agent has no such connection.
+    async fn delete_connection(&self, workspace: Uuid, agent_id: &str, id: Uuid) -> Result<bool>;
 }
 
 /// What listener agents read and report. Every write that changes what a listener should

@@ -552,3 +552,138 @@ pub enum Reservation {
         used: i64,
     },
 }
+
+/// An OAuth provider of a workspace (Agent Auth). `client_secret` is sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthProvider {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// The workspace's own name for it (`google`), unique in the workspace.
+    pub provider_id: String,
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub auth_url: String,
+    pub token_url: String,
+    pub uses_pkce: bool,
+    pub code_challenge_method: Option<String>,
+    pub provider_type: Option<String>,
+    pub mcp_server_url: Option<String>,
+    pub token_endpoint_auth_method: String,
+    pub is_dynamic_client: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A token obtained from a provider for one end user. `access_token` and
+/// `refresh_token` are sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthToken {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// The provider's row id ([`OAuthProvider::id`]).
+    pub provider_row: Uuid,
+    /// The provider's `provider_id`.
+    pub provider_id: String,
+    pub owner: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub provider_account_label: Option<String>,
+    pub is_default: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a sign-in stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRequestStatus {
+    /// Waiting for the user to come back from the provider.
+    Pending,
+    /// The callback arrived; the code is being exchanged (used once).
+    Exchanging,
+    Completed,
+    Failed,
+}
+
+impl AuthRequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthRequestStatus::Pending => "pending",
+            AuthRequestStatus::Exchanging => "exchanging",
+            AuthRequestStatus::Completed => "completed",
+            AuthRequestStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => AuthRequestStatus::Pending,
+            "exchanging" => AuthRequestStatus::Exchanging,
+            "completed" => AuthRequestStatus::Completed,
+            "failed" => AuthRequestStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A sign-in under way. `verifier` (PKCE) is sealed; `state_hash` is the SHA-256 of the
+/// `state` sent to the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRequest {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub provider_row: Uuid,
+    pub state_hash: String,
+    pub verifier: Option<String>,
+    pub owner: String,
+    pub agent_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub is_default: bool,
+    pub status: AuthRequestStatus,
+    pub token_id: Option<Uuid>,
+    pub error: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A token connected to an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConnection {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub agent_id: String,
+    pub token: OAuthToken,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How a finished sign-in ends.
+#[derive(Debug, Clone)]
+pub enum AuthOutcome {
+    /// The token obtained (already sealed), saved and linked to the request.
+    Completed(Box<OAuthToken>),
+    /// Why it failed, in words.
+    Failed(String),
+}
+
+/// Which of a workspace's tokens [`crate::AgentAuthStore::list_tokens`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    /// Of this provider (its `provider_id`).
+    pub provider_id: Option<String>,
+    pub owner: Option<String>,
+    /// Only tokens of providers whose `provider_type` is this.
+    pub provider_type: Option<String>,
+}
+
+/// A connection to make.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub agent_id: String,
+    pub token_id: Uuid,
+    pub created_by: String,
+}

@@ -343,3 +343,95 @@ pub(crate) fn agent_state(r: &dyn Columns) -> Result<AgentState> {
         facts: r.opt_json("agent")?,
     })
 }
+
+pub(crate) const PROVIDER_COLUMNS: &str = "id, workspace_id, provider_id, name, client_id, \
+    client_secret, auth_url, token_url, uses_pkce, code_challenge_method, provider_type, \
+    mcp_server_url, token_endpoint_auth_method, is_dynamic_client, created_at, updated_at";
+
+pub(crate) fn oauth_provider(r: &dyn Columns) -> Result<OAuthProvider> {
+    Ok(OAuthProvider {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        provider_id: r.text("provider_id")?,
+        name: r.text("name")?,
+        client_id: r.text("client_id")?,
+        client_secret: r.opt_text("client_secret")?,
+        auth_url: r.text("auth_url")?,
+        token_url: r.text("token_url")?,
+        uses_pkce: r.flag("uses_pkce")?,
+        code_challenge_method: r.opt_text("code_challenge_method")?,
+        provider_type: r.opt_text("provider_type")?,
+        mcp_server_url: r.opt_text("mcp_server_url")?,
+        token_endpoint_auth_method: r.text("token_endpoint_auth_method")?,
+        is_dynamic_client: r.flag("is_dynamic_client")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+/// A token with its provider's `provider_id` (tables `oauth_tokens t` and
+/// `oauth_providers p`).
+pub(crate) const TOKEN_SELECT: &str = "SELECT t.id, t.workspace_id, t.provider_row, \
+    p.provider_id, t.owner, t.access_token, t.refresh_token, t.scopes, t.expires_at, \
+    t.provider_account_label, t.is_default, t.created_at, t.updated_at \
+    FROM oauth_tokens t JOIN oauth_providers p ON p.id = t.provider_row";
+
+fn text_list(r: &dyn Columns, col: &str) -> Result<Vec<String>> {
+    serde_json::from_value(r.json(col)?)
+        .map_err(|e| StoreError::Other(format!("{col} is not a list of strings: {e}")))
+}
+
+pub(crate) fn oauth_token(r: &dyn Columns) -> Result<OAuthToken> {
+    Ok(OAuthToken {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        provider_row: r.uuid("provider_row")?,
+        provider_id: r.text("provider_id")?,
+        owner: r.text("owner")?,
+        access_token: r.text("access_token")?,
+        refresh_token: r.opt_text("refresh_token")?,
+        scopes: text_list(r, "scopes")?,
+        expires_at: r.opt_int("expires_at")?.map(micros_to_time).transpose()?,
+        provider_account_label: r.opt_text("provider_account_label")?,
+        is_default: r.flag("is_default")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+pub(crate) const AUTH_REQUEST_COLUMNS: &str = "id, workspace_id, provider_row, state_hash, \
+    verifier, owner, agent_id, scopes, is_default, status, token_id, error, expires_at, \
+    created_at";
+
+pub(crate) fn auth_request(r: &dyn Columns) -> Result<AuthRequest> {
+    let status = r.text("status")?;
+    Ok(AuthRequest {
+        id: r.uuid("id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        provider_row: r.uuid("provider_row")?,
+        state_hash: r.text("state_hash")?,
+        verifier: r.opt_text("verifier")?,
+        owner: r.text("owner")?,
+        agent_id: r.opt_text("agent_id")?,
+        scopes: text_list(r, "scopes")?,
+        is_default: r.flag("is_default")?,
+        status: AuthRequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("unknown sign-in status {status}")))?,
+        token_id: r.opt_uuid("token_id")?,
+        error: r.opt_text("error")?,
+        expires_at: r.time("expires_at")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+/// A connection joined with its token ([`TOKEN_SELECT`] plus `c.*` renamed `conn_*`).
+pub(crate) fn agent_connection(r: &dyn Columns) -> Result<AgentConnection> {
+    Ok(AgentConnection {
+        id: r.uuid("conn_id")?,
+        workspace_id: r.uuid("workspace_id")?,
+        agent_id: r.text("conn_agent_id")?,
+        token: oauth_token(r)?,
+        created_by: r.text("conn_created_by")?,
+        created_at: r.time("conn_created_at")?,
+    })
+}

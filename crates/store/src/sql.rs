@@ -190,6 +190,19 @@ impl Dialect {
         }
     }
 
+    /// Announces `<id>:<generation>` on [`CHANNEL`] to every process at commit (for
+    /// wake-ups that are not a listener's generation); SQLite's one process announces
+    /// it itself after the commit.
+    pub(crate) fn announce_one(self, id: Uuid, generation: i64) -> Option<Query> {
+        match self {
+            Dialect::Postgres => Some(
+                query(format!("SELECT pg_notify('{CHANNEL}', $1)"))
+                    .bind(format!("{id}:{generation}")),
+            ),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// `updated_at` (or another time column) moved to now, or just past its value when
     /// the clock is behind it: every change moves a row's version forward.
     pub(crate) fn advance(self, column: &str, now: &str) -> String {

@@ -629,3 +629,55 @@ pub async fn poll(app: &AppState) -> ApiResult<usize> {
     }
     Ok(built)
 }
+
+/// The `state` a GitHub App's install link carries so that its setup callback may record
+/// the installation: an HMAC of the integration's id keyed with its (sealed) private key,
+/// so only this server can make it and it changes when the key is rotated.
+pub fn install_state(secrets: &SecretBox, integration: &Integration) -> Option<String> {
+    use hmac::Mac;
+    let key = secrets.open(&integration.credential, integration.id)?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).ok()?;
+    mac.update(format!("hostplane-install:{}", integration.id).as_bytes());
+    Some(hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
+/// `GET /v2/auth/setup/{id}`: records the installation a GitHub App was just given on
+/// the integration `id`, when `state` is its [`install_state`]. The answer is the
+/// integration's name.
+pub async fn record_installation(
+    app: &AppState,
+    id: &str,
+    installation: Option<i128>,
+    state: Option<&str>,
+) -> ApiResult<String> {
+    let invalid = || {
+        ApiError::BadRequest(
+            "This installation link is not valid: ask the operator for the integration's \
+             install link (hostplane admin integration install-link)."
+                .into(),
+        )
+    };
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Err(invalid());
+    };
+    let found = app.store.get_integration(id).await?;
+    let Some(mut found) = found.filter(|i| i.kind == IntegrationKind::GithubApp) else {
+        return Err(invalid());
+    };
+    let expected = install_state(&app.secrets, &found).ok_or_else(invalid)?;
+    let given = state.unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        expected.as_bytes(),
+    )) {
+        return Err(invalid());
+    }
+    let installation = installation
+        .and_then(|n| i64::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::BadRequest("The answer has no valid installation_id.".into()))?;
+    found.installation_id = Some(installation);
+    app.store.update_integration(found.clone()).await?;
+    app.forge.forget(found.id);
+    Ok(found.name)
+}

@@ -6,6 +6,7 @@
 //! (`auth.rs`), the registry's token check (`registry.rs`) and the metrics page
 //! (`telemetry.rs`) read the store.
 
+pub mod agent_auth;
 pub mod dataplane;
 pub mod deployments;
 pub mod integrations;

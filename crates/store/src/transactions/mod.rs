@@ -1,6 +1,7 @@
 //! Every store operation, written once over [`crate::sql::Backend`]: the store's traits
 //! are implemented here for any backend, one module per part of [`crate::Store`].
 
+mod agent_auth;
 mod console;
 mod dataplane;
 pub(crate) mod deployments;
