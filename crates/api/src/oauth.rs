@@ -246,9 +246,13 @@ fn obtained(t: &BasicTokenResponse) -> Obtained {
         access_token: t.access_token().secret().clone(),
         refresh_token: t.refresh_token().map(|r| r.secret().clone()),
         expires_in: t.expires_in(),
-        scopes: t
-            .scopes()
-            .map(|s| s.iter().map(|x| x.as_str().to_owned()).collect()),
+        // An empty `scope` ("") grants no scope, not one named "".
+        scopes: t.scopes().map(|s| {
+            s.iter()
+                .map(|x| x.as_str().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect()
+        }),
     }
 }
 

@@ -66,9 +66,10 @@ enum IntegrationCommand {
         /// A file holding the access token.
         #[arg(long, group = "credential")]
         token_file: Option<std::path::PathBuf>,
-        /// A file holding the GitHub App's private key (PEM); needs --app-id and
-        /// --installation-id.
-        #[arg(long, group = "credential", requires_all = ["app_id", "installation_id"])]
+        /// A file holding the GitHub App's private key (PEM); needs --app-id. Without
+        /// --installation-id, the installation is recorded when the App is installed
+        /// through its install link (`integration install-link`).
+        #[arg(long, group = "credential", requires = "app_id")]
         private_key_file: Option<std::path::PathBuf>,
         #[arg(long)]
         app_id: Option<i64>,
@@ -98,6 +99,15 @@ enum IntegrationCommand {
     },
     /// Delete an integration no deployment uses.
     Delete { integration_id: Uuid },
+    /// What a GitHub App integration's installation needs: the `state` to add to the
+    /// App's install page URL (https://github.com/apps/APP/installations/new?state=...)
+    /// and the path of this server to set as the App's Setup URL; GitHub then sends the
+    /// new installation there and it is recorded on the integration.
+    InstallLink {
+        integration_id: Uuid,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
 }
 
 fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
@@ -181,6 +191,21 @@ async fn integration(
             ops::rotate(store, &secrets, integration_id, credential, webhook)
                 .await
                 .map(|i| print(j, json!(i), format!("rotated {}", i.id)))
+        }
+        IntegrationCommand::InstallLink {
+            integration_id,
+            key,
+        } => {
+            let secrets = key.secret.secret_box(&key.storage_dir, false)?;
+            ops::install_link(store, &secrets, integration_id)
+                .await
+                .map(|(state, path)| {
+                    print(
+                        j,
+                        json!({ "integration_id": integration_id, "state": state, "setup_path": path }),
+                        format!("state\t{state}\nsetup URL\t<public URL>{path}"),
+                    )
+                })
         }
         IntegrationCommand::Delete { integration_id } => {
             ops::delete(store, integration_id).await.map(|()| {

@@ -87,7 +87,7 @@ fn dockerfiles_match_the_official_cli() {
         if let Some(extra) = case["args"].as_array() {
             args.extend(extra.iter().map(|a| a.as_str().unwrap().to_owned()));
         }
-        let want = run(official, &args, &root.0);
+        let want = run(&official, &args, &root.0);
         let got = run(ours, &args, &root.0);
         if want.code == Some(0) {
             valid += 1;

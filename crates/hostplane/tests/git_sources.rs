@@ -17,8 +17,7 @@ use std::process::{Child, Command, Stdio};
 use support::agent::listener_with_key;
 use support::engine::{skipped, Cleanup, Engine, ListenerAgent, BASE_IMAGE};
 use support::{
-    admin, bin, http, other_workspace, postgres_db, sqlite_db, try_http, wait_until, Db, Server,
-    TempDir,
+    admin, http, other_workspace, postgres_db, sqlite_db, try_http, wait_until, Db, Server, TempDir,
 };
 
 const TOKEN: &str = "gh-test-token-0123456789";
@@ -135,10 +134,9 @@ impl GitHost {
 
 /// `hostplane admin integration ...` with the server's secret key.
 fn integration_admin(db: &Db, args: &[&str]) -> std::process::Output {
-    bin()
-        .args(["admin", "--database-url", &db.url, "--json", "integration"])
+    support::admin_command(db)
+        .arg("integration")
         .args(args)
-        .env("HOSTPLANE_SECRET_KEY", support::SECRET_KEY)
         .output()
         .unwrap()
 }

@@ -104,9 +104,10 @@ pub async fn create(
         return Err(refused("the credential must not be empty"));
     }
     if new.kind == IntegrationKind::GithubApp {
-        if new.app_id.is_none() || new.installation_id.is_none() || new.api_url.is_none() {
+        // The installation may come later, through the App's install link.
+        if new.app_id.is_none() || new.api_url.is_none() {
             return Err(refused(
-                "a GitHub App integration needs --app-id, --installation-id and --api-url",
+                "a GitHub App integration needs --app-id and --api-url",
             ));
         }
         check_app_key(&new.credential)?;
@@ -639,6 +640,22 @@ pub fn install_state(secrets: &SecretBox, integration: &Integration) -> Option<S
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).ok()?;
     mac.update(format!("hostplane-install:{}", integration.id).as_bytes());
     Some(hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
+/// A GitHub App integration's [`install_state`] and the path of its setup callback.
+pub async fn install_link(
+    store: &dyn Store,
+    secrets: &SecretBox,
+    id: Uuid,
+) -> AdminResult<(String, String)> {
+    let found = store
+        .get_integration(id)
+        .await?
+        .filter(|i| i.kind == IntegrationKind::GithubApp)
+        .ok_or_else(|| refused(format!("no GitHub App integration with id {id}")))?;
+    let state = install_state(secrets, &found)
+        .ok_or_else(|| refused("the integration's key cannot be unsealed with this secret key"))?;
+    Ok((state, format!("/v2/auth/setup/{id}")))
 }
 
 /// `GET /v2/auth/setup/{id}`: records the installation a GitHub App was just given on

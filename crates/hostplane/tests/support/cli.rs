@@ -5,46 +5,13 @@ use super::{Server, TempDir};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 const CLI_VERSION: &str = "0.4.40";
 
 /// The `langgraph` executable of a virtualenv made for these tests.
-pub fn langgraph() -> &'static PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        let venv =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("langgraph-cli-{CLI_VERSION}"));
-        let exe = venv.join("bin/langgraph");
-        if exe.exists() {
-            return exe;
-        }
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap()
-            .success();
-        assert!(
-            ok,
-            "python3 -m venv failed: Python 3 with venv is needed for the official CLI test"
-        );
-        let out = Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                &format!("langgraph-cli=={CLI_VERSION}"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "installing langgraph-cli failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        exe
-    })
+pub fn langgraph() -> PathBuf {
+    let cli = format!("langgraph-cli=={CLI_VERSION}");
+    super::python::venv(&format!("langgraph-cli-{CLI_VERSION}"), &[&cli]).join("bin/langgraph")
 }
 
 pub struct Cli<'a> {

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod engine;
+pub mod python;
 pub mod registry;
 pub mod source;
 
@@ -103,13 +104,17 @@ pub fn sql(db: &Db, statement: &str) {
     );
 }
 
+/// `hostplane admin --json` on `db`, with the secret key test servers use.
+pub fn admin_command(db: &Db) -> Command {
+    let mut cmd = bin();
+    cmd.args(["admin", "--database-url", &db.url, "--json"])
+        .env("HOSTPLANE_SECRET_KEY", SECRET_KEY);
+    cmd
+}
+
 /// `hostplane admin ... --json` on `db`: its JSON output (the command must succeed).
 pub fn admin(db: &Db, args: &[&str]) -> Value {
-    let out = bin()
-        .args(["admin", "--database-url", &db.url, "--json"])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = admin_command(db).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
