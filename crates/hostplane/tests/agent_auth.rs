@@ -43,6 +43,8 @@ impl OAuthServer {
             .arg(script("oauth_servers.py"))
             .arg(mode)
             .args(args)
+            // Plain HTTP on loopback, whatever Host a client sends.
+            .env("AUTHLIB_INSECURE_TRANSPORT", "1")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -462,4 +464,81 @@ fn github_app_setup_records_the_installation() {
         apps,
         json!([{"id": id, "installation_id": 77, "name": "app"}])
     );
+}
+
+/// The location a GET of `path` on `port` redirects to.
+fn redirect_of(port: u16, path: &str) -> String {
+    let (status, headers, body) =
+        support::exchange_with_headers(port, "GET", path, &[], b"").unwrap();
+    assert_eq!(status, 302, "{path}: {}", String::from_utf8_lossy(&body));
+    headers
+        .into_iter()
+        .find(|(k, _)| k == "location")
+        .map(|(_, v)| v)
+        .unwrap()
+}
+
+/// Two replicas on one PostgreSQL: a `wait` on one is woken by the callback the other
+/// received (PostgreSQL `NOTIFY`), long before its periodic re-check.
+#[test]
+fn wait_wakes_across_replicas() {
+    let db = support::postgres_db();
+    let key = format!("hp_test_{}", uuid::Uuid::new_v4().simple());
+    // Replicas behind one address share their public URL; the browser comes back to b.
+    let public = "http://hostplane.example";
+    let flags = ["--auth-allow-private-networks", "--public-url", public];
+    let a = Server::start_with(&db, &flags, &key);
+    let b = Server::start_with(&db, &flags, &key);
+    let authlib = OAuthServer::start("authlib", &[public]);
+    let (status, body) = a.call(
+        "POST",
+        "/v2/auth/providers",
+        Some(json!({
+            "provider_id": "acme", "name": "Acme", "client_id": "hp-basic",
+            "client_secret": "hp-secret", "uses_pkce": true,
+            "token_endpoint_auth_method": "client_secret_basic",
+            "auth_url": format!("{}/authorize", authlib.url),
+            "token_url": format!("{}/token", authlib.url),
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, started) = a.call(
+        "POST",
+        "/v2/auth/authenticate",
+        Some(json!({"provider": "acme", "scopes": ["read"], "user_id": "alice"})),
+    );
+    let auth_id = started["auth_id"].as_str().unwrap().to_owned();
+    let url = started["url"].as_str().unwrap();
+    let authorize = url.split_once("127.0.0.1:").unwrap().1;
+    let (oauth_port, authorize) = authorize.split_once('/').unwrap();
+    let port = a.port;
+    let key2 = key.clone();
+    let waiter = std::thread::spawn(move || {
+        let (status, body) = support::http(
+            port,
+            "GET",
+            &format!("/v2/auth/wait/{auth_id}?timeout=30"),
+            &[("X-Api-Key", &key2)],
+            "",
+        );
+        (status, body, std::time::Instant::now())
+    });
+    // The waiter is waiting (its request is in) before the user comes back.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let back = redirect_of(
+        oauth_port.parse().unwrap(),
+        &format!("/{authorize}&user=alice"),
+    );
+    let path = back.strip_prefix(public).unwrap();
+    let (status, page) = support::http(b.port, "GET", path, &[], "");
+    let called_back = std::time::Instant::now();
+    assert_eq!(status, 200, "{page}");
+    let (status, body, woke) = waiter.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert!(body["token"].as_str().unwrap().starts_with("at-"));
+    let after = woke.saturating_duration_since(called_back);
+    eprintln!("the other replica's wait woke {after:?} after the callback");
+    assert!(after < std::time::Duration::from_millis(2500), "{after:?}");
 }
