@@ -262,6 +262,21 @@ fn tenancy(db: &Db, server: &Server, summary: &Value) {
         (404, not_found(&format!("Connection '{conn_id}' not found")))
     );
 
+    // Provider ids are the workspace's own: the other one may use "acme" too.
+    let (status, theirs) = as_other(
+        "POST",
+        "/v2/auth/providers",
+        Some(
+            json!({"provider_id": "acme", "name": "Theirs", "client_id": "c",
+                    "auth_url": "https://a.example/auth", "token_url": "https://a.example/token"}),
+        ),
+    );
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(
+        as_other("GET", "/v2/auth/providers/acme", None).1["name"],
+        "Theirs"
+    );
+
     // The first workspace still has all of it.
     let (_, providers) = server.call("GET", "/v2/auth/providers", None);
     let names: Vec<_> = providers
@@ -270,7 +285,7 @@ fn tenancy(db: &Db, server: &Server, summary: &Value) {
         .iter()
         .map(|p| p["provider_id"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["acme", "docs"]);
+    assert_eq!(names, ["acme", "public", "slack", "docs"]);
     assert_eq!(server.call("GET", "/v2/auth/tokens", None).1, json!(tokens));
     let (_, conns) = server.call("GET", "/v2/auth/agents/agent-1/connections", None);
     assert_eq!(conns["data"][0]["id"], conn_id);
@@ -300,9 +315,9 @@ fn tenancy(db: &Db, server: &Server, summary: &Value) {
 /// sent a token request the test did not cause.
 fn secrets_stay_secret(db: &Db, server: &Server, authlib: &OAuthServer) {
     let stats: Value = serde_json::from_str(&get_text(&format!("{}/stats", authlib.url))).unwrap();
-    // alice's and bob's codes, bob's refresh, and erin's code (which the server gave up
-    // on after 1 s); a replayed or forged callback reached the provider never.
-    assert_eq!(stats["token_requests"], 4, "{stats}");
+    // alice's, bob's, gina's and the Slack codes, bob's refresh, and erin's code (which
+    // the server gave up on after 1 s); a replayed or forged callback never reached it.
+    assert_eq!(stats["token_requests"], 6, "{stats}");
     let log = server.log_text();
     for secret in ["at-", "rt-", "mcp-at-", "hp-secret"] {
         assert!(

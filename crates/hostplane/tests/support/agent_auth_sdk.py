@@ -156,6 +156,47 @@ async def main():
     except Exception as e:
         assert "HTTP 400" in str(e) and "cannot be reached" in str(e), e
 
+    # A public client (token_endpoint_auth_method "none": PKCE, no secret).
+    r = httpx.post(
+        f"{HP}/v2/auth/providers",
+        headers=HEADERS,
+        json={"provider_id": "public", "name": "Public", "client_id": "hp-public",
+              "auth_url": f"{OAUTH}/authorize", "token_url": f"{OAUTH}/token",
+              "uses_pkce": True, "token_endpoint_auth_method": "none"},
+    )
+    assert r.status_code == 200 and r.json()["token_endpoint_auth_method"] == "none", r.text
+    public = await client.authenticate(provider="public", scopes=["read"], user_id="gina")
+    await asyncio.to_thread(sign_in, public.url, user="gina")
+    assert (await client.wait_for_completion(public.auth_id, timeout=10)).token.startswith("at-")
+
+    # Slack: the workspace-wide pair of routes.
+    r = httpx.post(
+        f"{HP}/v2/auth/providers",
+        headers=HEADERS,
+        json={"provider_id": "slack", "name": "Slack", "client_id": "hp-basic",
+              "client_secret": "hp-secret", "auth_url": f"{OAUTH}/authorize",
+              "token_url": f"{OAUTH}/token", "uses_pkce": True, "provider_type": "slack",
+              "token_endpoint_auth_method": "client_secret_basic"},
+    )
+    assert r.status_code == 200, r.text
+    exists = lambda: httpx.get(f"{HP}/v2/auth/tokens/workspace/slack/exists", headers=HEADERS).json()
+    assert exists() == {"has_token": False}
+    slack = await client.authenticate(provider="slack", scopes=["chat:write"], user_id="alice")
+    await asyncio.to_thread(sign_in, slack.url, user="alice")
+    await client.wait_for_completion(slack.auth_id, timeout=10)
+    assert exists() == {"has_token": True}
+    r = httpx.delete(f"{HP}/v2/auth/tokens/workspace/slack", headers=HEADERS)
+    assert r.json() == {"message": "Revoked 1 Slack token(s)"}, r.text
+    assert exists() == {"has_token": False}
+
+    # force_new starts a sign-in although a token is stored.
+    r = httpx.post(
+        f"{HP}/v2/auth/authenticate",
+        headers=HEADERS,
+        json={"provider": "acme", "scopes": ["read"], "user_id": "alice", "force_new": True},
+    )
+    assert r.json()["status"] == "pending" and r.json()["url"], r.text
+
     # Nobody signs in: the wait times out.
     idle = await client.authenticate(provider="acme", scopes=["write"], user_id="alice")
     assert idle.status == "pending"
