@@ -144,6 +144,48 @@ pub enum RevisionStatus {
 }
 
 impl RevisionStatus {
+    /// Every status, in the reference's order.
+    pub const ALL: [RevisionStatus; 13] = [
+        RevisionStatus::Creating,
+        RevisionStatus::Queued,
+        RevisionStatus::AwaitingBuild,
+        RevisionStatus::Building,
+        RevisionStatus::AwaitingDeploy,
+        RevisionStatus::Deploying,
+        RevisionStatus::CreateFailed,
+        RevisionStatus::BuildFailed,
+        RevisionStatus::DeployFailed,
+        RevisionStatus::Deployed,
+        RevisionStatus::Skipped,
+        RevisionStatus::Interrupted,
+        RevisionStatus::Unknown,
+    ];
+
+    /// The status's name on the wire and in the database (`AWAITING_DEPLOY`).
+    pub fn as_str(self) -> &'static str {
+        use RevisionStatus::*;
+        match self {
+            Creating => "CREATING",
+            Queued => "QUEUED",
+            AwaitingBuild => "AWAITING_BUILD",
+            Building => "BUILDING",
+            AwaitingDeploy => "AWAITING_DEPLOY",
+            Deploying => "DEPLOYING",
+            CreateFailed => "CREATE_FAILED",
+            BuildFailed => "BUILD_FAILED",
+            DeployFailed => "DEPLOY_FAILED",
+            Deployed => "DEPLOYED",
+            Skipped => "SKIPPED",
+            Interrupted => "INTERRUPTED",
+            Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The status of this name; `None` for a name that is not one.
+    pub fn parse(s: &str) -> Option<RevisionStatus> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The status named `name` (`Unknown` for a name this version does not know).
     pub fn from_name(name: &str) -> Self {
         use serde::de::IntoDeserializer;
@@ -358,6 +400,19 @@ pub fn version_mismatch(theirs: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status's name (the database's and the reference's) is its name on the wire.
+    #[test]
+    fn status_names_are_the_wire_names() {
+        for status in RevisionStatus::ALL {
+            let wire = serde_json::to_value(status).unwrap_or_default();
+            assert_eq!(wire.as_str(), Some(status.as_str()), "{status:?}");
+            assert_eq!(RevisionStatus::parse(status.as_str()), Some(status));
+            assert_eq!(RevisionStatus::from_name(status.as_str()), status);
+        }
+        assert_eq!(RevisionStatus::parse("LATER"), None);
+        assert_eq!(RevisionStatus::from_name("LATER"), RevisionStatus::Unknown);
+    }
 
     #[test]
     fn report_names_are_the_revision_statuses() {

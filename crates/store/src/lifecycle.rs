@@ -37,81 +37,44 @@ impl DeploymentStatus {
     }
 }
 
-/// Statuses of a revision (the reference's enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevisionStatus {
-    Creating,
-    Queued,
-    AwaitingBuild,
-    Building,
-    AwaitingDeploy,
-    Deploying,
-    CreateFailed,
-    BuildFailed,
-    DeployFailed,
-    Deployed,
-    Skipped,
-    Interrupted,
-    Unknown,
+/// Statuses of a revision: the wire's enum ([`protocol::RevisionStatus`], which also
+/// names them), so the server and its agents cannot drift. The rules about them are
+/// [`RevisionRules`].
+pub use protocol::RevisionStatus;
+
+/// The control plane's rules about revision statuses.
+pub trait RevisionRules: Copy {
+    /// The statuses a newer revision supersedes: they become `SKIPPED`.
+    fn superseded() -> impl Iterator<Item = RevisionStatus>;
+    /// The statuses an agent holds a lease in, which go back to waiting when it expires.
+    fn leased() -> impl Iterator<Item = RevisionStatus>;
+    /// Where a new revision starts: an image only needs deploying, anything else a build.
+    fn initial(has_image: bool) -> RevisionStatus;
+    /// Still waiting for a data plane; a newer revision supersedes it (`SKIPPED`).
+    fn is_waiting(self) -> bool;
+    /// Clients stop polling at these.
+    fn is_final(self) -> bool;
+    /// A data plane has picked the revision up (deleting its deployment then needs the
+    /// data plane to tear it down).
+    fn started(self) -> bool;
+    /// The transitions the control plane and the data plane may make.
+    fn can_become(self, next: RevisionStatus) -> bool;
 }
 
-impl RevisionStatus {
-    pub const ALL: [RevisionStatus; 13] = [
-        RevisionStatus::Creating,
-        RevisionStatus::Queued,
-        RevisionStatus::AwaitingBuild,
-        RevisionStatus::Building,
-        RevisionStatus::AwaitingDeploy,
-        RevisionStatus::Deploying,
-        RevisionStatus::CreateFailed,
-        RevisionStatus::BuildFailed,
-        RevisionStatus::DeployFailed,
-        RevisionStatus::Deployed,
-        RevisionStatus::Skipped,
-        RevisionStatus::Interrupted,
-        RevisionStatus::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        use RevisionStatus::*;
-        match self {
-            Creating => "CREATING",
-            Queued => "QUEUED",
-            AwaitingBuild => "AWAITING_BUILD",
-            Building => "BUILDING",
-            AwaitingDeploy => "AWAITING_DEPLOY",
-            Deploying => "DEPLOYING",
-            CreateFailed => "CREATE_FAILED",
-            BuildFailed => "BUILD_FAILED",
-            DeployFailed => "DEPLOY_FAILED",
-            Deployed => "DEPLOYED",
-            Skipped => "SKIPPED",
-            Interrupted => "INTERRUPTED",
-            Unknown => "UNKNOWN",
-        }
-    }
-
-    /// The status of this name; `None` for a name that is not one.
-    pub fn parse(s: &str) -> Option<RevisionStatus> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The statuses a newer revision supersedes: they become `SKIPPED`.
-    pub fn superseded() -> impl Iterator<Item = RevisionStatus> {
-        Self::ALL
+impl RevisionRules for RevisionStatus {
+    fn superseded() -> impl Iterator<Item = RevisionStatus> {
+        RevisionStatus::ALL
             .into_iter()
             .filter(|s| s.is_waiting() && s.can_become(RevisionStatus::Skipped))
     }
 
-    /// The statuses an agent holds a lease in, which go back to waiting when it expires.
-    pub fn leased() -> impl Iterator<Item = RevisionStatus> {
-        Self::ALL
+    fn leased() -> impl Iterator<Item = RevisionStatus> {
+        RevisionStatus::ALL
             .into_iter()
             .filter(|s| released_status(*s).is_some())
     }
 
-    /// Where a new revision starts: an image only needs deploying, anything else a build.
-    pub fn initial(has_image: bool) -> RevisionStatus {
+    fn initial(has_image: bool) -> RevisionStatus {
         if has_image {
             RevisionStatus::AwaitingDeploy
         } else {
@@ -119,16 +82,14 @@ impl RevisionStatus {
         }
     }
 
-    /// Still waiting for a data plane; a newer revision supersedes it (`SKIPPED`).
-    pub fn is_waiting(self) -> bool {
+    fn is_waiting(self) -> bool {
         matches!(
             self,
             RevisionStatus::AwaitingBuild | RevisionStatus::AwaitingDeploy
         )
     }
 
-    /// Clients stop polling at these.
-    pub fn is_final(self) -> bool {
+    fn is_final(self) -> bool {
         use RevisionStatus::*;
         matches!(
             self,
@@ -136,9 +97,7 @@ impl RevisionStatus {
         )
     }
 
-    /// A data plane has picked the revision up (deleting its deployment then needs the
-    /// data plane to tear it down).
-    pub fn started(self) -> bool {
+    fn started(self) -> bool {
         use RevisionStatus::*;
         !matches!(
             self,
@@ -146,8 +105,7 @@ impl RevisionStatus {
         )
     }
 
-    /// The transitions the control plane and the data plane may make.
-    pub fn can_become(self, next: RevisionStatus) -> bool {
+    fn can_become(self, next: RevisionStatus) -> bool {
         use RevisionStatus::*;
         match self {
             Creating => matches!(

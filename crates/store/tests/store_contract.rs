@@ -5,7 +5,7 @@
 
 mod common;
 
-use hostplane_store::lifecycle::{DeploymentStatus, RevisionStatus};
+use hostplane_store::lifecycle::{DeploymentStatus, RevisionRules, RevisionStatus};
 use hostplane_store::{
     AgentBeat, DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
     Versioned,

@@ -134,7 +134,7 @@ fn desired_deployment(
         });
         DesiredRevision {
             id: r.id,
-            status: protocol::RevisionStatus::from_name(r.status.as_str()),
+            status: r.status,
             image: r.data_plane.image.clone().or(config.image_uri),
             build,
             lease_holder: r.data_plane.lease_holder.clone(),
@@ -474,17 +474,4 @@ async fn revision_source(
     crate::operations::uploads::open_stored(app, path)
         .await
         .ok_or_else(|| ApiError::NotFound(format!("The source of revision {revision} is gone.")))
-}
-
-#[cfg(test)]
-mod tests {
-    /// The server's revision statuses and the ones agents match are the same names.
-    #[test]
-    fn every_revision_status_reaches_agents_by_name() {
-        for status in store::lifecycle::RevisionStatus::ALL {
-            let sent = protocol::RevisionStatus::from_name(status.as_str());
-            let text = serde_json::to_value(sent).unwrap_or_default();
-            assert_eq!(text.as_str(), Some(status.as_str()), "{status:?}");
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! revision, listener) so that on PostgreSQL they cannot deadlock, and move the
 //! generation of every listener whose desired state they change.
 
-use crate::lifecycle::{self, DeploymentStatus, DeploymentView, RevisionStatus};
+use crate::lifecycle::{self, DeploymentStatus, DeploymentView, RevisionRules, RevisionStatus};
 use crate::records::*;
 use crate::rows::{build_source, deployment, deployment_status, listener, log_entry};
 use crate::rows::{optional_revision, qualified, revision, revision_columns_as, revision_status};

@@ -1,6 +1,6 @@
 //! Deployments and their revisions.
 
-use crate::lifecycle::{DeploymentStatus, RevisionStatus};
+use crate::lifecycle::{DeploymentStatus, RevisionRules, RevisionStatus};
 use crate::records::*;
 use crate::rows::{deployment, revision, revision_columns_as, Columns};
 use crate::rows::{DEPLOYMENT_COLUMNS, REVISION_COLUMNS};

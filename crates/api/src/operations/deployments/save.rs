@@ -4,7 +4,7 @@
 use super::not_found;
 use crate::error::{ApiError, ApiResult};
 use serde_json::{Map, Value};
-use store::lifecycle::RevisionStatus;
+use store::lifecycle::{RevisionRules, RevisionStatus};
 use store::{Deployment, NewRevision, StoreError};
 use uuid::Uuid;
 
