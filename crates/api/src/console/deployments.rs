@@ -11,7 +11,7 @@ use crate::operations::{deployments as ops, listeners};
 use crate::AppState;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::{html, Markup};
@@ -96,13 +96,10 @@ pub struct ListQuery {
 
 pub async fn list(
     State(app): State<AppState>,
-    Path(ws): Path<String>,
+    visit: session::Visit,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
-    uri: Uri,
 ) -> ConsoleResult {
-    let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
+    let ws = visit.tenant.workspace_id;
     let name = q.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
     let status = q
         .status

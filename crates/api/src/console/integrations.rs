@@ -4,22 +4,15 @@
 
 use super::layout::{self, table, time, Nav, Tab};
 use super::session;
-use super::{path_id, ConsoleResult};
+use super::ConsoleResult;
 use crate::operations::{deployments, integrations};
 use crate::AppState;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use maud::html;
 
-pub async fn list(
-    State(app): State<AppState>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> ConsoleResult {
-    let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
+pub async fn list(State(app): State<AppState>, visit: session::Visit) -> ConsoleResult {
+    let ws = visit.tenant.workspace_id;
     let all = integrations::list(&app, &visit.tenant).await?;
     let from_git: Vec<_> = deployments::list(&app, &visit.tenant, &Default::default(), 10_000, 0)
         .await?

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::operations::{deployments, listeners};
 use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Form;
 use maud::html;
@@ -26,14 +26,7 @@ enum Outcome {
     Created(Listener, String),
 }
 
-pub async fn list(
-    State(app): State<AppState>,
-    Path(ws): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> ConsoleResult {
-    let ws = path_id(&ws)?;
-    let visit = session::visit(&app, &headers, session::here(&uri), ws).await?;
+pub async fn list(State(app): State<AppState>, visit: Visit) -> ConsoleResult {
     page(&app, &visit, Outcome::Nothing).await
 }
 

@@ -129,6 +129,26 @@ pub async fn visit(
     Ok(Visit { session, tenant })
 }
 
+/// The visitor of a page of the workspace in its URL (`/o/{workspace_id}/...`), sent back
+/// to this very page after signing in.
+impl axum::extract::FromRequestParts<AppState> for Visit {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &AppState,
+    ) -> ConsoleResult<Self> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, app).await;
+        let raw = params.ok().and_then(|p| {
+            p.iter()
+                .find(|(n, _)| *n == "workspace_id")
+                .map(|(_, v)| v.to_owned())
+        });
+        let ws = super::path_id(raw.as_deref().unwrap_or(""))?;
+        visit(app, &parts.headers, here(&parts.uri), ws).await
+    }
+}
+
 /// The workspace a key lands in: its own, or for an organization key the list to choose.
 fn landing(key: &ApiKey) -> String {
     match key.scope() {
