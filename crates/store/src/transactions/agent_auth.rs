@@ -67,6 +67,18 @@ async fn insert_token<C: Conn>(c: &mut C, t: &OAuthToken) -> Result<()> {
     Ok(())
 }
 
+/// Binds, in this order, the provider fields a `PATCH` may change: `name`, `client_id`,
+/// `client_secret`, `auth_url`, `token_url`, `uses_pkce`, `code_challenge_method`.
+fn bind_changeable(q: Query, p: &OAuthProvider) -> Query {
+    q.bind(&p.name)
+        .bind(&p.client_id)
+        .bind(&p.client_secret)
+        .bind(&p.auth_url)
+        .bind(&p.token_url)
+        .bind(p.uses_pkce)
+        .bind(&p.code_challenge_method)
+}
+
 #[async_trait]
 impl<B: Backend> AgentAuthStore for B {
     async fn create_provider(&self, new: OAuthProvider) -> Result<OAuthProvider> {
@@ -76,19 +88,13 @@ impl<B: Backend> AgentAuthStore for B {
         ))
         .bind(new.id)
         .bind(new.workspace_id)
-        .bind(&new.provider_id)
-        .bind(&new.name)
-        .bind(&new.client_id)
-        .bind(&new.client_secret)
-        .bind(&new.auth_url)
-        .bind(&new.token_url)
-        .bind(new.uses_pkce)
-        .bind(&new.code_challenge_method)
-        .bind(&new.provider_type)
-        .bind(&new.mcp_server_url)
-        .bind(&new.token_endpoint_auth_method)
-        .bind(new.is_dynamic_client)
-        .bind(now_micros());
+        .bind(&new.provider_id);
+        let q = bind_changeable(q, &new)
+            .bind(&new.provider_type)
+            .bind(&new.mcp_server_url)
+            .bind(&new.token_endpoint_auth_method)
+            .bind(new.is_dynamic_client)
+            .bind(now_micros());
         self.transaction(work(move |c: &mut B::Conn| {
             Box::pin(async move { oauth_provider(&c.fetch_one(q).await?) })
         }))
@@ -122,17 +128,11 @@ impl<B: Backend> AgentAuthStore for B {
              auth_url = $4, token_url = $5, uses_pkce = $6, code_challenge_method = $7, \
              {} WHERE id = $9 AND workspace_id = $10 RETURNING {PROVIDER_COLUMNS}",
             B::Conn::DIALECT.advance("updated_at", "$8")
-        ))
-        .bind(&p.name)
-        .bind(&p.client_id)
-        .bind(&p.client_secret)
-        .bind(&p.auth_url)
-        .bind(&p.token_url)
-        .bind(p.uses_pkce)
-        .bind(&p.code_challenge_method)
-        .bind(now_micros())
-        .bind(p.id)
-        .bind(p.workspace_id);
+        ));
+        let q = bind_changeable(q, &p)
+            .bind(now_micros())
+            .bind(p.id)
+            .bind(p.workspace_id);
         self.transaction(work(move |c: &mut B::Conn| {
             Box::pin(async move {
                 match c.fetch_optional(q).await? {
