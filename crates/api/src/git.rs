@@ -405,66 +405,57 @@ impl Forge {
         scratch: &Path,
         dest: &Path,
     ) -> GitResult<u64> {
-        let result = self
-            .archive_in(repo_url, token, commit, branch, scratch, dest)
-            .await;
+        let result = async {
+            let io = |e: std::io::Error| GitError(format!("cannot prepare the fetch: {e}"));
+            tokio::fs::create_dir_all(scratch).await.map_err(io)?;
+            let mut init = self.git(token);
+            init.args(["init", "-q", "--bare"]).arg(scratch);
+            self.run(init, "git init").await?;
+            let fetched = self.fetch(repo_url, token, scratch, commit, 1).await;
+            if let Err(by_id) = fetched {
+                let Some(branch) = branch else {
+                    return Err(by_id);
+                };
+                self.fetch(
+                    repo_url,
+                    token,
+                    scratch,
+                    &format!("refs/heads/{branch}"),
+                    50,
+                )
+                .await?;
+                let mut has = self.git(token);
+                has.arg("-C").arg(scratch).args([
+                    "cat-file",
+                    "-e",
+                    &format!("{commit}^{{commit}}"),
+                ]);
+                self.run(has, "finding the commit").await.map_err(|_| {
+                    GitError(format!(
+                        "commit {commit} is not among the last 50 of branch '{branch}'"
+                    ))
+                })?;
+            }
+            let partial = dest.with_extension("partial");
+            let mut archive = self.git(token);
+            archive
+                .arg("-C")
+                .arg(scratch)
+                .args(["archive", "--format=tar.gz", "-o"])
+                .arg(&partial)
+                .arg(commit);
+            self.run(archive, "writing the source tarball").await?;
+            let size = tokio::fs::metadata(&partial).await.map_err(io)?.len();
+            if size > self.config.max_bytes {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(too_large(self.config.max_bytes));
+            }
+            tokio::fs::rename(&partial, dest).await.map_err(io)?;
+            Ok(size)
+        }
+        .await;
         let _ = tokio::fs::remove_dir_all(scratch).await;
         result
-    }
-
-    async fn archive_in(
-        &self,
-        repo_url: &str,
-        token: &str,
-        commit: &str,
-        branch: Option<&str>,
-        scratch: &Path,
-        dest: &Path,
-    ) -> GitResult<u64> {
-        let io = |e: std::io::Error| GitError(format!("cannot prepare the fetch: {e}"));
-        tokio::fs::create_dir_all(scratch).await.map_err(io)?;
-        let mut init = self.git(token);
-        init.args(["init", "-q", "--bare"]).arg(scratch);
-        self.run(init, "git init").await?;
-        let fetched = self.fetch(repo_url, token, scratch, commit, 1).await;
-        if let Err(by_id) = fetched {
-            let Some(branch) = branch else {
-                return Err(by_id);
-            };
-            self.fetch(
-                repo_url,
-                token,
-                scratch,
-                &format!("refs/heads/{branch}"),
-                50,
-            )
-            .await?;
-            let mut has = self.git(token);
-            has.arg("-C")
-                .arg(scratch)
-                .args(["cat-file", "-e", &format!("{commit}^{{commit}}")]);
-            self.run(has, "finding the commit").await.map_err(|_| {
-                GitError(format!(
-                    "commit {commit} is not among the last 50 of branch '{branch}'"
-                ))
-            })?;
-        }
-        let partial = dest.with_extension("partial");
-        let mut archive = self.git(token);
-        archive
-            .arg("-C")
-            .arg(scratch)
-            .args(["archive", "--format=tar.gz", "-o"])
-            .arg(&partial)
-            .arg(commit);
-        self.run(archive, "writing the source tarball").await?;
-        let size = tokio::fs::metadata(&partial).await.map_err(io)?.len();
-        if size > self.config.max_bytes {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(too_large(self.config.max_bytes));
-        }
-        tokio::fs::rename(&partial, dest).await.map_err(io)?;
-        Ok(size)
     }
 
     /// `git fetch` of one ref or commit into `repo`, killed when the repository grows
