@@ -1,7 +1,8 @@
-//! Wake-ups for desired-state long-polls. Each listener has a watch channel carrying
-//! its newest known generation; a write that bumps a generation announces it here after
-//! its commit (SQLite, in process) or through PostgreSQL `NOTIFY` (every replica). Only
-//! the pollers of the listeners whose generation moved wake.
+//! Wake-ups for long-polls. Each listener has a watch channel carrying its newest known
+//! generation; a write that bumps a generation announces it here after its commit
+//! (SQLite, in process) or through PostgreSQL `NOTIFY` (every replica). Only the pollers
+//! of the listeners whose generation moved wake. Agent Auth sign-ins use the same
+//! channels, by their own id, moving to 1 when they finish.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

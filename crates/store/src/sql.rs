@@ -84,7 +84,8 @@ pub(crate) enum Dialect {
     Sqlite,
 }
 
-/// The `NOTIFY` channel of generation changes; payload `<listener id>:<generation>`.
+/// The `NOTIFY` channel of wake-ups; payload `<id>:<generation>` (a listener's id and
+/// generation, or a finished sign-in's id and 1).
 pub(crate) const CHANNEL: &str = "hostplane_generations";
 
 /// The advisory lock that lets one PostgreSQL replica at a time run the first-start

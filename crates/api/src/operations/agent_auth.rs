@@ -265,7 +265,6 @@ pub struct Authenticate {
     pub agent_id: Option<String>,
     pub provider: String,
     pub scopes: Vec<String>,
-    #[serde(default)]
     pub force_new: Option<bool>,
     pub token_id: Option<Uuid>,
     pub is_default: Option<bool>,
