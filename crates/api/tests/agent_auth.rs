@@ -279,4 +279,99 @@ fn parse_url(s: &str) -> url::Url {
     url::Url::parse(s).unwrap()
 }
 
-on_both_backends!(providers_and_sign_ins);
+/// A server on 127.0.0.1 that accepts connections and never answers: its port.
+async fn silent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+/// Calls to providers that do not answer: MCP discovery as a whole stays within the
+/// request's time limit (a 400 that says so, not the 503), and a sign-in whose callback
+/// request is cut off by the time limit still ends (failed) instead of hanging.
+async fn providers_that_never_answer(backend: Backend) {
+    let config = hostplane_api::ApiConfig {
+        request_timeout: std::time::Duration::from_secs(3),
+        outbound: hostplane_api::oauth::OutboundConfig {
+            allow_private: true,
+            timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = TestApp::with_config(backend, config).await;
+    let port = silent_server().await;
+
+    let res = app
+        .call(
+            "POST",
+            "/v2/auth/providers/mcp-discover",
+            Some(json!({"provider_id": "m", "name": "M",
+                        "mcp_server_url": format!("http://127.0.0.1:{port}/mcp")})),
+        )
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (400, detail("MCP discovery failed: it took longer than 2 s"))
+    );
+
+    let mut acme = provider("acme");
+    acme["token_url"] = json!(format!("http://127.0.0.1:{port}/token"));
+    assert_eq!(
+        app.call("POST", "/v2/auth/providers", Some(acme))
+            .await
+            .status,
+        200
+    );
+    let started = app
+        .call(
+            "POST",
+            "/v2/auth/authenticate",
+            Some(json!({"provider": "acme", "scopes": [], "user_id": "u"})),
+        )
+        .await
+        .json();
+    let url = parse_url(started["url"].as_str().unwrap());
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let res = app
+        .send(
+            "GET",
+            &format!("/auth/callback/acme?code=c&state={state}"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        res.status.as_u16(),
+        503,
+        "the request's time limit cut it off"
+    );
+    let auth_id = started["auth_id"].as_str().unwrap();
+    let res = app
+        .call("GET", &format!("/v2/auth/wait/{auth_id}?timeout=10"), None)
+        .await;
+    assert_eq!(res.status.as_u16(), 400);
+    let text = res.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        text.starts_with("The sign-in failed: http://127.0.0.1:")
+            && text.ends_with("/token did not answer within 5 s"),
+        "{text}"
+    );
+    assert_eq!(
+        app.call("GET", "/v2/auth/tokens", None).await.json(),
+        json!([])
+    );
+}
+
+on_both_backends!(providers_and_sign_ins, providers_that_never_answer);

@@ -145,10 +145,19 @@ pub async fn discover_provider(
             "OAuth provider '{provider_id}' already exists"
         )));
     }
-    let found = app
-        .outbound
-        .discover_mcp(&mcp_server_url, &callback_url(app, &provider_id), &name)
+    // Discovery makes several calls; together they finish well within the request's
+    // time limit, so the client hears why rather than a timeout.
+    let budget = app.config.request_timeout.mul_f64(2.0 / 3.0);
+    let redirect = callback_url(app, &provider_id);
+    let discovery = app.outbound.discover_mcp(&mcp_server_url, &redirect, &name);
+    let found = tokio::time::timeout(budget, discovery)
         .await
+        .unwrap_or_else(|_| {
+            Err(OutboundError(format!(
+                "it took longer than {} s",
+                budget.as_secs_f64()
+            )))
+        })
         .map_err(|e| ApiError::BadRequest(format!("MCP discovery failed: {e}")))?;
     let id = Uuid::new_v4();
     let row = OAuthProvider {
@@ -583,56 +592,73 @@ pub async fn callback(
         .take_auth_request(&hash_state(state), workspace)
         .await?
         .ok_or_else(invalid)?;
-    let fail = |why: String| async move {
-        app.store
-            .finish_auth_request(req.id, AuthOutcome::Failed(why))
-            .await
-    };
+    // The sign-in is taken: it ends here whatever becomes of this request (a task of its
+    // own, so a client that goes away or the request time limit cannot leave it hanging).
+    let (app, provider_id) = (app.clone(), provider_id.to_owned());
+    tokio::spawn(async move {
+        let (outcome, answer) = match settle(&app, &req, &provider_id, params).await {
+            Ok((token, name)) => (AuthOutcome::Completed(Box::new(token)), Ok(name)),
+            Err((why, answer)) => (AuthOutcome::Failed(why), Err(answer)),
+        };
+        app.store.finish_auth_request(req.id, outcome).await?;
+        answer
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the callback's task failed: {e}")))?
+}
+
+/// What a taken sign-in comes to: the token (sealed) and the provider's name, or why it
+/// failed (kept with the sign-in) and the answer for the callback.
+async fn settle(
+    app: &AppState,
+    req: &AuthRequest,
+    provider_id: &str,
+    params: CallbackParams,
+) -> Result<(OAuthToken, String), (String, ApiError)> {
+    let internal = |e: ApiError| ("the server could not finish the sign-in".to_owned(), e);
     let provider = app
         .store
         .list_providers(req.workspace_id)
-        .await?
+        .await
+        .map_err(|e| internal(e.into()))?
         .into_iter()
-        .find(|p| p.id == req.provider_row);
-    let Some(provider) = provider.filter(|p| p.provider_id == provider_id) else {
-        fail("the provider's answer came to another provider's callback".into()).await?;
-        return Err(invalid());
+        .find(|p| p.id == req.provider_row && p.provider_id == provider_id);
+    let Some(provider) = provider else {
+        return Err((
+            "the provider's answer came to another provider's callback".into(),
+            ApiError::BadRequest(INVALID_STATE.into()),
+        ));
     };
     if let Some(error) = params.error {
         let said = match params.error_description {
             Some(d) => format!("{error} ({d})"),
             None => error,
         };
-        fail(format!("the provider refused: {said}")).await?;
-        return Err(ApiError::BadRequest(format!(
-            "{} refused the sign-in: {said}",
-            provider.name
-        )));
+        let answer = format!("{} refused the sign-in: {said}", provider.name);
+        return Err((
+            format!("the provider refused: {said}"),
+            ApiError::BadRequest(answer),
+        ));
     }
     let Some(code) = params.code else {
-        fail("the provider's answer has no code".into()).await?;
-        return Err(ApiError::BadRequest(
-            "The provider's answer has neither a code nor an error.".into(),
+        return Err((
+            "the provider's answer has no code".into(),
+            ApiError::BadRequest("The provider's answer has neither a code nor an error.".into()),
         ));
     };
     let verifier = match &req.verifier {
-        Some(v) => Some(open(app, v, req.id)?),
+        Some(v) => Some(open(app, v, req.id).map_err(internal)?),
         None => None,
     };
-    let got = match app
+    let ends = endpoints(app, &provider).map_err(internal)?;
+    let got = app
         .outbound
-        .exchange(&endpoints(app, &provider)?, &code, verifier)
+        .exchange(&ends, &code, verifier)
         .await
-    {
-        Ok(got) => got,
-        Err(OutboundError(why)) => {
-            fail(why.clone()).await?;
-            return Err(ApiError::BadGateway(format!(
-                "{} did not give a token: {why}",
-                provider.name
-            )));
-        }
-    };
+        .map_err(|OutboundError(why)| {
+            let answer = format!("{} did not give a token: {why}", provider.name);
+            (why, ApiError::BadGateway(answer))
+        })?;
     let id = Uuid::new_v4();
     let now = Utc::now();
     let token = OAuthToken {
@@ -650,10 +676,7 @@ pub async fn callback(
         created_at: now,
         updated_at: now,
     };
-    app.store
-        .finish_auth_request(req.id, AuthOutcome::Completed(Box::new(token)))
-        .await?;
-    Ok(provider.name)
+    Ok((token, provider.name))
 }
 
 /// The workspace's tokens that `filter` selects.
