@@ -276,6 +276,22 @@ fn tenancy(db: &Db, server: &Server, summary: &Value) {
         as_other("GET", "/v2/auth/providers/acme", None).1["name"],
         "Theirs"
     );
+    // ... and "docs": discovery runs (and fails here) instead of a conflict.
+    let (status, body) = as_other(
+        "POST",
+        "/v2/auth/providers/mcp-discover",
+        Some(
+            json!({"provider_id": "docs", "name": "D", "mcp_server_url": "http://127.0.0.1:9/mcp"}),
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("MCP discovery failed: protected-resource metadata (RFC 9728): "),
+        "{body}"
+    );
 
     // The first workspace still has all of it.
     let (_, providers) = server.call("GET", "/v2/auth/providers", None);
