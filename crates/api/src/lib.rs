@@ -118,6 +118,8 @@ pub struct AppState {
     pub forge: Arc<git::Forge>,
     /// Agent Auth's client for OAuth providers and MCP servers.
     pub outbound: Arc<oauth::Outbound>,
+    /// Token refreshes under way, one per token.
+    pub refreshes: Arc<operations::agent_auth::Turns>,
 }
 
 /// Every route of the compatible API with its handlers. The router and the
@@ -342,6 +344,7 @@ pub fn router(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         bodies: Arc::default(),
         forge: Arc::new(git::Forge::new(config.git.clone())),
         outbound: Arc::new(oauth::Outbound::new(config.outbound.clone())),
+        refreshes: Arc::default(),
         config: Arc::new(config),
         secrets,
     };

@@ -331,9 +331,11 @@ fn tenancy(db: &Db, server: &Server, summary: &Value) {
 /// sent a token request the test did not cause.
 fn secrets_stay_secret(db: &Db, server: &Server, authlib: &OAuthServer) {
     let stats: Value = serde_json::from_str(&get_text(&format!("{}/stats", authlib.url))).unwrap();
-    // alice's, bob's, gina's and the Slack codes, bob's refresh, and erin's code (which
-    // the server gave up on after 1 s); a replayed or forged callback never reached it.
-    assert_eq!(stats["token_requests"], 6, "{stats}");
+    // alice's, bob's, hank's, gina's and the Slack codes, erin's code (which the server
+    // gave up on after 1 s), and two refreshes: bob's, and one for hank's four
+    // concurrent requests; a replayed or forged callback never reached it.
+    assert_eq!(stats["token_requests"], 8, "{stats}");
+    assert_eq!(stats["refreshes"], 2, "{stats}");
     let log = server.log_text();
     for secret in ["at-", "rt-", "mcp-at-", "hp-secret"] {
         assert!(

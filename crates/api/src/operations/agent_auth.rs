@@ -401,6 +401,26 @@ async fn candidates(
     Ok(out)
 }
 
+/// Turns, one at a time, of work on one id (a token's refresh).
+#[derive(Default)]
+pub struct Turns {
+    locks:
+        std::sync::Mutex<std::collections::HashMap<Uuid, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Turns {
+    /// Waits for the turn of `id`; it lasts as long as the guard.
+    pub async fn turn(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Locks nobody holds or waits for go.
+            locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            locks.entry(id).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
 /// Refreshes an expired token with its refresh token; `None` when it has none or the
 /// provider refuses (the user signs in again).
 async fn refresh(
@@ -408,6 +428,17 @@ async fn refresh(
     provider: &OAuthProvider,
     mut t: OAuthToken,
 ) -> ApiResult<Option<OAuthToken>> {
+    if t.refresh_token.is_none() {
+        return Ok(None);
+    }
+    // One refresh of a token at a time in this process: the ones that waited find it
+    // fresh and use it (a provider that rotates refresh tokens would refuse them).
+    let _turn = app.refreshes.turn(t.id).await;
+    match app.store.get_token(t.workspace_id, t.id).await? {
+        Some(now) if !expired(&now, Utc::now()) => return Ok(Some(now)),
+        Some(now) => t = now,
+        None => return Ok(None),
+    }
     let Some(sealed) = t.refresh_token.clone() else {
         return Ok(None);
     };
@@ -416,6 +447,12 @@ async fn refresh(
     let got = match app.outbound.refresh(&ends, &refresh_token).await {
         Ok(got) => got,
         Err(OutboundError(why)) => {
+            // Another request may have refreshed it first (and the provider rotated the
+            // refresh token this one used): its result serves this one too.
+            let again = app.store.get_token(t.workspace_id, t.id).await?;
+            if let Some(fresh) = again.filter(|f| !expired(f, Utc::now())) {
+                return Ok(Some(fresh));
+            }
             tracing::info!(token = %t.id, provider = %provider.provider_id, %why, "refresh failed; the user signs in again");
             return Ok(None);
         }

@@ -118,6 +118,20 @@ async def main():
     same = await client.authenticate(provider="acme", scopes=["read"], user_id="bob")
     assert same.token == refreshed.token and stats()["refreshes"] == 1
 
+    # Several agents at once with the same expired token: one refresh (the provider
+    # rotates refresh tokens), and every one of them gets the new token.
+    control(expires_in=1)
+    hank = await client.authenticate(provider="acme", scopes=["read"], user_id="hank")
+    await asyncio.to_thread(sign_in, hank.url, user="hank")
+    await client.wait_for_completion(hank.auth_id, timeout=10)
+    control(expires_in=3600)
+    together = await asyncio.gather(
+        *[client.authenticate(provider="acme", scopes=["read"], user_id="hank") for _ in range(4)]
+    )
+    assert all(r.status == "completed" for r in together), together
+    assert len({r.token for r in together}) == 1, together
+    assert stats()["refreshes"] == 2, stats()
+
     # The provider refuses: the waiter hears it, nothing is stored.
     denied = await client.authenticate(provider="acme", scopes=["read"], user_id="dave")
     _, status, page = await asyncio.to_thread(sign_in, denied.url, user="dave", deny=1)
@@ -127,7 +141,7 @@ async def main():
         raise AssertionError("a refused sign-in completed")
     except Exception as e:
         assert "HTTP 400" in str(e) and "access_denied" in str(e), e
-    assert len(tokens()) == 2
+    assert len(tokens()) == 3
 
     # The token endpoint is too slow (the server allows it 1 s): a clear failure.
     control(token_mode="slow")
@@ -135,7 +149,7 @@ async def main():
     _, status, page = await asyncio.to_thread(sign_in, slow.url, user="erin")
     control(token_mode="ok")
     assert status == 502 and "did not answer within 1 s" in page, (status, page)
-    assert len(tokens()) == 2
+    assert len(tokens()) == 3
 
     # A token endpoint nobody answers at.
     await client.create_oauth_provider(
@@ -226,7 +240,7 @@ async def main():
 
     # Revoking removes the provider's tokens.
     revoked = await client.revoke_tokens("acme")
-    assert revoked.provider_id == "acme" and revoked.message == "Revoked 2 token(s)", revoked
+    assert revoked.provider_id == "acme" and revoked.message == "Revoked 3 token(s)", revoked
     assert not (await client.check_token_exists("acme")).has_token
     after = await client.authenticate(provider="acme", scopes=["read"], user_id="alice")
     assert after.status == "pending"
