@@ -374,4 +374,44 @@ async fn providers_that_never_answer(backend: Backend) {
     );
 }
 
-on_both_backends!(providers_and_sign_ins, providers_that_never_answer);
+/// A workspace has at most 1,000 sign-ins pending; another workspace is not affected.
+async fn pending_sign_ins_are_bounded(backend: Backend) {
+    let app = TestApp::new(backend).await;
+    assert_eq!(
+        app.call("POST", "/v2/auth/providers", Some(provider("acme")))
+            .await
+            .status,
+        200
+    );
+    let start = json!({"provider": "acme", "scopes": [], "user_id": "u"});
+    for _ in 0..hostplane_api::operations::agent_auth::MAX_PENDING_SIGN_INS {
+        let res = app
+            .call("POST", "/v2/auth/authenticate", Some(start.clone()))
+            .await;
+        assert_eq!(res.status.as_u16(), 200);
+    }
+    let res = app
+        .call("POST", "/v2/auth/authenticate", Some(start.clone()))
+        .await;
+    assert_eq!(
+        (res.status.as_u16(), res.json()),
+        (429, detail("The workspace has 1000 sign-ins pending; wait for some to finish or expire (after 10 minutes)."))
+    );
+    let (_, other) = app.other_workspace(store::Plan::Enterprise).await;
+    assert_eq!(
+        app.call_as(&other, "POST", "/v2/auth/providers", Some(provider("acme")))
+            .await
+            .status,
+        200
+    );
+    let res = app
+        .call_as(&other, "POST", "/v2/auth/authenticate", Some(start))
+        .await;
+    assert_eq!(res.status.as_u16(), 200);
+}
+
+on_both_backends!(
+    providers_and_sign_ins,
+    providers_that_never_answer,
+    pending_sign_ins_are_bounded
+);

@@ -364,6 +364,8 @@ pub trait AgentAuthStore: Send + Sync {
     async fn delete_tokens(&self, workspace: Uuid, ids: &[Uuid]) -> Result<u64>;
 
     async fn create_auth_request(&self, new: AuthRequest) -> Result<()>;
+    /// How many of the workspace's sign-ins are pending and unexpired.
+    async fn pending_auth_requests(&self, workspace: Uuid) -> Result<i64>;
     async fn get_auth_request(&self, workspace: Uuid, id: Uuid) -> Result<Option<AuthRequest>>;
     /// The pending, unexpired sign-in whose `state` hashes to `state_hash`, now
     /// `Exchanging` so that no other callback can use it; `None` when there is none (or

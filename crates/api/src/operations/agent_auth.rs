@@ -23,6 +23,9 @@ use uuid::Uuid;
 pub const SIGN_IN_TTL: chrono::Duration = chrono::Duration::minutes(10);
 /// The longest `wait` holds a request open, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 300;
+/// The most sign-ins a workspace may have pending at once (each is a row until it is
+/// swept); more answer 429.
+pub const MAX_PENDING_SIGN_INS: i64 = 1000;
 /// A token this close to its expiry is refreshed before it is handed out.
 const EXPIRY_MARGIN: chrono::Duration = chrono::Duration::seconds(30);
 /// What a callback with an unknown, used, expired or foreign `state` is told.
@@ -498,6 +501,12 @@ async fn start_sign_in(
     } else {
         None
     };
+    if app.store.pending_auth_requests(ws).await? >= MAX_PENDING_SIGN_INS {
+        return Err(ApiError::TooManyRequests(format!(
+            "The workspace has {MAX_PENDING_SIGN_INS} sign-ins pending; wait for some to \
+             finish or expire (after 10 minutes)."
+        )));
+    }
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let state = URL_SAFE_NO_PAD.encode(raw);

@@ -236,6 +236,17 @@ impl<B: Backend> AgentAuthStore for B {
         Ok(())
     }
 
+    async fn pending_auth_requests(&self, workspace: Uuid) -> Result<i64> {
+        let q = query(
+            "SELECT COUNT(*) AS n FROM auth_requests \
+             WHERE workspace_id = $1 AND status = 'pending' AND expires_at > $2",
+        )
+        .bind(workspace)
+        .bind(now_micros());
+        let n = self.read_one(q, |r| r.int("n")).await?;
+        Ok(n.unwrap_or(0))
+    }
+
     async fn get_auth_request(&self, workspace: Uuid, id: Uuid) -> Result<Option<AuthRequest>> {
         let q = query(format!(
             "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE id = $1 AND workspace_id = $2"
