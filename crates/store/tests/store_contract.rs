@@ -445,6 +445,178 @@ async fn api_keys(postgres: bool) {
     ));
 }
 
+fn oauth_provider(ws: Uuid, provider_id: &str) -> hostplane_store::OAuthProvider {
+    let now = chrono::Utc::now();
+    hostplane_store::OAuthProvider {
+        id: Uuid::new_v4(),
+        workspace_id: ws,
+        provider_id: provider_id.into(),
+        name: "Acme".into(),
+        client_id: "cid".into(),
+        client_secret: Some("sealed".into()),
+        auth_url: "https://a.example/auth".into(),
+        token_url: "https://a.example/token".into(),
+        uses_pkce: true,
+        code_challenge_method: Some("S256".into()),
+        provider_type: None,
+        mcp_server_url: None,
+        token_endpoint_auth_method: "none".into(),
+        is_dynamic_client: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn sign_in(
+    ws: Uuid,
+    provider_row: Uuid,
+    state_hash: &str,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) -> hostplane_store::AuthRequest {
+    hostplane_store::AuthRequest {
+        id: Uuid::new_v4(),
+        workspace_id: ws,
+        provider_row,
+        state_hash: state_hash.into(),
+        verifier: Some("sealed-verifier".into()),
+        owner: "alice".into(),
+        agent_id: None,
+        scopes: vec!["read".into()],
+        is_default: true,
+        status: hostplane_store::AuthRequestStatus::Pending,
+        token_id: None,
+        error: None,
+        expires_at,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Agent Auth: a sign-in is taken once, only while pending and unexpired and only from
+/// its workspace; finishing it saves the token (its owner's only default) and wakes its
+/// waiters; expired sign-ins are swept; a provider's delete takes its rows along.
+async fn agent_auth(postgres: bool) {
+    use hostplane_store::{AuthOutcome, AuthRequestStatus, TokenFilter};
+    let store = fresh(postgres).await;
+    let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
+    let p = store
+        .create_provider(oauth_provider(ws, "acme"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_provider(oauth_provider(ws, "acme")).await,
+        Err(StoreError::Conflict)
+    ));
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    let live = sign_in(ws, p.id, "h-live", soon);
+    let old = sign_in(ws, p.id, "h-old", long_ago);
+    store.create_auth_request(live.clone()).await.unwrap();
+    store.create_auth_request(old.clone()).await.unwrap();
+    assert_eq!(store.pending_auth_requests(ws).await.unwrap(), 1);
+
+    assert!(store
+        .take_auth_request("h-old", None)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .take_auth_request("h-live", Some(Uuid::new_v4()))
+        .await
+        .unwrap()
+        .is_none());
+    let woken = store.watch_auth_request(live.id);
+    let taken = store
+        .take_auth_request("h-live", Some(ws))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.status, AuthRequestStatus::Exchanging);
+    assert!(store
+        .take_auth_request("h-live", None)
+        .await
+        .unwrap()
+        .is_none());
+
+    let now = chrono::Utc::now();
+    let token = |id: Uuid| hostplane_store::OAuthToken {
+        id,
+        workspace_id: ws,
+        provider_row: p.id,
+        provider_id: "acme".into(),
+        owner: "alice".into(),
+        access_token: "sealed-at".into(),
+        refresh_token: None,
+        scopes: vec!["read".into()],
+        expires_at: None,
+        provider_account_label: None,
+        is_default: true,
+        created_at: now,
+        updated_at: now,
+    };
+    let first = token(Uuid::new_v4());
+    store
+        .finish_auth_request(live.id, AuthOutcome::Completed(Box::new(first.clone())))
+        .await
+        .unwrap();
+    assert!(woken.has_changed().unwrap());
+    let done = store.get_auth_request(ws, live.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.token_id, done.verifier),
+        (AuthRequestStatus::Completed, Some(first.id), None)
+    );
+    assert!(store
+        .get_auth_request(Uuid::new_v4(), live.id)
+        .await
+        .unwrap()
+        .is_none());
+    // A finished sign-in cannot be finished again.
+    assert!(matches!(
+        store
+            .finish_auth_request(live.id, AuthOutcome::Failed("late".into()))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // A second default token of the owner takes the default flag.
+    let second = sign_in(ws, p.id, "h-2", soon);
+    store.create_auth_request(second.clone()).await.unwrap();
+    store.take_auth_request("h-2", None).await.unwrap().unwrap();
+    let next = token(Uuid::new_v4());
+    store
+        .finish_auth_request(second.id, AuthOutcome::Completed(Box::new(next.clone())))
+        .await
+        .unwrap();
+    let all = store
+        .list_tokens(ws, &TokenFilter::default())
+        .await
+        .unwrap();
+    let defaults: Vec<_> = all.iter().filter(|t| t.is_default).map(|t| t.id).collect();
+    assert_eq!(defaults, [next.id]);
+    assert!(store
+        .list_tokens(Uuid::new_v4(), &TokenFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(
+        store
+            .sweep_auth_requests(now - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.get_auth_request(ws, old.id).await.unwrap().is_none());
+
+    assert!(store.delete_provider(ws, "acme").await.unwrap());
+    assert!(!store.delete_provider(ws, "acme").await.unwrap());
+    assert!(store
+        .list_tokens(ws, &TokenFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.get_auth_request(ws, live.id).await.unwrap().is_none());
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -456,4 +628,4 @@ macro_rules! both {
     };
 }
 
-both!(listeners, revisions, uploads, console, versions, api_keys);
+both!(listeners, revisions, uploads, console, versions, api_keys, agent_auth);
