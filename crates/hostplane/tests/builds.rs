@@ -301,7 +301,13 @@ fn builds(engine: &Engine, first_port: u16) {
         "only the serving revision's image",
         30,
         || engine.images_named(&builds) == serving,
-        || format!("{:?}", engine.images_named(&builds)),
+        || {
+            format!(
+                "{:?}\n--- the agent's log ---\n{}",
+                engine.images_named(&builds),
+                agent.log_tail(40)
+            )
+        },
     );
 
     println!("a dependency outside the config's folder: one context, said in the build log");

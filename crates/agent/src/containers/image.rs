@@ -202,12 +202,25 @@ async fn build_images(docker: &Docker, listener: Uuid) -> Vec<((Uuid, Uuid), Str
         .collect()
 }
 
+/// Removes a build image; a refusal (a container the engine is still letting go of holds
+/// it) is tried again for a few seconds, since nothing else would remove it later.
 async fn remove_image(docker: &Docker, target: &str) {
-    if let Err(e) = docker
-        .remove_image(target, None::<RemoveImageOptions>, None)
-        .await
-    {
-        tracing::warn!(image = %target, error = %e, "cannot remove a build image");
+    for attempt in 1.. {
+        match docker
+            .remove_image(target, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if is_not_found(&e) => return,
+            Err(e) if attempt < 10 => {
+                tracing::debug!(image = %target, error = %e, "removing a build image failed; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                tracing::warn!(image = %target, error = %e, "cannot remove a build image");
+                return;
+            }
+        }
     }
 }
 

@@ -337,7 +337,7 @@ impl Images {
 pub struct ListenerAgent {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    _log: PathBuf,
+    log: PathBuf,
 }
 
 impl ListenerAgent {
@@ -389,11 +389,7 @@ impl ListenerAgent {
             .spawn()
             .unwrap();
         let lines = super::stdout_lines(&mut child);
-        ListenerAgent {
-            child,
-            lines,
-            _log: log,
-        }
+        ListenerAgent { child, lines, log }
     }
 
     /// The address the agent printed for the deployment.
@@ -415,6 +411,13 @@ impl ListenerAgent {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last `n` lines the agent logged (for a failure's message).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     pub fn kill(&mut self) {
