@@ -65,6 +65,16 @@ pub struct Prepared {
     pub workdir: Workdir,
 }
 
+/// One build, as a mode's builder receives it: the revision of a deployment, its
+/// prepared source, and where the builder's output goes.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    pub deployment: &'a DesiredDeployment,
+    pub revision: &'a DesiredRevision,
+    pub source: &'a Prepared,
+    pub log: &'a BuildLog,
+}
+
 /// Sends a build's log lines.
 #[derive(Clone)]
 pub struct BuildLog {

@@ -4,7 +4,7 @@
 //! connection or a missed change costs nothing but time. The control plane being down
 //! only makes the loop retry with backoff; nothing is ever removed because of it.
 
-use crate::builds::{BuildLog, BuildSettings, Prepared};
+use crate::builds::{BuildLog, BuildSettings};
 use crate::control::{CallError, ControlPlane};
 use async_trait::async_trait;
 use protocol::*;
@@ -105,24 +105,13 @@ pub trait Sink: Send + Sync + 'static {
     async fn facts(&self) -> serde_json::Map<String, serde_json::Value>;
     /// What runs now, per deployment.
     async fn observe(&self) -> Vec<Observed>;
-    /// Brings `deployment` to run `revision` (adopting what already runs for it after a
-    /// restart); the address it answers at, once it does.
-    async fn deploy(
-        &self,
-        deployment: &DesiredDeployment,
-        revision: &DesiredRevision,
-        logs: LogSink,
-    ) -> Result<String, Failure>;
-    /// Builds the prepared source of `revision` into an image the mode can run, sending
-    /// the builder's output to `log`; the image. Only called when [`Sink::build_refusal`]
-    /// is `None`.
-    async fn build(
-        &self,
-        _deployment: &DesiredDeployment,
-        _revision: &DesiredRevision,
-        _source: &Prepared,
-        _log: &BuildLog,
-    ) -> Result<String, Failure> {
+    /// Brings the deployment to run the revision (adopting what already runs for it
+    /// after a restart); the address it answers at, once it does.
+    async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure>;
+    /// Builds the job's prepared source into an image the mode can run, sending the
+    /// builder's output to the job's log; the image. Only called when
+    /// [`Sink::build_refusal`] is `None`.
+    async fn build(&self, _job: crate::builds::Job<'_>) -> Result<String, Failure> {
         Err(Failure::new(
             "BuildNotSupported",
             "this mode does not build",
@@ -139,6 +128,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Removes what belongs to deployments that are not in `keep` (deleted while the
     /// agent was away), in the listener's `namespaces`.
     async fn prune(&self, keep: &HashSet<Uuid>, namespaces: &[String]) -> anyhow::Result<()>;
+}
+
+/// What a mode is asked to run: the revision of a deployment, and where its deploy log
+/// lines go.
+pub struct Rollout<'a> {
+    pub deployment: &'a DesiredDeployment,
+    pub revision: &'a DesiredRevision,
+    pub logs: LogSink,
 }
 
 /// How long one desired-state long-poll may wait.
@@ -242,6 +239,20 @@ impl Context {
             ));
         }
         self.sink.build_refusal()
+    }
+
+    /// Asks the mode to run `rev` of `d`, its log lines going to the agent's log sink.
+    async fn deploy(
+        &self,
+        d: &DesiredDeployment,
+        rev: &DesiredRevision,
+    ) -> Result<String, Failure> {
+        let rollout = Rollout {
+            deployment: d,
+            revision: rev,
+            logs: self.logs.clone(),
+        };
+        self.sink.deploy(rollout).await
     }
 }
 
@@ -466,7 +477,7 @@ impl Work {
                     }
                 }
             }
-            Work::Keep(rev) => match context.sink.deploy(d, &rev, context.logs.clone()).await {
+            Work::Keep(rev) => match context.deploy(d, &rev).await {
                 Ok(address) => announce(&context.announced, d, rev.id, &address),
                 Err(f) => {
                     tracing::warn!(deployment = %d.id, reason = %f.reason, message = %f.message,
@@ -508,7 +519,13 @@ async fn build(
             .await;
         let source =
             crate::builds::prepare(&context.control, d, rev, &builds.settings, &log).await?;
-        context.sink.build(d, rev, &source, &log).await
+        let job = crate::builds::Job {
+            deployment: d,
+            revision: rev,
+            source: &source,
+            log: &log,
+        };
+        context.sink.build(job).await
     };
     let timeout = builds.settings.timeout;
     // A panic fails the build rather than leaving it BUILDING under a renewed lease.
@@ -603,7 +620,7 @@ async fn deploy_and_report(
         // Nothing is written for a deployment that no mode, or not this one, can run.
         Err(refused)
     } else {
-        sink.deploy(d, rev, context.logs.clone()).await
+        context.deploy(d, rev).await
     };
     context.logs.flush().await;
     let report = match &outcome {

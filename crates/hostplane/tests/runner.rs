@@ -5,8 +5,8 @@
 
 mod support;
 
-use agent::runner::{Failure, LogSink, Sink};
-use protocol::{DesiredDeployment, DesiredRevision, Observed};
+use agent::runner::{Failure, Rollout, Sink};
+use protocol::{DesiredDeployment, Observed};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -35,12 +35,8 @@ impl Sink for HeldSink {
     async fn observe(&self) -> Vec<Observed> {
         Vec::new()
     }
-    async fn deploy(
-        &self,
-        _: &DesiredDeployment,
-        revision: &DesiredRevision,
-        _: LogSink,
-    ) -> Result<String, Failure> {
+    async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
+        let revision = rollout.revision;
         let again = !self.seen.lock().unwrap().insert(revision.id);
         self.calls.send(revision.id).unwrap();
         if again {
@@ -48,14 +44,8 @@ impl Sink for HeldSink {
         }
         Ok("http://127.0.0.1:9".into())
     }
-    async fn build(
-        &self,
-        _: &DesiredDeployment,
-        revision: &DesiredRevision,
-        _: &agent::builds::Prepared,
-        _: &agent::builds::BuildLog,
-    ) -> Result<String, Failure> {
-        self.calls.send(revision.id).unwrap();
+    async fn build(&self, job: agent::builds::Job<'_>) -> Result<String, Failure> {
+        self.calls.send(job.revision.id).unwrap();
         self.gate.acquire().await.unwrap().forget();
         Ok(format!("registry.test/built@sha256:{}", "c".repeat(64)))
     }

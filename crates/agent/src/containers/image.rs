@@ -7,7 +7,7 @@
 //! each, seconds on every build).
 
 use super::*;
-use crate::builds::{BuildLog, Prepared};
+use crate::builds::Job;
 use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, RemoveImageOptions};
 use std::path::Path;
 
@@ -75,13 +75,13 @@ fn file_stream(
 }
 
 impl ContainerSink {
-    pub(super) async fn build_image(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        source: &Prepared,
-        log: &BuildLog,
-    ) -> Result<String, Failure> {
+    pub(super) async fn build_image(&self, job: Job<'_>) -> Result<String, Failure> {
+        let Job {
+            deployment: d,
+            revision: rev,
+            source,
+            log,
+        } = job;
         let name = format!("Dockerfile.hostplane-{}", rev.id.simple());
         let tar = source.workdir.path().join("context.tar");
         let (context, text, named, out) = (

@@ -25,7 +25,7 @@ pub mod image;
 pub mod plan;
 mod proxy;
 
-use crate::runner::{level_of, Failure, LogSink, Sink};
+use crate::runner::{level_of, Failure, LogSink, Rollout, Sink};
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
@@ -550,12 +550,12 @@ impl Sink for ContainerSink {
             .collect()
     }
 
-    async fn deploy(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        logs: LogSink,
-    ) -> Result<String, Failure> {
+    async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
+        let Rollout {
+            deployment: d,
+            revision: rev,
+            logs,
+        } = rollout;
         let image = crate::runner::image_of(rev)?.to_owned();
         let address = |port: u16| format!("http://{}:{port}", self.settings.bind);
         // Already live here: check that it still runs.
@@ -632,14 +632,8 @@ impl Sink for ContainerSink {
         Ok(address(port))
     }
 
-    async fn build(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        source: &crate::builds::Prepared,
-        log: &crate::builds::BuildLog,
-    ) -> Result<String, Failure> {
-        self.build_image(d, rev, source, log).await
+    async fn build(&self, job: crate::builds::Job<'_>) -> Result<String, Failure> {
+        self.build_image(job).await
     }
 
     async fn delete(&self, deployment: &DesiredDeployment) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use super::native::KubeSink;
 use super::render::base_name;
 use super::yaml::to_yaml;
 use super::RenderInputs;
-use crate::runner::{Failure, LogSink, Sink};
+use crate::runner::{Failure, Rollout, Sink};
 use async_trait::async_trait;
 use protocol::{DesiredDeployment, DesiredRevision, Observed};
 use std::collections::{HashMap, HashSet};
@@ -231,12 +231,12 @@ impl Sink for FileSink {
             .collect()
     }
 
-    async fn deploy(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        logs: LogSink,
-    ) -> Result<String, Failure> {
+    async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
+        let Rollout {
+            deployment: d,
+            revision: rev,
+            logs,
+        } = rollout;
         let folder = self.folder(d)?;
         let files = self.files(d, rev);
         let unchanged = files.iter().all(|(name, content)| {

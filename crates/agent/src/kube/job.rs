@@ -19,7 +19,7 @@ use super::render::{
     base_name, Object, LABEL_COMPONENT, LABEL_DEPLOYMENT, LABEL_LISTENER, LABEL_REVISION,
     MANAGED_BY,
 };
-use crate::builds::{BuildLog, Prepared};
+use crate::builds::BuildLog;
 use crate::runner::Failure;
 use base64::Engine;
 use futures_util::{AsyncBufReadExt, StreamExt};
@@ -228,11 +228,14 @@ impl KubeSink {
     /// Builds `rev` with a Job (see the module's notes): the pushed image, by digest.
     pub(super) async fn build_with_job(
         &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        source: &Prepared,
-        log: &BuildLog,
+        job: crate::builds::Job<'_>,
     ) -> Result<String, Failure> {
+        let crate::builds::Job {
+            deployment: d,
+            revision: rev,
+            source,
+            log,
+        } = job;
         let namespace = d.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let credential = match self.control.build_credential(rev.id).await {
             Ok(Some(c)) => c,

@@ -20,7 +20,7 @@ use super::render::{
     MANAGED_BY,
 };
 use super::{plan, RenderInputs};
-use crate::runner::{level_of, Failure, LogSink, Sink};
+use crate::runner::{level_of, Failure, LogSink, Rollout, Sink};
 use async_trait::async_trait;
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -722,23 +722,17 @@ impl Sink for KubeSink {
         out
     }
 
-    async fn deploy(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        logs: LogSink,
-    ) -> Result<String, Failure> {
+    async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
+        let Rollout {
+            deployment: d,
+            revision: rev,
+            logs,
+        } = rollout;
         self.rollout(d, rev, logs, true).await
     }
 
-    async fn build(
-        &self,
-        d: &DesiredDeployment,
-        rev: &DesiredRevision,
-        source: &crate::builds::Prepared,
-        log: &crate::builds::BuildLog,
-    ) -> Result<String, Failure> {
-        self.build_with_job(d, rev, source, log).await
+    async fn build(&self, job: crate::builds::Job<'_>) -> Result<String, Failure> {
+        self.build_with_job(job).await
     }
 
     async fn delete(&self, d: &DesiredDeployment) -> anyhow::Result<()> {
