@@ -120,11 +120,11 @@ pub(crate) async fn create_from(
 pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response> {
     let mut errs = Vec::new();
     let paging = call.paging(&mut errs);
-    let (limit, db_offset, offset) = ApiError::validated(errs, paging)?;
+    let (window, offset) = ApiError::validated(errs, paging)?;
     let tenant = &call.tenant;
     // The versions of the page first; only listeners not rendered at that version are read
     // whole ([`crate::bodies`]).
-    let page: Vec<_> = listeners::versions(&app, tenant, limit, db_offset)
+    let page: Vec<_> = listeners::versions(&app, tenant, window)
         .await?
         .into_iter()
         .map(|(id, version)| (id, app.bodies.known(id, version)))

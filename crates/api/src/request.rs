@@ -10,6 +10,7 @@ use axum::http::header;
 use compat::body::{self, Body, BodyError, UNPARSEABLE_DETAIL};
 use compat::query::{percent_decode, Query};
 use compat::{validate, Errors, Loc};
+use store::Window;
 use uuid::Uuid;
 
 /// An authenticated request of a compatible operation. `BODY` says whether the
@@ -122,17 +123,17 @@ impl<const BODY: bool> Call<BODY> {
         }
     }
 
-    /// `limit` and `offset` of a list, validated as the reference declares them; the
-    /// offset is returned both clamped for the database and as sent.
-    pub fn paging(&self, errs: &mut Errors) -> Option<(i64, i64, i128)> {
+    /// `limit` and `offset` of a list, validated as the reference declares them: the
+    /// window to read (its offset clamped for the database) and the offset as sent.
+    pub fn paging(&self, errs: &mut Errors) -> Option<(Window, i128)> {
         let limit = self.query_int("limit", 20, Some(1), Some(100), errs);
         let offset = self.query_int("offset", 0, Some(0), None, errs);
         let (limit, offset) = limit.zip(offset)?;
-        Some((
-            limit as i64,
-            i64::try_from(offset).unwrap_or(i64::MAX),
-            offset,
-        ))
+        let window = Window {
+            limit: limit as i64,
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+        };
+        Some((window, offset))
     }
 
     /// An optional boolean query parameter.

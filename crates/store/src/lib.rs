@@ -192,12 +192,7 @@ pub trait IdentityStore: Send + Sync {
 pub trait ListenerStore: Send + Sync {
     /// `Conflict` when the workspace already has a listener with this `compute_id`.
     async fn create_listener(&self, new: NewListener) -> Result<Listener>;
-    async fn list_listeners(
-        &self,
-        workspace: Uuid,
-        limit: i64,
-        offset: i64,
-    ) -> Result<Vec<Listener>>;
+    async fn list_listeners(&self, workspace: Uuid, window: Window) -> Result<Vec<Listener>>;
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>>;
     /// `(id, updated_at)` of the listeners [`ListenerStore::list_listeners`] would return,
     /// in its order: a change to a listener always moves its `updated_at` forward, so
@@ -205,8 +200,7 @@ pub trait ListenerStore: Send + Sync {
     async fn listener_versions(
         &self,
         workspace: Uuid,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>>;
     /// The workspace's listeners among `ids`, in no particular order.
     async fn listeners_by_ids(&self, workspace: Uuid, ids: &[Uuid]) -> Result<Vec<Listener>>;
@@ -235,8 +229,7 @@ pub trait DeploymentStore: Send + Sync {
         &self,
         workspace: Uuid,
         filter: &DeploymentFilter,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Vec<Deployment>>;
     async fn get_deployment(&self, workspace: Uuid, id: Uuid) -> Result<Option<Deployment>>;
     /// The `updated_at` of a listener or deployment of the workspace, which every change
@@ -268,8 +261,7 @@ pub trait DeploymentStore: Send + Sync {
         workspace: Uuid,
         deployment: Uuid,
         filter: &RevisionFilter,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Option<Vec<Revision>>>;
     async fn get_revision(
         &self,

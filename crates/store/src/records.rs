@@ -407,6 +407,20 @@ pub struct LogEntry {
     pub message: String,
 }
 
+/// The part of a list to read: at most `limit` rows, after skipping `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Window {
+    /// The first `limit` rows.
+    pub const fn first(limit: i64) -> Window {
+        Window { limit, offset: 0 }
+    }
+}
+
 /// Which log lines to read, and in which order.
 #[derive(Debug, Clone)]
 pub struct LogQuery {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::fresh;
-use hostplane_store::{NewListener, StoreError};
+use hostplane_store::{NewListener, StoreError, Window};
 
 async fn corrupt(url: &str, sql: &str) {
     if url.starts_with("postgres") {
@@ -42,7 +42,10 @@ async fn corrupt_rows_are_errors(postgres: bool) {
         .unwrap();
     corrupt(&url, "UPDATE listeners SET k8s_namespaces = 'not json'").await;
     is_corrupt(store.get_listener(ws, listener.id).await, "namespace list");
-    is_corrupt(store.list_listeners(ws, 10, 0).await, "namespace list");
+    is_corrupt(
+        store.list_listeners(ws, Window::first(10)).await,
+        "namespace list",
+    );
 
     // A timestamp beyond what a date can be.
     let late = store

@@ -10,7 +10,7 @@ use hostplane_store::{
     AgentBeat, DeleteOutcome, Deployment, ListenerPatch, NewListener, NewRevision, StoreError,
     Versioned,
 };
-use hostplane_store::{Reservation, UploadRoom};
+use hostplane_store::{Reservation, UploadRoom, Window};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -76,11 +76,20 @@ async fn listeners(postgres: bool) {
         Err(StoreError::Conflict)
     ));
     // Oldest first, and the ids placement sees in the same order.
-    let page = store.list_listeners(ws, 10, 0).await.unwrap();
+    let page = store.list_listeners(ws, Window::first(10)).await.unwrap();
     assert_eq!(page, vec![a.clone(), b.clone()]);
     assert_eq!(store.listener_ids(ws).await.unwrap(), vec![a.id, b.id]);
     assert_eq!(
-        store.list_listeners(ws, 1, 1).await.unwrap(),
+        store
+            .list_listeners(
+                ws,
+                Window {
+                    limit: 1,
+                    offset: 1
+                }
+            )
+            .await
+            .unwrap(),
         vec![b.clone()]
     );
     // Another workspace sees nothing.
@@ -139,7 +148,7 @@ async fn revisions(postgres: bool) {
         .unwrap();
     assert_ne!(saved.latest_revision_id, created.latest_revision_id);
     let revs = store
-        .list_revisions(ws, created.id, &Default::default(), 10, 0)
+        .list_revisions(ws, created.id, &Default::default(), Window::first(10))
         .await
         .unwrap()
         .unwrap();
@@ -161,7 +170,7 @@ async fn revisions(postgres: bool) {
         Err(StoreError::Stale)
     ));
     let again = store
-        .list_revisions(ws, created.id, &Default::default(), 10, 0)
+        .list_revisions(ws, created.id, &Default::default(), Window::first(10))
         .await
         .unwrap()
         .unwrap();
@@ -313,10 +322,22 @@ async fn versions(postgres: bool) {
     let ws = store.bootstrap(None).await.unwrap().unwrap().workspace.id;
     let a = store.create_listener(listener(ws, "a")).await.unwrap();
     let b = store.create_listener(listener(ws, "b")).await.unwrap();
-    let page = store.listener_versions(ws, 10, 0).await.unwrap();
+    let page = store
+        .listener_versions(ws, Window::first(10))
+        .await
+        .unwrap();
     assert_eq!(page, vec![(a.id, a.updated_at), (b.id, b.updated_at)]);
     assert_eq!(
-        store.listener_versions(ws, 1, 1).await.unwrap(),
+        store
+            .listener_versions(
+                ws,
+                Window {
+                    limit: 1,
+                    offset: 1
+                }
+            )
+            .await
+            .unwrap(),
         vec![(b.id, b.updated_at)]
     );
     let patched = store

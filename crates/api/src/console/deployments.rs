@@ -18,7 +18,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use std::collections::HashMap;
 use store::lifecycle::DeploymentStatus;
-use store::{Deployment, DeploymentFilter, LogEntry, LogQuery, RevisionFilter};
+use store::{Deployment, DeploymentFilter, LogEntry, LogQuery, RevisionFilter, Window};
 use uuid::Uuid;
 
 /// Deployments a list page shows.
@@ -39,7 +39,7 @@ pub fn namespace(d: &Deployment) -> Option<String> {
 /// Listener ids of the workspace with their compute ids (none on a plan without
 /// listeners).
 async fn compute_ids(app: &AppState, tenant: &Tenant) -> ConsoleResult<HashMap<Uuid, String>> {
-    let listeners = match listeners::list(app, tenant, 10_000, 0).await {
+    let listeners = match listeners::list(app, tenant, Window::first(10_000)).await {
         Err(ApiError::Forbidden(_)) => Vec::new(),
         listed => listed?,
     };
@@ -116,7 +116,16 @@ pub async fn list(
         status: status.map(str::to_owned),
         ..Default::default()
     };
-    let mut items = ops::list(&app, &visit.tenant, &filter, PAGE + 1, offset).await?;
+    let mut items = ops::list(
+        &app,
+        &visit.tenant,
+        &filter,
+        Window {
+            limit: PAGE + 1,
+            offset,
+        },
+    )
+    .await?;
     let more = items.len() as i64 > PAGE;
     items.truncate(PAGE as usize);
     let listeners = compute_ids(&app, &visit.tenant).await?;
@@ -274,8 +283,7 @@ pub async fn show(
         &visit.tenant,
         id,
         &RevisionFilter::default(),
-        REVISIONS,
-        0,
+        Window::first(REVISIONS),
     )
     .await?;
     let listener = match d.listener_id {

@@ -53,7 +53,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         )
         .map(|t| Some(t.to_owned())),
     };
-    let ((limit, db_offset, offset), (remote_reconciled, deployment_type)) =
+    let ((window, offset), (remote_reconciled, deployment_type)) =
         ApiError::validated(errs, paging.zip(remote_reconciled.zip(deployment_type)))?;
     // Ids that are not UUIDs match nothing (the reference does not validate them).
     let ids = call.query_str("deployment_ids").map(|raw| {
@@ -70,7 +70,7 @@ pub async fn list(State(app): State<AppState>, call: Call) -> ApiResult<Response
         deployment_type,
         ids,
     };
-    let items = ops::list(&app, &call.tenant, &filter, limit, db_offset).await?;
+    let items = ops::list(&app, &call.tenant, &filter, window).await?;
     let resources = items
         .iter()
         .map(|d| body(&app, d))
@@ -195,7 +195,7 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
     let id = call.path_uuid("deployment_id", &mut errs);
     let paging = call.paging(&mut errs);
     let remote_reconciled = call.query_bool("remote_reconciled", &mut errs);
-    let (id, ((limit, db_offset, offset), remote_reconciled)) =
+    let (id, ((window, offset), remote_reconciled)) =
         ApiError::validated(errs, id.zip(paging.zip(remote_reconciled)))?;
     let statuses = call.query_str("status").map(|s| {
         s.split(',')
@@ -207,7 +207,7 @@ pub async fn list_revisions(State(app): State<AppState>, call: Call) -> ApiResul
         statuses,
         remote_reconciled,
     };
-    let items = ops::revisions(&app, &call.tenant, id, &filter, limit, db_offset).await?;
+    let items = ops::revisions(&app, &call.tenant, id, &filter, window).await?;
     let resources: Vec<_> = items.iter().map(revision_json).collect();
     Ok(crate::Page::response(resources, offset))
 }

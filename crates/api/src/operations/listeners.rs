@@ -4,7 +4,7 @@
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
-use store::{KeyScope, Listener, ListenerPatch, NewListener, Plan, StoreError, Versioned};
+use store::{KeyScope, Listener, ListenerPatch, NewListener, Plan, StoreError, Versioned, Window};
 use uuid::Uuid;
 
 /// A listener to create, as validated at the edge.
@@ -77,16 +77,11 @@ pub async fn create(app: &AppState, tenant: &Tenant, req: Create) -> ApiResult<L
 }
 
 /// A page of the workspace's listeners, oldest first.
-pub async fn list(
-    app: &AppState,
-    tenant: &Tenant,
-    limit: i64,
-    offset: i64,
-) -> ApiResult<Vec<Listener>> {
+pub async fn list(app: &AppState, tenant: &Tenant, window: Window) -> ApiResult<Vec<Listener>> {
     authorize(tenant)?;
     Ok(app
         .store
-        .list_listeners(tenant.workspace_id, limit, offset)
+        .list_listeners(tenant.workspace_id, window)
         .await?)
 }
 
@@ -95,13 +90,12 @@ pub async fn list(
 pub async fn versions(
     app: &AppState,
     tenant: &Tenant,
-    limit: i64,
-    offset: i64,
+    window: Window,
 ) -> ApiResult<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
     authorize(tenant)?;
     Ok(app
         .store
-        .listener_versions(tenant.workspace_id, limit, offset)
+        .listener_versions(tenant.workspace_id, window)
         .await?)
 }
 

@@ -117,8 +117,7 @@ impl<B: Backend> DeploymentStore for B {
         &self,
         workspace: Uuid,
         f: &DeploymentFilter,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Vec<Deployment>> {
         let d = B::Conn::DIALECT;
         let sql = format!(
@@ -143,8 +142,8 @@ impl<B: Backend> DeploymentStore for B {
             .bind(&f.image_version)
             .bind(&f.deployment_type)
             .bind(&f.ids)
-            .bind(limit)
-            .bind(offset);
+            .bind(window.limit)
+            .bind(window.offset);
         self.read(q, deployment).await
     }
 
@@ -265,8 +264,7 @@ impl<B: Backend> DeploymentStore for B {
         workspace: Uuid,
         dep: Uuid,
         f: &RevisionFilter,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Option<Vec<Revision>>> {
         if self.get_deployment(workspace, dep).await?.is_none() {
             return Ok(None);
@@ -282,8 +280,8 @@ impl<B: Backend> DeploymentStore for B {
             .bind(dep)
             .bind(&f.statuses)
             .bind(f.remote_reconciled)
-            .bind(limit)
-            .bind(offset);
+            .bind(window.limit)
+            .bind(window.offset);
         self.read(q, revision).await.map(Some)
     }
 

@@ -40,18 +40,16 @@ impl<B: Backend> ListenerStore for B {
         Backend::create_listener(self, new).await
     }
 
-    async fn list_listeners(
-        &self,
-        workspace: Uuid,
-        limit: i64,
-        offset: i64,
-    ) -> Result<Vec<Listener>> {
+    async fn list_listeners(&self, workspace: Uuid, window: Window) -> Result<Vec<Listener>> {
         let q = query(format!(
             "SELECT {LISTENER_COLUMNS} FROM listeners WHERE workspace_id = $1 \
              ORDER BY created_at, id LIMIT $2 OFFSET $3"
         ));
-        self.read(q.bind(workspace).bind(limit).bind(offset), listener)
-            .await
+        self.read(
+            q.bind(workspace).bind(window.limit).bind(window.offset),
+            listener,
+        )
+        .await
     }
 
     async fn get_listener(&self, workspace: Uuid, id: Uuid) -> Result<Option<Listener>> {
@@ -64,16 +62,16 @@ impl<B: Backend> ListenerStore for B {
     async fn listener_versions(
         &self,
         workspace: Uuid,
-        limit: i64,
-        offset: i64,
+        window: Window,
     ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>> {
         let q = query(
             "SELECT id, updated_at FROM listeners WHERE workspace_id = $1 \
              ORDER BY created_at, id LIMIT $2 OFFSET $3",
         );
-        self.read(q.bind(workspace).bind(limit).bind(offset), |r| {
-            Ok((r.uuid("id")?, r.time("updated_at")?))
-        })
+        self.read(
+            q.bind(workspace).bind(window.limit).bind(window.offset),
+            |r| Ok((r.uuid("id")?, r.time("updated_at")?)),
+        )
         .await
     }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use store::lifecycle::DeploymentStatus;
 use store::{
     DeleteOutcome, Deployment, DeploymentFilter, LogEntry, LogQuery, Revision, RevisionFilter,
-    StoreError, Versioned,
+    StoreError, Versioned, Window,
 };
 use uuid::Uuid;
 
@@ -132,12 +132,11 @@ pub async fn list(
     app: &AppState,
     tenant: &Tenant,
     filter: &DeploymentFilter,
-    limit: i64,
-    offset: i64,
+    window: Window,
 ) -> ApiResult<Vec<Deployment>> {
     Ok(app
         .store
-        .list_deployments(tenant.workspace_id, filter, limit, offset)
+        .list_deployments(tenant.workspace_id, filter, window)
         .await?)
 }
 
@@ -252,11 +251,10 @@ pub async fn revisions(
     tenant: &Tenant,
     id: Uuid,
     filter: &RevisionFilter,
-    limit: i64,
-    offset: i64,
+    window: Window,
 ) -> ApiResult<Vec<Revision>> {
     app.store
-        .list_revisions(tenant.workspace_id, id, filter, limit, offset)
+        .list_revisions(tenant.workspace_id, id, filter, window)
         .await?
         .ok_or_else(|| not_found(id))
 }
