@@ -122,20 +122,8 @@ pub trait Store:
 {
 }
 
-impl<T> Store for T where
-    T: IdentityStore
-        + ListenerStore
-        + DeploymentStore
-        + UploadStore
-        + IntegrationStore
-        + AgentAuthStore
-        + DataPlaneStore
-        + ConsoleStore
-        + Send
-        + Sync
-        + 'static
-{
-}
+/// Both databases, whose parts are each written once over `sql::Backend`.
+impl<B: sql::Backend> Store for B {}
 
 /// Organizations, workspaces and API keys, and the store's own health.
 #[async_trait]
@@ -289,7 +277,7 @@ pub trait UploadStore: Send + Sync {
     /// in one transaction per workspace, holds room in the workspace's quota for it
     /// (see [`UploadRoom`]) until it completes, is released, or `room.until` passes.
     async fn reserve_upload(&self, token_hash: &str, room: UploadRoom) -> Result<Reservation>;
-    /// Gives back what [`Store::reserve_upload`] held for an upload that did not complete.
+    /// Gives back what [`UploadStore::reserve_upload`] held for an upload that did not complete.
     async fn release_upload(&self, token_hash: &str) -> Result<()>;
     /// Marks an upload complete (its size counts against the quota from now on, its
     /// reservation ends); `Conflict` when another request completed it first.

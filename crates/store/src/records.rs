@@ -551,7 +551,7 @@ impl UploadRoom {
     }
 }
 
-/// What [`crate::Store::reserve_upload`] found.
+/// What [`crate::UploadStore::reserve_upload`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reservation {
     /// Unknown, expired, completed, or being written by another request.

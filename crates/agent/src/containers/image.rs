@@ -76,12 +76,7 @@ fn file_stream(
 
 impl ContainerSink {
     pub(super) async fn build_image(&self, job: Job<'_>) -> Result<String, Failure> {
-        let Job {
-            deployment: d,
-            revision: rev,
-            source,
-            log,
-        } = job;
+        let (d, rev, source, log) = (job.deployment, job.revision, job.source, job.log);
         let name = format!("Dockerfile.hostplane-{}", rev.id.simple());
         let tar = source.workdir.path().join("context.tar");
         let (context, text, named, out) = (

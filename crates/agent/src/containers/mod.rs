@@ -551,11 +551,7 @@ impl Sink for ContainerSink {
     }
 
     async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
-        let Rollout {
-            deployment: d,
-            revision: rev,
-            logs,
-        } = rollout;
+        let (d, rev, logs) = (rollout.deployment, rollout.revision, rollout.logs);
         let image = crate::runner::image_of(rev)?.to_owned();
         let address = |port: u16| format!("http://{}:{port}", self.settings.bind);
         // Already live here: check that it still runs.

@@ -232,11 +232,7 @@ impl Sink for FileSink {
     }
 
     async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
-        let Rollout {
-            deployment: d,
-            revision: rev,
-            logs,
-        } = rollout;
+        let (d, rev, logs) = (rollout.deployment, rollout.revision, rollout.logs);
         let folder = self.folder(d)?;
         let files = self.files(d, rev);
         let unchanged = files.iter().all(|(name, content)| {

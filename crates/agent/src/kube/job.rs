@@ -230,12 +230,7 @@ impl KubeSink {
         &self,
         job: crate::builds::Job<'_>,
     ) -> Result<String, Failure> {
-        let crate::builds::Job {
-            deployment: d,
-            revision: rev,
-            source,
-            log,
-        } = job;
+        let (d, rev, source, log) = (job.deployment, job.revision, job.source, job.log);
         let namespace = d.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let credential = match self.control.build_credential(rev.id).await {
             Ok(Some(c)) => c,

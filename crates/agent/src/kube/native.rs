@@ -723,11 +723,7 @@ impl Sink for KubeSink {
     }
 
     async fn deploy(&self, rollout: Rollout<'_>) -> Result<String, Failure> {
-        let Rollout {
-            deployment: d,
-            revision: rev,
-            logs,
-        } = rollout;
+        let (d, rev, logs) = (rollout.deployment, rollout.revision, rollout.logs);
         self.rollout(d, rev, logs, true).await
     }
 
