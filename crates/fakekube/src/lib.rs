@@ -37,26 +37,18 @@ struct Resource {
     generation: bool,
 }
 
+/// One line per resource: API version, plural, kind, whether the generation moves.
+#[rustfmt::skip]
 const RESOURCES: &[Resource] = &[
-    res("v1", "secrets", "Secret", false),
-    res("v1", "services", "Service", false),
-    res("v1", "pods", "Pod", false),
-    res(
-        "v1",
-        "persistentvolumeclaims",
-        "PersistentVolumeClaim",
-        false,
-    ),
-    res("apps/v1", "deployments", "Deployment", true),
-    res("apps/v1", "statefulsets", "StatefulSet", true),
-    res(
-        "autoscaling/v2",
-        "horizontalpodautoscalers",
-        "HorizontalPodAutoscaler",
-        true,
-    ),
-    res("apps.langchain.ai/v1alpha1", "lgps", "LGP", true),
-    res("batch/v1", "jobs", "Job", true),
+    res("v1",                         "secrets",                  "Secret",                  false),
+    res("v1",                         "services",                 "Service",                 false),
+    res("v1",                         "pods",                     "Pod",                     false),
+    res("v1",                         "persistentvolumeclaims",   "PersistentVolumeClaim",   false),
+    res("apps/v1",                    "deployments",              "Deployment",              true),
+    res("apps/v1",                    "statefulsets",             "StatefulSet",             true),
+    res("autoscaling/v2",             "horizontalpodautoscalers", "HorizontalPodAutoscaler", true),
+    res("apps.langchain.ai/v1alpha1", "lgps",                     "LGP",                     true),
+    res("batch/v1",                   "jobs",                     "Job",                     true),
 ];
 
 const fn res(
