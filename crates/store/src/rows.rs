@@ -81,9 +81,9 @@ macro_rules! common_columns {
 }
 
 /// A uuid SQLite keeps as text.
-pub(crate) fn uuid_text(col: &str, text: Option<String>) -> Result<Option<Uuid>> {
+pub(crate) fn uuid_text(col: &str, text: Option<&str>) -> Result<Option<Uuid>> {
     text.map(|t| {
-        Uuid::parse_str(&t).map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
+        Uuid::parse_str(t).map_err(|e| StoreError::Other(format!("bad uuid in {col}: {e}")))
     })
     .transpose()
 }
@@ -92,7 +92,8 @@ impl Columns for SqliteRow {
     common_columns!();
 
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        uuid_text(col, self.opt_text(col)?)
+        let text: Option<&str> = self.try_get(col).map_err(StoreError::from)?;
+        uuid_text(col, text)
     }
 }
 

@@ -87,6 +87,18 @@ async fn corrupt_rows_are_errors(postgres: bool) {
     );
     corrupt(&url, &insert(&b.to_string(), "READY", "{not json")).await;
     is_corrupt(store.get_deployment(ws, b).await, "JSON value");
+    if !postgres {
+        // SQLite keeps ids as text, so one can be no UUID at all.
+        let sql = format!(
+            "UPDATE listeners SET id = 'not-a-uuid' WHERE id = '{}'",
+            listener.id
+        );
+        corrupt(&url, &sql).await;
+        is_corrupt(
+            store.listener_versions(ws, Window::first(10)).await,
+            "bad uuid in id",
+        );
+    }
 }
 
 #[tokio::test]

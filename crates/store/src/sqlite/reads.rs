@@ -132,13 +132,15 @@ pub(super) struct Named<'r, 's> {
 }
 
 impl Named<'_, '_> {
-    fn get<T: rusqlite::types::FromSql>(&self, col: &str) -> Result<T> {
-        let index = self
-            .names
+    fn index(&self, col: &str) -> Result<usize> {
+        self.names
             .iter()
             .position(|n| n == col)
-            .ok_or_else(|| StoreError::Other(format!("no column {col}")))?;
-        self.row.get(index).map_err(error)
+            .ok_or_else(|| StoreError::Other(format!("no column {col}")))
+    }
+
+    fn get<T: rusqlite::types::FromSql>(&self, col: &str) -> Result<T> {
+        self.row.get(self.index(col)?).map_err(error)
     }
 }
 
@@ -159,6 +161,11 @@ impl Columns for Named<'_, '_> {
         self.get(col)
     }
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
-        crate::rows::uuid_text(col, self.opt_text(col)?)
+        // Parsed where SQLite keeps the text: no copy per row.
+        let value = self.row.get_ref(self.index(col)?).map_err(error)?;
+        let text = value
+            .as_str_or_null()
+            .map_err(|e| StoreError::Other(format!("{col}: {e}")))?;
+        crate::rows::uuid_text(col, text)
     }
 }
