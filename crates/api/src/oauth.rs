@@ -145,6 +145,17 @@ pub struct Outbound {
     config: OutboundConfig,
 }
 
+/// What the token endpoint is asked for.
+pub enum Grant {
+    /// The code a sign-in came back with, and its PKCE verifier.
+    Code {
+        code: String,
+        verifier: Option<String>,
+    },
+    /// A new access token for this refresh token.
+    Refresh(String),
+}
+
 /// A token answer of a provider.
 #[derive(Debug, Clone)]
 pub struct Obtained {
@@ -339,47 +350,33 @@ impl Outbound {
             .or_else(|e| fail(format!("{url} gave an unusable answer: {e}")))
     }
 
-    /// Exchanges an authorization code at the token endpoint.
-    pub async fn exchange(
-        &self,
-        p: &Endpoints<'_>,
-        code: &str,
-        verifier: Option<String>,
-    ) -> Result<Obtained, OutboundError> {
+    /// A token from the token endpoint for `grant` (RFC 6749 §4.1.3, §6), with the
+    /// provider's client authentication and, for an MCP server, its `resource`.
+    pub async fn token(&self, p: &Endpoints<'_>, grant: Grant) -> Result<Obtained, OutboundError> {
         self.check_url(p.token_url)?;
         let client = p.client()?;
-        let mut req = client.exchange_code(AuthorizationCode::new(code.to_owned()));
-        if let Some(v) = verifier {
-            req = req.set_pkce_verifier(PkceCodeVerifier::new(v));
-        }
-        if let Some(resource) = p.resource {
-            req = req.add_extra_param("resource", resource);
-        }
-        let t = req
-            .request_async(&Sender(self))
-            .await
-            .map_err(token_error)?;
-        Ok(obtained(&t))
-    }
-
-    /// A new access token for a refresh token.
-    pub async fn refresh(
-        &self,
-        p: &Endpoints<'_>,
-        refresh: &str,
-    ) -> Result<Obtained, OutboundError> {
-        self.check_url(p.token_url)?;
-        let client = p.client()?;
-        let refresh = RefreshToken::new(refresh.to_owned());
-        let mut req = client.exchange_refresh_token(&refresh);
-        if let Some(resource) = p.resource {
-            req = req.add_extra_param("resource", resource);
-        }
-        let t = req
-            .request_async(&Sender(self))
-            .await
-            .map_err(token_error)?;
-        Ok(obtained(&t))
+        let sender = Sender(self);
+        let answer = match grant {
+            Grant::Code { code, verifier } => {
+                let mut req = client.exchange_code(AuthorizationCode::new(code));
+                if let Some(v) = verifier {
+                    req = req.set_pkce_verifier(PkceCodeVerifier::new(v));
+                }
+                if let Some(resource) = p.resource {
+                    req = req.add_extra_param("resource", resource);
+                }
+                req.request_async(&sender).await
+            }
+            Grant::Refresh(refresh) => {
+                let refresh = RefreshToken::new(refresh);
+                let mut req = client.exchange_refresh_token(&refresh);
+                if let Some(resource) = p.resource {
+                    req = req.add_extra_param("resource", resource);
+                }
+                req.request_async(&sender).await
+            }
+        };
+        Ok(obtained(&answer.map_err(token_error)?))
     }
 
     /// A JSON object fetched with GET; `None` on a 404 (a document that is not there).

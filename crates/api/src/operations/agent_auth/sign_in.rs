@@ -7,7 +7,7 @@ use super::{
 };
 use crate::auth::Tenant;
 use crate::error::{ApiError, ApiResult};
-use crate::oauth::{Obtained, OutboundError};
+use crate::oauth::{Grant, Obtained, OutboundError};
 use crate::AppState;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -197,7 +197,11 @@ async fn refresh(
     };
     let refresh_token = open(app, &sealed, t.id)?;
     let ends = endpoints(app, provider)?;
-    let got = match app.outbound.refresh(&ends, &refresh_token).await {
+    let got = match app
+        .outbound
+        .token(&ends, Grant::Refresh(refresh_token))
+        .await
+    {
         Ok(got) => got,
         Err(OutboundError(why)) => {
             // Another request may have refreshed it first (and the provider rotated the
@@ -449,7 +453,7 @@ async fn settle(
     let ends = endpoints(app, &provider).map_err(internal)?;
     let got = app
         .outbound
-        .exchange(&ends, &code, verifier)
+        .token(&ends, Grant::Code { code, verifier })
         .await
         .map_err(|OutboundError(why)| {
             let answer = format!("{} did not give a token: {why}", provider.name);
