@@ -1,5 +1,6 @@
 //! Python virtualenvs for tests that run official Python clients or libraries' own
-//! servers: made once per name under the target folder, with pinned packages.
+//! servers: made once per name under the target folder, with pinned packages, by one
+//! test process at a time.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +17,10 @@ pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
         return dir.clone();
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    // Test processes (nextest runs one per test) make it one at a time; the lock goes
+    // with the file when this returns.
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
     let marker = dir.join("hostplane-packages.txt");
     let wanted = packages.join("\n");
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
