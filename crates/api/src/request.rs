@@ -129,10 +129,7 @@ impl<const BODY: bool> Call<BODY> {
         let limit = self.query_int("limit", 20, Some(1), Some(100), errs);
         let offset = self.query_int("offset", 0, Some(0), None, errs);
         let (limit, offset) = limit.zip(offset)?;
-        let window = Window {
-            limit: limit as i64,
-            offset: i64::try_from(offset).unwrap_or(i64::MAX),
-        };
+        let window = Window::new(limit as i64, i64::try_from(offset).unwrap_or(i64::MAX));
         Some((window, offset))
     }
 

@@ -83,7 +83,7 @@ fn builds(engine: &Engine, first_port: u16) {
         project.join("langgraph.json"),
         // The CLI shows build lines only when one of its polls (every 3 s) finds the
         // revision still building, so this build lasts well past two polls after its
-        // marker line: without the sleep, a fast build went unseen (CI, session 11).
+        // marker line: without the sleep, a fast build can finish between two polls.
         config(&[
             "ENV GREETING=hello-from-the-dockerfile",
             "RUN echo marker-from-the-build",

@@ -415,9 +415,14 @@ pub struct Window {
 }
 
 impl Window {
+    /// At most `limit` rows after the first `offset`.
+    pub const fn new(limit: i64, offset: i64) -> Window {
+        Window { limit, offset }
+    }
+
     /// The first `limit` rows.
     pub const fn first(limit: i64) -> Window {
-        Window { limit, offset: 0 }
+        Window::new(limit, 0)
     }
 }
 

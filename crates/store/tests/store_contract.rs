@@ -80,16 +80,7 @@ async fn listeners(postgres: bool) {
     assert_eq!(page, vec![a.clone(), b.clone()]);
     assert_eq!(store.listener_ids(ws).await.unwrap(), vec![a.id, b.id]);
     assert_eq!(
-        store
-            .list_listeners(
-                ws,
-                Window {
-                    limit: 1,
-                    offset: 1
-                }
-            )
-            .await
-            .unwrap(),
+        store.list_listeners(ws, Window::new(1, 1)).await.unwrap(),
         vec![b.clone()]
     );
     // Another workspace sees nothing.
@@ -329,13 +320,7 @@ async fn versions(postgres: bool) {
     assert_eq!(page, vec![(a.id, a.updated_at), (b.id, b.updated_at)]);
     assert_eq!(
         store
-            .listener_versions(
-                ws,
-                Window {
-                    limit: 1,
-                    offset: 1
-                }
-            )
+            .listener_versions(ws, Window::new(1, 1))
             .await
             .unwrap(),
         vec![(b.id, b.updated_at)]

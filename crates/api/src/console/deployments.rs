@@ -39,7 +39,7 @@ pub fn namespace(d: &Deployment) -> Option<String> {
 /// Listener ids of the workspace with their compute ids (none on a plan without
 /// listeners).
 async fn compute_ids(app: &AppState, tenant: &Tenant) -> ConsoleResult<HashMap<Uuid, String>> {
-    let listeners = match listeners::list(app, tenant, Window::first(10_000)).await {
+    let listeners = match listeners::list(app, tenant, super::EVERY).await {
         Err(ApiError::Forbidden(_)) => Vec::new(),
         listed => listed?,
     };
@@ -116,16 +116,7 @@ pub async fn list(
         status: status.map(str::to_owned),
         ..Default::default()
     };
-    let mut items = ops::list(
-        &app,
-        &visit.tenant,
-        &filter,
-        Window {
-            limit: PAGE + 1,
-            offset,
-        },
-    )
-    .await?;
+    let mut items = ops::list(&app, &visit.tenant, &filter, Window::new(PAGE + 1, offset)).await?;
     let more = items.len() as i64 > PAGE;
     items.truncate(PAGE as usize);
     let listeners = compute_ids(&app, &visit.tenant).await?;

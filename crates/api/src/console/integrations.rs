@@ -10,21 +10,16 @@ use crate::AppState;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use maud::html;
-use store::Window;
 
 pub async fn list(State(app): State<AppState>, visit: session::Visit) -> ConsoleResult {
     let ws = visit.tenant.workspace_id;
     let all = integrations::list(&app, &visit.tenant).await?;
-    let from_git: Vec<_> = deployments::list(
-        &app,
-        &visit.tenant,
-        &Default::default(),
-        Window::first(10_000),
-    )
-    .await?
-    .into_iter()
-    .filter(|d| d.source == "github")
-    .collect();
+    let from_git: Vec<_> =
+        deployments::list(&app, &visit.tenant, &Default::default(), super::EVERY)
+            .await?
+            .into_iter()
+            .filter(|d| d.source == "github")
+            .collect();
     let body = html! {
         h1 { "Integrations" }
         p { "Git hosts this workspace deploys " code { "github" } " deployments from. An operator adds them with " code { "hostplane admin integration create" } "; their credentials are never shown." }

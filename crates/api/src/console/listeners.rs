@@ -16,7 +16,7 @@ use axum::Form;
 use maud::html;
 use serde::Deserialize;
 use std::collections::HashMap;
-use store::{Listener, Window};
+use store::Listener;
 use uuid::Uuid;
 
 /// What the form showed last: an error, or the listener just created with its key.
@@ -32,19 +32,14 @@ pub async fn list(State(app): State<AppState>, visit: Visit) -> ConsoleResult {
 
 async fn page(app: &AppState, visit: &Visit, outcome: Outcome) -> ConsoleResult {
     let ws = visit.tenant.workspace_id;
-    let listeners = listeners::list(app, &visit.tenant, Window::first(10_000)).await?;
+    let listeners = listeners::list(app, &visit.tenant, super::EVERY).await?;
     let agents: HashMap<Uuid, _> = listeners::agent_states(app, &visit.tenant)
         .await?
         .into_iter()
         .map(|a| (a.listener_id, a))
         .collect();
-    let deployments = deployments::list(
-        app,
-        &visit.tenant,
-        &Default::default(),
-        Window::first(10_000),
-    )
-    .await?;
+    let deployments =
+        deployments::list(app, &visit.tenant, &Default::default(), super::EVERY).await?;
     let now = chrono::Utc::now();
     let lease = chrono::Duration::from_std(app.config.dataplane.lease).unwrap_or_default();
     let status = match &outcome {

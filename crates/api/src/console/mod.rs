@@ -110,6 +110,10 @@ fn path_id(raw: &str) -> Result<Uuid, ConsoleError> {
 
 /// The policy every console answer carries: only this origin's script, style sheet and
 /// form targets; no inline code, no framing, no plugins.
+/// What a page reads when it shows or looks up all of a workspace's listeners or
+/// deployments.
+const EVERY: store::Window = store::Window::first(10_000);
+
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
                    base-uri 'none'";
