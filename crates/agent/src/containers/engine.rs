@@ -236,9 +236,15 @@ impl ContainerSink {
                 }
             }
             Err(e) if is_not_found(&e) => Ok(Some(-1)),
+            // Podman's inspect can fail on a container that is just exiting (a 500 on
+            // its gone process's cgroup) or answer what bollard cannot parse; the
+            // engine's `wait` still tells.
             Err(
                 bollard::errors::Error::JsonDataError { .. }
-                | bollard::errors::Error::JsonSerdeError { .. },
+                | bollard::errors::Error::JsonSerdeError { .. }
+                | bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500, ..
+                },
             ) => {
                 let mut wait = self.docker.wait_container(
                     id,
